@@ -1,0 +1,134 @@
+// The backend interface: what the model (src/vae_model.cpp, written once)
+// needs from a device. The CPU backend (OpenBLAS + loops over the shared math
+// in vae_math.h) is the reference; the CUDA backend implements the same calls
+// with cuBLAS and the fused kernels of kernels/.
+//
+// All matrices are row-major float32 in backend memory. Pointers passed to
+// these calls are backend pointers (from allocate) unless the parameter name
+// says host_. Calls may run asynchronously; copy_to_host waits for them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "cuvae/philox.h"
+#include "cuvae/vae_math.h"
+
+namespace cuvae {
+
+enum class Activation { kIdentity, kRelu };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // "cpu" or "cuda".
+  virtual std::string name() const = 0;
+  // One line for the start-up banner: threads and BLAS, or the device.
+  virtual std::string description() const = 0;
+
+  // ---- memory
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* pointer) = 0;
+  virtual void copy_to_device(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy_on_device(void* dst, const void* src, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- dense layers
+  // C = alpha op(A) op(B) + beta C, row-major; op(A) is m x k, op(B) k x n.
+  virtual void gemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha,
+                    const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                    int ldc) = 0;
+  // y[r][c] = act(y[r][c] + bias[c]), in place: the layer's epilogue.
+  virtual void bias_activation_forward(float* y, const float* bias, int rows, int cols,
+                                       Activation act) = 0;
+  // dy[r][c] *= act'(y[r][c]) in place (y is the layer's output), then
+  // dbias[c] = sum_r dy[r][c]: the layer's backward epilogue.
+  virtual void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows,
+                                             int cols, Activation act) = 0;
+
+  // ---- the VAE's fused operations (per-element math in vae_math.h)
+  // x[r][j] = binarize(host_pixels[r][j], u), u = uniform element
+  // (first_row + r) * cols + j of `key`: moves one batch of raw uint8 pixels
+  // to the device and binarizes it.
+  virtual void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols,
+                                   uint64_t first_row, const RandomKey& key, float* x) = 0;
+  // out[i] = standard normal element (first_index + i) of `key`.
+  virtual void fill_normal(float* out, size_t count, uint64_t first_index,
+                           const RandomKey& key) = 0;
+  // encoder_out is rows x 2L (mean | log_std). z = mean + exp(log_std) eps;
+  // row_kl[r] = sum_j KL term; if row_log_ratio is not null it receives
+  // sum_j log p(z) - log q(z|x) (for importance sampling).
+  virtual void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows,
+                                         int latent, float* z, float* row_kl,
+                                         float* row_log_ratio) = 0;
+  // d_encoder_out (rows x 2L) from dz, with KL weight kl_scale.
+  virtual void reparameterize_kl_backward(const float* dz, const float* encoder_out,
+                                          const float* eps, int rows, int latent, float kl_scale,
+                                          float* d_encoder_out) = 0;
+  // row_logprob[r] = sum_j log p(x[r][j] | logits[r][j]); if dlogits is not
+  // null, dlogits = -grad_scale * d(log p)/d(logits) = grad_scale (sigma - x).
+  virtual void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows,
+                                          int cols, float grad_scale, float* dlogits,
+                                          float* row_logprob) = 0;
+  // *accumulator += sum_r (row_logprob[r] - row_kl[r]), in double, in a fixed
+  // order: the ELBO sum stays on the device until the caller reads it.
+  virtual void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows,
+                               double* accumulator) = 0;
+  // One Adam step over the whole flat parameter buffer.
+  virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
+                         const AdamStep& step) = 0;
+};
+
+// A typed backend allocation, freed on destruction.
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  DeviceArray(Backend& backend, size_t count)
+      : backend_(&backend),
+        count_(count),
+        data_(static_cast<T*>(backend.allocate(count * sizeof(T)))) {}
+  ~DeviceArray() { reset(); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  DeviceArray(DeviceArray&& other) noexcept { *this = std::move(other); }
+  DeviceArray& operator=(DeviceArray&& other) noexcept {
+    if (this != &other) {
+      reset();
+      backend_ = other.backend_;
+      count_ = other.count_;
+      data_ = other.data_;
+      other.backend_ = nullptr;
+      other.count_ = 0;
+      other.data_ = nullptr;
+    }
+    return *this;
+  }
+  T* get() const { return data_; }
+  size_t size() const { return count_; }
+  void reset() {
+    if (data_ != nullptr) backend_->deallocate(data_);
+    data_ = nullptr;
+    count_ = 0;
+  }
+
+ private:
+  Backend* backend_ = nullptr;
+  size_t count_ = 0;
+  T* data_ = nullptr;
+};
+
+// "auto" (CUDA when compiled in and a device is present, else the CPU),
+// "cpu" or "cuda". Throws cuvae::Error for an unknown name or for "cuda"
+// without a usable device (the message says why: not compiled in, or no
+// device / driver).
+std::unique_ptr<Backend> make_backend(const std::string& device);
+
+// Whether this build can use CUDA now, and if not, why (one line).
+bool cuda_available(std::string* why_not);
+
+}  // namespace cuvae

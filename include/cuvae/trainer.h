@@ -1,0 +1,66 @@
+// Training: batches in dataset order (or reshuffled each epoch), dynamic
+// binarization, one sample of eps per example, Adam over the flat buffer.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "cuvae/idx.h"
+#include "cuvae/vae_model.h"
+
+namespace cuvae {
+
+struct TrainConfig {
+  Architecture arch;
+  int batch_size = 200;
+  uint64_t seed = 0;
+  bool shuffle = false;
+  AdamConfig adam;
+};
+
+class Trainer {
+ public:
+  // `images` must outlive the trainer. The model is initialized from the seed.
+  // Throws cuvae::Error if the batch size is not in 1..images.count or the
+  // images' size differs from the architecture's input.
+  Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images);
+
+  // Full batches per epoch; a last partial batch is dropped (the seed's 60000
+  // images in batches of 200 divide exactly).
+  int steps_per_epoch() const { return steps_per_epoch_; }
+  uint64_t steps_done() const { return step_; }
+
+  // One training step on the next batch: binarize it afresh, draw eps, compute
+  // the ELBO and its gradient, take an Adam step. The batch's ELBO sum is
+  // added to an accumulator that stays on the device.
+  void step();
+
+  // The mean ELBO per example over the steps since the last take (reads the
+  // device accumulator once), then resets it.
+  double take_mean_elbo();
+  // The same without resetting (for a progress line).
+  double peek_mean_elbo() const;
+
+  VaeModel& model() { return model_; }
+
+ private:
+  const uint8_t* batch_pixels(int index_in_epoch);
+
+  Backend& backend_;
+  TrainConfig config_;
+  const IdxImages& images_;
+  VaeModel model_;
+  int steps_per_epoch_;
+  uint64_t step_ = 0;
+  uint64_t rows_since_take_ = 0;
+  std::vector<uint32_t> order_;        // this epoch's image order when shuffling
+  std::vector<uint8_t> gather_;        // a shuffled batch's pixels, contiguous
+  DeviceArray<float> x_, eps_;
+  DeviceArray<double> elbo_sum_;
+};
+
+// A random permutation of 0..n-1 for epoch `epoch` (Fisher-Yates driven by
+// the kShuffle stream): a function of (seed, epoch) alone.
+std::vector<uint32_t> epoch_permutation(uint64_t seed, uint64_t epoch, uint32_t n);
+
+}  // namespace cuvae

@@ -1,0 +1,130 @@
+// The per-element math of the VAE's fused operations, written once.
+//
+// Every function here is CUVAE_HD: the CPU backend (src/cpu_backend.cpp)
+// calls it in plain loops and the CUDA kernels (kernels/) call the same code
+// on the device. tests/test_vae_math.cpp checks each against its formula in
+// double precision, extreme inputs included.
+//
+// Conventions: the model minimizes loss = -(batch mean of ELBO); gradients
+// below are of that loss unless the name says otherwise. "log_std" is the log
+// of the posterior's standard deviation, as in the seed.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuvae/hd.h"
+
+namespace cuvae {
+
+// Numerically stable sigmoid: exp() is only ever taken of a non-positive
+// number, so it cannot overflow. sigma(f) = 1/(1+e^-f) = e^f/(1+e^f).
+// sigmoid_given_exp takes e = exp(-|f|) so that callers that also need e
+// (the Bernoulli log-prob) compute it once.
+CUVAE_HD float sigmoid_given_exp(float f, float e) {
+  return f >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+}
+CUVAE_HD float sigmoid(float f) { return sigmoid_given_exp(f, expf(-fabsf(f))); }
+
+// Bernoulli log-likelihood of a binary pixel x under logit f, and its
+// derivative with respect to f:
+//   log p(x|f) = x log sigma(f) + (1-x) log(1-sigma(f))
+//              = x f - softplus(f),  softplus(f) = max(f,0) + log1p(e^-|f|)
+//   d/df log p(x|f) = x - sigma(f)
+// The softplus form never takes the log of a rounded-to-zero probability, so
+// logits of +-100 give finite, exact-to-rounding values (e.g. x=0, f=100 gives
+// -100, where log(1 - sigmoid(100)) in float would be log(0) = -inf).
+CUVAE_HD float bernoulli_logprob_and_grad(float x, float f, float* dlogprob_df) {
+  const float e = expf(-fabsf(f));
+  *dlogprob_df = x - sigmoid_given_exp(f, e);
+  // x f - max(f,0) is exact for x in {0,1}; log1p keeps the small tail.
+  return x * f - fmaxf(f, 0.0f) - log1pf(e);
+}
+
+// Reparameterization: z = mean + exp(log_std) * eps, eps ~ N(0,1).
+CUVAE_HD float reparameterize(float mean, float log_std, float eps) {
+  return mean + expf(log_std) * eps;
+}
+
+// KL(N(mean, exp(2 log_std)) || N(0,1)) for one latent dimension:
+//   0.5 (exp(2 log_std) + mean^2 - 1 - 2 log_std)
+// written with expm1 so that log_std near 0 (where exp(2s) - 1 - 2s ~ 2s^2)
+// does not cancel to noise.
+CUVAE_HD float kl_divergence_term(float mean, float log_std) {
+  return 0.5f * (expm1f(2.0f * log_std) - 2.0f * log_std + mean * mean);
+}
+
+// Backward of reparameterization + KL for one latent dimension. Given
+// dz = dloss/dz (from the decoder) and kl_scale = dloss/dKL (1/batch for the
+// batch-mean ELBO), the loss's gradient with respect to the encoder outputs:
+//   dloss/dmean    = dz + kl_scale * mean
+//   dloss/dlog_std = dz * exp(log_std) * eps + kl_scale * (exp(2 log_std) - 1)
+CUVAE_HD void reparameterize_kl_backward(float dz, float mean, float log_std, float eps,
+                                         float kl_scale, float* dmean, float* dlog_std) {
+  *dmean = dz + kl_scale * mean;
+  *dlog_std = dz * expf(log_std) * eps + kl_scale * expm1f(2.0f * log_std);
+}
+
+// One latent dimension's share of log p(z) - log q(z|x), for importance
+// sampling. With z = mean + exp(s) eps:
+//   log N(z; 0, 1)            = -z^2/2 - log(2 pi)/2
+//   log N(z; mean, exp(2 s))  = -eps^2/2 - s - log(2 pi)/2
+// so the difference is (eps^2 - z^2)/2 + s; the constants cancel.
+CUVAE_HD float log_prior_minus_log_posterior(float z, float eps, float log_std) {
+  return 0.5f * (eps * eps - z * z) + log_std;
+}
+
+// Dynamic binarization (the seed's): a pixel p in 0..255 becomes 1 with
+// probability p/255, given u ~ U[0,1): x = [p/255 > u]. Exactly 0 for p = 0
+// and exactly 1 for p = 255.
+CUVAE_HD float binarize(uint8_t pixel, float u) {
+  return static_cast<float>(pixel) / 255.0f > u ? 1.0f : 0.0f;
+}
+
+// ReLU and its derivative expressed through its output (y > 0 iff a > 0), so
+// the backward pass needs only the stored activations.
+CUVAE_HD float relu(float a) { return fmaxf(a, 0.0f); }
+CUVAE_HD float relu_backward(float dy, float y) { return y > 0.0f ? dy : 0.0f; }
+
+// Adam's hyper-parameters for one step t (1-based). 1 - beta and the bias
+// corrections 1 - beta^t are computed once per step on the host, in double:
+// in float, 1 - 0.999f is 0.00099998713, off by 1.3e-5 relative.
+struct AdamStep {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float one_minus_beta1 = 0.1f;
+  float one_minus_beta2 = 0.001f;
+  float eps = 1e-8f;
+  float bias_correction1 = 1.0f;  // 1 - beta1^t
+  float bias_correction2 = 1.0f;  // 1 - beta2^t
+};
+
+inline AdamStep make_adam_step(double lr, double beta1, double beta2, double eps, uint64_t t) {
+  AdamStep s;
+  s.lr = static_cast<float>(lr);
+  s.beta1 = static_cast<float>(beta1);
+  s.beta2 = static_cast<float>(beta2);
+  s.one_minus_beta1 = static_cast<float>(1.0 - beta1);
+  s.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  s.eps = static_cast<float>(eps);
+  s.bias_correction1 = static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(t)));
+  s.bias_correction2 = static_cast<float>(1.0 - std::pow(beta2, static_cast<double>(t)));
+  return s;
+}
+
+// Adam (Kingma & Ba 2015, Algorithm 1), as in the seed, descending the loss:
+//   m = beta1 m + (1 - beta1) g
+//   v = beta2 v + (1 - beta2) g^2
+//   p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+CUVAE_HD void adam_step(float* param, float* m, float* v, float grad, const AdamStep& s) {
+  const float m_new = s.beta1 * *m + s.one_minus_beta1 * grad;
+  const float v_new = s.beta2 * *v + s.one_minus_beta2 * grad * grad;
+  *m = m_new;
+  *v = v_new;
+  const float m_hat = m_new / s.bias_correction1;
+  const float v_hat = v_new / s.bias_correction2;
+  *param -= s.lr * m_hat / (sqrtf(v_hat) + s.eps);
+}
+
+}  // namespace cuvae

@@ -1,0 +1,149 @@
+// The VAE: architecture, the flat parameter layout, and the forward and
+// backward passes, written once against the Backend interface.
+//
+// Encoder (recognition net): input -> hidden... -> 2L, ReLU on hidden layers,
+// linear output; the first L outputs are the posterior mean, the last L its
+// log standard deviation. Decoder (generator): L -> hidden... -> input, ReLU
+// hidden, linear output = Bernoulli logits. A dense layer computes
+// y = x W + b with W stored [in, out] row-major (the seed's np.dot(x, W) + b).
+//
+// All parameters live in one flat buffer, encoder layers then decoder layers,
+// each layer's W then b, so an Adam step is one pass over one buffer.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cuvae/backend.h"
+
+namespace cuvae {
+
+struct Architecture {
+  int input_dim = 784;
+  std::vector<int> hidden = {200, 200};
+  int latent_dim = 50;
+
+  std::vector<int> encoder_widths() const;  // input, hidden..., 2L
+  std::vector<int> decoder_widths() const;  // L, hidden..., input
+  std::string describe() const;             // "784-200-200-(50+50) | 50-200-200-784"
+  bool operator==(const Architecture& other) const;
+  bool operator!=(const Architecture& other) const { return !(*this == other); }
+  // Throws cuvae::Error unless every width is in 1..65536 and there is at
+  // least one hidden layer.
+  void validate() const;
+};
+
+// "200,200" -> {200, 200}; throws cuvae::Error naming `what` on anything else.
+std::vector<int> parse_widths(const std::string& text, const std::string& what);
+std::string format_widths(const std::vector<int>& widths);
+
+struct DenseLayer {
+  int in = 0;
+  int out = 0;
+  size_t weight_offset = 0;  // into the flat buffer: in * out values
+  size_t bias_offset = 0;    // out values
+  Activation activation = Activation::kRelu;
+  std::string name;          // "encoder.0", ..., "decoder.2"
+};
+
+class ParameterLayout {
+ public:
+  explicit ParameterLayout(const Architecture& arch);
+  const std::vector<DenseLayer>& encoder() const { return encoder_; }
+  const std::vector<DenseLayer>& decoder() const { return decoder_; }
+  std::vector<DenseLayer> all_layers() const;
+  size_t size() const { return size_; }
+
+ private:
+  std::vector<DenseLayer> encoder_;
+  std::vector<DenseLayer> decoder_;
+  size_t size_ = 0;
+};
+
+// A multilayer perceptron over a slice of the flat buffers. It owns the
+// activations of each layer (for the backward pass) and two gradient buffers
+// it alternates between layers.
+class Mlp {
+ public:
+  Mlp(Backend& backend, std::vector<DenseLayer> layers, int max_rows);
+  // Runs the layers on `input` (rows x layers[0].in); returns the output
+  // (rows x layers.back().out), valid until the next forward.
+  float* forward(const float* params, const float* input, int rows);
+  // Given the last forward's input and d_output = dloss/d(output) (rows x
+  // out, overwritten), writes each layer's weight and bias gradient into
+  // `grads` at the layer's offsets and, if d_input is not null, dloss/d(input).
+  void backward(const float* params, float* grads, const float* input, float* d_output, int rows,
+                float* d_input);
+
+ private:
+  Backend& backend_;
+  std::vector<DenseLayer> layers_;
+  int max_rows_;
+  std::vector<DeviceArray<float>> outputs_;
+  DeviceArray<float> scratch_[2];
+};
+
+// Adam's hyper-parameters (the seed's defaults).
+struct AdamConfig {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+};
+
+class VaeModel {
+ public:
+  // Buffers are sized for batches of up to max_rows.
+  VaeModel(Backend& backend, const Architecture& arch, int max_rows);
+
+  const Architecture& architecture() const { return arch_; }
+  const ParameterLayout& layout() const { return layout_; }
+  Backend& backend() { return backend_; }
+  int max_rows() const { return max_rows_; }
+
+  // Every weight and bias 0.01 * N(0,1), drawn on the host from the run's
+  // seed (stream kInit), so both backends start from the same bits. Resets
+  // Adam's moments.
+  void initialize(uint64_t seed);
+  std::vector<float> parameters() const;
+  void set_parameters(const std::vector<float>& host_params);
+  std::vector<float> gradients() const;
+  std::vector<float> adam_moment(int which) const;  // 1: m, 2: v
+
+  // Encoder output (rows x 2L: mean | log_std) of x (rows x input_dim).
+  const float* encode(const float* x, int rows);
+  // Decoder logits (rows x input_dim) of z (rows x L).
+  const float* decode(const float* z, int rows);
+
+  // The ELBO of a batch with given noise: x (rows x input_dim, binary), eps
+  // (rows x L). Fills row_logprob() and row_kl() (and row_log_ratio() for
+  // importance sampling); with compute_gradients, gradients() receives
+  // d(-mean ELBO)/d(params).
+  void forward_backward(const float* x, const float* eps, int rows, bool compute_gradients);
+  // One Adam step t (1-based) over the flat buffer with the last gradients.
+  void adam_update(const AdamConfig& config, uint64_t t);
+
+  const float* z() const { return z_.get(); }
+  // The decoder's logits (rows x input_dim) of the last forward_backward.
+  const float* logits() const { return logits_; }
+  const float* row_logprob() const { return row_logprob_.get(); }
+  const float* row_kl() const { return row_kl_.get(); }
+  const float* row_log_ratio() const { return row_log_ratio_.get(); }
+  float* params() { return params_.get(); }
+
+ private:
+  void check_rows(int rows) const;
+
+  Backend& backend_;
+  Architecture arch_;
+  ParameterLayout layout_;
+  int max_rows_;
+  DeviceArray<float> params_, grads_, adam_m_, adam_v_;
+  Mlp encoder_, decoder_;
+  DeviceArray<float> z_, dlogits_, dz_, d_encoder_out_;
+  DeviceArray<float> row_logprob_, row_kl_, row_log_ratio_;
+  const float* logits_ = nullptr;
+};
+
+}  // namespace cuvae

@@ -1,0 +1,34 @@
+// Standard normals by Philox + Box-Muller (philox.h): element i of the output
+// is normal element first_index + i of the key, the same function of
+// (seed, stream, step, index) as on the CPU. One thread per block of four.
+#include "cuvae/cuda_check.h"
+#include "cuvae/kernels.h"
+#include "launch.cuh"
+
+namespace cuvae::kernels {
+
+__global__ void fill_normal_kernel(float* __restrict__ out, unsigned long long count,
+                                   unsigned long long first_index, RandomKey key) {
+  const unsigned long long first_group = first_index / 4;
+  const unsigned long long groups = (first_index + count + 3) / 4 - first_group;
+  for (unsigned long long g = blockIdx.x * blockDim.x + threadIdx.x; g < groups;
+       g += static_cast<unsigned long long>(gridDim.x) * blockDim.x) {
+    float normals[4];
+    normals_from_block(random_block(key, first_group + g), normals);
+    for (int lane = 0; lane < 4; ++lane) {
+      const long long i =
+          static_cast<long long>((first_group + g) * 4 + lane) - static_cast<long long>(first_index);
+      if (i >= 0 && i < static_cast<long long>(count)) out[i] = normals[lane];
+    }
+  }
+}
+
+void fill_normal(float* out, size_t count, uint64_t first_index, RandomKey key,
+                 cudaStream_t stream) {
+  if (count == 0) return;
+  fill_normal_kernel<<<blocks_for(count / 4 + 1), kThreads, 0, stream>>>(out, count, first_index,
+                                                                         key);
+  CUVAE_KERNEL_CHECK();
+}
+
+}  // namespace cuvae::kernels

@@ -1,0 +1,210 @@
+// CPU backend. Every loop is deterministic: each output element is computed by
+// one thread in a fixed order, whatever the thread count, so the same seed
+// gives the same bits (OpenBLAS's sgemm is deterministic for a fixed thread
+// count).
+#include "cuvae/cpu_backend.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "cuvae/error.h"
+
+// Declared by OpenBLAS's cblas.h on Debian, but not by every cblas.h; these
+// are OpenBLAS's own entry points and are how we prove the BLAS is OpenBLAS.
+extern "C" char* openblas_get_config(void);
+extern "C" int openblas_get_num_threads(void);
+
+namespace cuvae {
+
+namespace {
+
+// Below this many elements a loop runs on one thread: forking costs more
+// than it saves.
+constexpr long kParallelThreshold = 16384;
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+
+  std::string description() const override {
+    return "CPU, " + std::to_string(omp_get_max_threads()) + " OpenMP threads, BLAS: " +
+           std::string(openblas_get_config()) + " (" +
+           std::to_string(openblas_get_num_threads()) + " threads)";
+  }
+
+  void* allocate(size_t bytes) override {
+    // 64-byte alignment for vector loads; aligned_alloc needs a multiple.
+    const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+    void* p = std::aligned_alloc(64, rounded);
+    if (p == nullptr) {
+      throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+    }
+    return p;
+  }
+  void deallocate(void* pointer) override { std::free(pointer); }
+  void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
+    std::memcpy(dst, host_src, bytes);
+  }
+  void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
+    std::memcpy(host_dst, src, bytes);
+  }
+  void copy_on_device(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void synchronize() override {}
+
+  void gemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
+            int lda, const float* b, int ldb, float beta, float* c, int ldc) override {
+    cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
+                transpose_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                ldc);
+  }
+
+  void bias_activation_forward(float* y, const float* bias, int rows, int cols,
+                               Activation act) override {
+    const bool is_relu = act == Activation::kRelu;
+#pragma omp parallel for schedule(static) if (long(rows) * cols >= kParallelThreshold)
+    for (int r = 0; r < rows; ++r) {
+      float* row = y + static_cast<size_t>(r) * cols;
+      for (int c = 0; c < cols; ++c) {
+        const float a = row[c] + bias[c];
+        row[c] = is_relu ? relu(a) : a;
+      }
+    }
+  }
+
+  void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
+                                     Activation act) override {
+    const bool is_relu = act == Activation::kRelu;
+    // Threads split the columns; each sums its columns over the rows in row
+    // order, so dbias does not depend on the thread count.
+#pragma omp parallel if (long(rows) * cols >= kParallelThreshold)
+    {
+      const int threads = omp_get_num_threads();
+      const int t = omp_get_thread_num();
+      const int c0 = static_cast<int>(static_cast<long>(cols) * t / threads);
+      const int c1 = static_cast<int>(static_cast<long>(cols) * (t + 1) / threads);
+      std::fill(dbias + c0, dbias + c1, 0.0f);
+      for (int r = 0; r < rows; ++r) {
+        float* drow = dy + static_cast<size_t>(r) * cols;
+        const float* yrow = y + static_cast<size_t>(r) * cols;
+        for (int c = c0; c < c1; ++c) {
+          const float d = is_relu ? relu_backward(drow[c], yrow[c]) : drow[c];
+          drow[c] = d;
+          dbias[c] += d;
+        }
+      }
+    }
+  }
+
+  void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
+                           const RandomKey& key, float* x) override {
+    const uint64_t base = first_row * static_cast<uint64_t>(cols);
+    const long count = static_cast<long>(rows) * cols;
+    // Elements are drawn in aligned groups of four (one Philox block); the
+    // loop runs over the groups that overlap [base, base + count).
+    const long first_group = static_cast<long>(base / 4);
+    const long last_group = static_cast<long>((base + static_cast<uint64_t>(count) + 3) / 4);
+#pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
+    for (long g = first_group; g < last_group; ++g) {
+      const Philox4 block = random_block(key, static_cast<uint64_t>(g));
+      for (int lane = 0; lane < 4; ++lane) {
+        const long i = g * 4 + lane - static_cast<long>(base);
+        if (i >= 0 && i < count) x[i] = binarize(host_pixels[i], uniform_from_bits(block.v[lane]));
+      }
+    }
+  }
+
+  void fill_normal(float* out, size_t count, uint64_t first_index,
+                   const RandomKey& key) override {
+    const long first_group = static_cast<long>(first_index / 4);
+    const long last_group = static_cast<long>((first_index + count + 3) / 4);
+#pragma omp parallel for schedule(static) if (long(count) >= kParallelThreshold)
+    for (long g = first_group; g < last_group; ++g) {
+      float normals[4];
+      normals_from_block(random_block(key, static_cast<uint64_t>(g)), normals);
+      for (int lane = 0; lane < 4; ++lane) {
+        const long i = g * 4 + lane - static_cast<long>(first_index);
+        if (i >= 0 && i < static_cast<long>(count)) out[i] = normals[lane];
+      }
+    }
+  }
+
+  void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
+                                 float* z, float* row_kl, float* row_log_ratio) override {
+#pragma omp parallel for schedule(static) if (long(rows) * latent >= kParallelThreshold)
+    for (int r = 0; r < rows; ++r) {
+      const float* mean = encoder_out + static_cast<size_t>(r) * 2 * latent;
+      const float* log_std = mean + latent;
+      const float* e = eps + static_cast<size_t>(r) * latent;
+      float* zr = z + static_cast<size_t>(r) * latent;
+      float kl = 0.0f, log_ratio = 0.0f;
+      for (int j = 0; j < latent; ++j) {
+        zr[j] = reparameterize(mean[j], log_std[j], e[j]);
+        kl += kl_divergence_term(mean[j], log_std[j]);
+        log_ratio += log_prior_minus_log_posterior(zr[j], e[j], log_std[j]);
+      }
+      row_kl[r] = kl;
+      if (row_log_ratio != nullptr) row_log_ratio[r] = log_ratio;
+    }
+  }
+
+  void reparameterize_kl_backward(const float* dz, const float* encoder_out, const float* eps,
+                                  int rows, int latent, float kl_scale,
+                                  float* d_encoder_out) override {
+#pragma omp parallel for schedule(static) if (long(rows) * latent >= kParallelThreshold)
+    for (int r = 0; r < rows; ++r) {
+      const size_t out_row = static_cast<size_t>(r) * 2 * latent;
+      const size_t z_row = static_cast<size_t>(r) * latent;
+      for (int j = 0; j < latent; ++j) {
+        cuvae::reparameterize_kl_backward(dz[z_row + j], encoder_out[out_row + j],
+                                   encoder_out[out_row + latent + j], eps[z_row + j], kl_scale,
+                                   &d_encoder_out[out_row + j],
+                                   &d_encoder_out[out_row + latent + j]);
+      }
+    }
+  }
+
+  void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, int cols,
+                                  float grad_scale, float* dlogits,
+                                  float* row_logprob) override {
+#pragma omp parallel for schedule(static) if (long(rows) * cols >= kParallelThreshold)
+    for (int r = 0; r < rows; ++r) {
+      const size_t offset = static_cast<size_t>(r) * cols;
+      float sum = 0.0f;
+      for (int c = 0; c < cols; ++c) {
+        float dlogp;
+        sum += cuvae::bernoulli_logprob_and_grad(x[offset + c], logits[offset + c], &dlogp);
+        if (dlogits != nullptr) dlogits[offset + c] = -grad_scale * dlogp;
+      }
+      row_logprob[r] = sum;
+    }
+  }
+
+  void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows,
+                       double* accumulator) override {
+    double sum = 0.0;
+    for (int r = 0; r < rows; ++r) sum += static_cast<double>(row_logprob[r]) - row_kl[r];
+    *accumulator += sum;
+  }
+
+  void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
+                 const AdamStep& step) override {
+    const long n = static_cast<long>(count);
+#pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
+    for (long i = 0; i < n; ++i) cuvae::adam_step(&params[i], &m[i], &v[i], grads[i], step);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace cuvae

@@ -1,0 +1,419 @@
+// vae: the driver. Trains the seed's VAE, writes its task images, evaluates
+// saved models. Library errors arrive as cuvae::Error and become one line on
+// stderr and a non-zero exit.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cuvae/atomic_file.h"
+#include "cuvae/backend.h"
+#include "cuvae/error.h"
+#include "cuvae/evaluate.h"
+#include "cuvae/idx.h"
+#include "cuvae/model_file.h"
+#include "cuvae/task_images.h"
+#include "cuvae/trainer.h"
+
+namespace {
+
+using cuvae::Error;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return buffer;
+}
+
+std::unique_ptr<cuvae::Backend> open_backend(const std::string& device) {
+  std::unique_ptr<cuvae::Backend> backend = cuvae::make_backend(device);
+  std::string why_not;
+  std::cout << "device: " << backend->description();
+  if (device == "auto" && backend->name() == "cpu" && !cuvae::cuda_available(&why_not)) {
+    std::cout << " (auto: " << why_not << ")";
+  }
+  std::cout << "\n";
+  return backend;
+}
+
+// ---------------------------------------------------------------------------
+// Options shared by the subcommands.
+
+struct ImageOptions {
+  std::string model;
+  std::string data = "data/mnist";
+  std::string out = "runs/images";
+  std::string device = "auto";
+  uint64_t seed = 0;
+  int scale = 1;
+};
+
+// Number checks. CLI11's Range says "Value abc not in range 1 to 1048576" for
+// text that is no number, PositiveNumber spells DBL_MAX out in full, and an
+// unsigned option takes "-1" as 2^64 - 1; these say what is wrong instead.
+CLI::Validator integer_in(int64_t lo, int64_t hi, const std::string& description) {
+  return CLI::Validator(
+      [lo, hi](std::string& input) -> std::string {
+        int64_t value = 0;
+        if (!CLI::detail::lexical_cast(input, value)) return "'" + input + "' is not an integer";
+        if (value < lo || value > hi) {
+          return "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi) +
+                 ", got " + input;
+        }
+        return std::string();
+      },
+      description);
+}
+
+CLI::Validator integer_in(int64_t lo, int64_t hi) {
+  return integer_in(lo, hi, "INT in [" + std::to_string(lo) + " - " + std::to_string(hi) + "]");
+}
+
+const CLI::Validator kNonNegativeInteger =
+    integer_in(0, std::numeric_limits<int>::max(), "NONNEGATIVE");
+
+const CLI::Validator kPositiveNumber(
+    [](std::string& input) -> std::string {
+      double value = 0;
+      if (!CLI::detail::lexical_cast(input, value)) return "'" + input + "' is not a number";
+      if (!(value > 0.0) || !std::isfinite(value)) return "must be a positive number, got " + input;
+      return std::string();
+    },
+    "POSITIVE");
+
+const CLI::Validator kUnsignedInteger(
+    [](std::string& input) -> std::string {
+      uint64_t value = 0;
+      if (input.find('-') != std::string::npos || !CLI::detail::lexical_cast(input, value)) {
+        return "must be a non-negative integer below 2^64, got " + input;
+      }
+      return std::string();
+    },
+    "");
+
+
+void add_device(CLI::App* app, std::string* device) {
+  app->add_option("--device", *device, "auto (CUDA if compiled in and present, else CPU), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+}
+
+void add_image_scale(CLI::App* app, int* scale) {
+  app->add_option("--image-scale", *scale, "Scale each digit of the PNGs up by this integer factor")
+      ->check(integer_in(1, 16))
+      ->capture_default_str();
+}
+
+// ---------------------------------------------------------------------------
+// vae train
+
+struct TrainOptions {
+  std::string data = "data/mnist";
+  std::string out = "runs/default";
+  std::string device = "auto";
+  int epochs = 30;
+  int batch_size = 200;
+  int latent_dim = 50;
+  std::string hidden = "200,200";
+  double lr = 1e-3;
+  uint64_t seed = 0;
+  int64_t max_steps = 0;
+  bool shuffle = false;
+  int image_scale = 1;
+};
+
+void write_metrics(const std::string& path, const std::string& rows) {
+  const std::string text = "epoch,elbo,seconds,samples_per_s\n" + rows;
+  cuvae::write_file_atomically(path, text.data(), text.size());
+}
+
+int run_train(const TrainOptions& o) {
+  cuvae::TrainConfig config;
+  config.arch.hidden = cuvae::parse_widths(o.hidden, "--hidden");
+  config.arch.latent_dim = o.latent_dim;
+  config.arch.validate();
+  config.batch_size = o.batch_size;
+  config.seed = o.seed;
+  config.shuffle = o.shuffle;
+  config.adam.lr = o.lr;
+  if (!(o.lr > 0.0) || !std::isfinite(o.lr)) throw Error("--lr must be a positive number");
+
+  const cuvae::MnistSplit train = cuvae::load_mnist_split(o.data, true);
+  const cuvae::MnistSplit test = cuvae::load_mnist_split(o.data, false);
+  std::unique_ptr<cuvae::Backend> backend = open_backend(o.device);
+  cuvae::make_directories(o.out);
+  cuvae::Trainer trainer(*backend, config, train.images);
+  cuvae::VaeModel& model = trainer.model();
+
+  const int steps_per_epoch = trainer.steps_per_epoch();
+  const int64_t total_steps = o.max_steps > 0
+                                  ? std::min<int64_t>(o.max_steps, int64_t(o.epochs) * steps_per_epoch)
+                                  : int64_t(o.epochs) * steps_per_epoch;
+  const int epochs = static_cast<int>((total_steps + steps_per_epoch - 1) / steps_per_epoch);
+  std::cout << "model: " << config.arch.describe() << ", " << model.layout().size()
+            << " parameters; batch " << o.batch_size << ", " << steps_per_epoch
+            << " steps/epoch, " << epochs << " epochs (" << total_steps << " steps), lr " << o.lr
+            << ", seed " << o.seed << (o.shuffle ? ", shuffled" : ", dataset order") << "\n";
+
+  const std::string model_path = o.out + "/model.safetensors";
+  const bool live = ::isatty(STDOUT_FILENO) != 0;
+  std::string metrics;
+  for (int epoch = 1; epoch <= epochs; ++epoch) {
+    const auto start = Clock::now();
+    auto last_progress = start;
+    int steps = 0;
+    while (steps < steps_per_epoch && static_cast<int64_t>(trainer.steps_done()) < total_steps) {
+      trainer.step();
+      ++steps;
+      if (live && seconds_since(last_progress) > 0.25) {
+        last_progress = Clock::now();
+        std::printf("\r  epoch %d/%d  step %d/%d  elbo %.2f  %.0f samples/s   ", epoch, epochs,
+                    steps, steps_per_epoch, trainer.peek_mean_elbo(),
+                    steps * o.batch_size / seconds_since(start));
+        std::fflush(stdout);
+      }
+    }
+    const double elbo = trainer.take_mean_elbo();
+    const double seconds = seconds_since(start);
+    const double rate = steps * o.batch_size / seconds;
+    if (live) std::printf("\r%*s\r", 72, "");
+    std::printf("epoch %3d/%d  elbo %9.3f  %7.2f s  %8.0f samples/s\n", epoch, epochs, elbo,
+                seconds, rate);
+    std::fflush(stdout);
+    const std::vector<float> params = model.parameters();
+    bool finite = std::isfinite(elbo);
+    for (float p : params) finite = finite && std::isfinite(p);
+    if (!finite) {
+      throw Error("training diverged in epoch " + std::to_string(epoch) +
+                  " (the ELBO or a parameter is not finite); " +
+                  (epoch > 1 ? model_path + " keeps the model of epoch " + std::to_string(epoch - 1)
+                             : std::string("no model was written")));
+    }
+    char row[128];
+    std::snprintf(row, sizeof row, "%d,%.6f,%.4f,%.1f\n", epoch, elbo, seconds, rate);
+    metrics += row;
+    write_metrics(o.out + "/metrics.csv", metrics);
+    cuvae::save_model(model_path, config.arch, params,
+                      {{"seed", std::to_string(o.seed)},
+                       {"epochs", std::to_string(epoch)},
+                       {"steps", std::to_string(trainer.steps_done())},
+                       {"batch_size", std::to_string(o.batch_size)},
+                       {"lr", std::to_string(o.lr)},
+                       {"train_elbo", std::to_string(elbo)},
+                       {"commit", CUVAE_GIT_COMMIT},
+                       {"created", utc_now()}});
+  }
+
+  // The task images need batches of 25; the training model may be smaller.
+  cuvae::VaeModel images_model(*backend, config.arch, cuvae::kTaskImageRows);
+  images_model.set_parameters(model.parameters());
+  cuvae::GridOptions grid;
+  grid.scale = o.image_scale;
+  std::vector<std::string> written = {model_path, o.out + "/metrics.csv"};
+  for (const auto& paths :
+       {cuvae::write_prior_samples(images_model, o.out, o.seed, grid),
+        cuvae::write_reconstructions(images_model, test.images, o.out, o.seed, grid),
+        cuvae::write_interpolations(images_model, test.images, o.out, o.seed, grid)}) {
+    written.insert(written.end(), paths.begin(), paths.end());
+  }
+  std::cout << "wrote";
+  for (const std::string& path : written) std::cout << " " << path;
+  std::cout << "\n";
+  return 0;
+}
+
+// ---------------------------------------------------------------------------
+// vae sample | reconstruct | interpolate | eval: from a saved model
+
+std::unique_ptr<cuvae::VaeModel> open_model(cuvae::Backend& backend, const std::string& path,
+                                            const cuvae::ModelFile& file, int max_rows) {
+  auto model = std::make_unique<cuvae::VaeModel>(backend, file.arch, max_rows);
+  model->set_parameters(file.params);
+  std::cout << "model: " << path << " (" << file.arch.describe() << ")\n";
+  return model;
+}
+
+int run_images(const ImageOptions& o, const std::string& which) {
+  const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before anything else
+  cuvae::IdxImages test;
+  if (which != "sample") test = cuvae::load_mnist_split(o.data, false).images;
+  std::unique_ptr<cuvae::Backend> backend = open_backend(o.device);
+  cuvae::make_directories(o.out);
+  std::unique_ptr<cuvae::VaeModel> model =
+      open_model(*backend, o.model, file, cuvae::kTaskImageRows);
+  cuvae::GridOptions grid;
+  grid.scale = o.scale;
+  std::vector<std::string> paths;
+  if (which == "sample") paths = cuvae::write_prior_samples(*model, o.out, o.seed, grid);
+  if (which == "reconstruct") paths = cuvae::write_reconstructions(*model, test, o.out, o.seed, grid);
+  if (which == "interpolate") paths = cuvae::write_interpolations(*model, test, o.out, o.seed, grid);
+  std::cout << "wrote";
+  for (const std::string& path : paths) std::cout << " " << path;
+  std::cout << "\n";
+  return 0;
+}
+
+struct EvalOptions {
+  std::string model;
+  std::string data = "data/mnist";
+  std::string device = "auto";
+  int k = 100;
+  int limit = 0;
+  uint64_t seed = 0;
+};
+
+int run_eval(const EvalOptions& o) {
+  const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before the data is read
+  const cuvae::IdxImages test = cuvae::load_mnist_split(o.data, false).images;
+  std::unique_ptr<cuvae::Backend> backend = open_backend(o.device);
+  // Batches hold whole images' K samples: at least K rows, about 2000 when K is small.
+  std::unique_ptr<cuvae::VaeModel> model = open_model(*backend, o.model, file, std::max(o.k, 2000 / o.k * o.k));
+  const auto start = Clock::now();
+  const cuvae::EvalResult r = cuvae::evaluate(*model, test, o.limit, o.k, o.seed);
+  const double seconds = seconds_since(start);
+  if (!std::isfinite(r.elbo) || !std::isfinite(r.nll)) {
+    throw Error(o.model + ": the test-set ELBO or NLL is not finite (a diverged model?)");
+  }
+  std::printf("On %d test images (fixed binarization, seed %llu): ELBO %.3f nats, NLL %.3f nats "
+              "(importance sampled, K=%d), in %.1f s.\n",
+              r.images, static_cast<unsigned long long>(o.seed), r.elbo, r.nll, r.k, seconds);
+  const nlohmann::json line = {{"model", o.model}, {"images", r.images}, {"k", r.k},
+                               {"seed", o.seed},   {"elbo", r.elbo},     {"nll", r.nll},
+                               {"seconds", seconds}, {"device", backend->name()}};
+  std::cout << line.dump() << std::endl;
+  return 0;
+}
+
+int run_info() {
+  std::cout << "cuvae " << CUVAE_VERSION << " (commit " << CUVAE_GIT_COMMIT << ")\n";
+#if CUVAE_HAVE_CUDA
+  std::cout << "CUDA backend: compiled in\n";
+#else
+  std::cout << "CUDA backend: not compiled in\n";
+#endif
+  std::string why_not;
+  if (cuvae::cuda_available(&why_not)) {
+    std::cout << "CUDA device: " << cuvae::make_backend("cuda")->description() << "\n";
+  } else {
+    std::cout << "CUDA device: none (" << why_not << ")\n";
+  }
+  std::cout << "CPU backend: " << cuvae::make_backend("cpu")->description() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"cuvae: a Variational Autoencoder on MNIST (the seed's model), CPU and CUDA"};
+  // At most one; "none" is reported after parsing, so that an unknown flag or
+  // subcommand is named rather than hidden behind "A subcommand is required".
+  app.require_subcommand(0, 1);
+  app.set_version_flag("--version", std::string("cuvae ") + CUVAE_VERSION + " (commit " +
+                                        CUVAE_GIT_COMMIT + ")");
+
+  TrainOptions train;
+  CLI::App* train_cmd = app.add_subcommand("train", "Train the VAE; write the model, metrics.csv and the task images");
+  train_cmd->add_option("--data", train.data, "Directory with the MNIST IDX files (tools/fetch_mnist.sh)")->capture_default_str();
+  train_cmd->add_option("--out", train.out, "Output directory")->capture_default_str();
+  add_device(train_cmd, &train.device);
+  train_cmd->add_option("--epochs", train.epochs, "Epochs")->check(integer_in(1, 1000000))->capture_default_str();
+  train_cmd->add_option("--batch-size", train.batch_size, "Images per step (the last partial batch of an epoch is dropped)")->check(integer_in(1, 1 << 20))->capture_default_str();
+  train_cmd->add_option("--latent-dim", train.latent_dim, "Latent dimensions L")->check(integer_in(1, 65536))->capture_default_str();
+  train_cmd->add_option("--hidden", train.hidden, "Hidden layer widths of encoder and decoder, comma-separated")->capture_default_str();
+  train_cmd->add_option("--lr", train.lr, "Adam step size alpha")->check(kPositiveNumber)->capture_default_str();
+  train_cmd->add_option("--seed", train.seed, "Seed of every random draw (init, binarization, eps)")->check(kUnsignedInteger)->capture_default_str();
+  train_cmd->add_option("--max-steps", train.max_steps, "Stop after this many steps in all (0: no limit)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
+  train_cmd->add_flag("--shuffle", train.shuffle, "Reshuffle the training images every epoch (default: dataset order, as the seed)");
+  add_image_scale(train_cmd, &train.image_scale);
+
+  ImageOptions images;
+  std::vector<std::pair<std::string, CLI::App*>> image_cmds;
+  for (const auto& [name, help] : std::vector<std::pair<std::string, std::string>>{
+           {"sample", "Write task_3_1.png: 25 samples from the prior"},
+           {"reconstruct", "Write task_3_2.png: 10 test images and their reconstructions"},
+           {"interpolate", "Write task_3_3_0..4.png: latent interpolations between test images"}}) {
+    CLI::App* cmd = app.add_subcommand(name, help);
+    cmd->add_option("--model", images.model, "Model file written by vae train")->required();
+    cmd->add_option("--data", images.data, "Directory with the MNIST IDX files")->capture_default_str();
+    cmd->add_option("--out", images.out, "Output directory")->capture_default_str();
+    add_device(cmd, &images.device);
+    cmd->add_option("--seed", images.seed, "Seed of the random draws")->check(kUnsignedInteger)->capture_default_str();
+    add_image_scale(cmd, &images.scale);
+    image_cmds.emplace_back(name, cmd);
+  }
+
+  EvalOptions eval;
+  CLI::App* eval_cmd = app.add_subcommand("eval", "Test-set ELBO and importance-sampled negative log-likelihood");
+  eval_cmd->add_option("--model", eval.model, "Model file written by vae train")->required();
+  eval_cmd->add_option("--data", eval.data, "Directory with the MNIST IDX files")->capture_default_str();
+  add_device(eval_cmd, &eval.device);
+  eval_cmd->add_option("--k", eval.k, "Importance samples per image")->check(integer_in(1, 100000))->capture_default_str();
+  eval_cmd->add_option("--limit", eval.limit, "Evaluate only the first N test images (0: all)")->check(kNonNegativeInteger)->capture_default_str();
+  eval_cmd->add_option("--seed", eval.seed, "Seed of the fixed binarization and the samples")->check(kUnsignedInteger)->capture_default_str();
+
+  CLI::App* info_cmd = app.add_subcommand("info", "Build facts: version, commit, CUDA, threads, BLAS");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ExtrasError& e) {
+    const std::vector<std::string> extras = app.remaining();
+    if (app.get_subcommands().empty() && !extras.empty() && extras.front().rfind("-", 0) != 0) {
+      std::cerr << "vae: error: unknown subcommand '" << extras.front()
+                << "'; expected train, sample, reconstruct, interpolate, eval or info (see vae "
+                   "--help)\n";
+    } else {
+      std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
+    }
+    return 2;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
+    return 2;
+  }
+  if (app.get_subcommands().empty()) {
+    std::cerr << "vae: error: a subcommand is required: train, sample, reconstruct, interpolate, "
+                 "eval or info (see vae --help)\n";
+    return 2;
+  }
+
+  try {
+    if (train_cmd->parsed()) return run_train(train);
+    for (const auto& [name, cmd] : image_cmds) {
+      if (cmd->parsed()) return run_images(images, name);
+    }
+    if (eval_cmd->parsed()) return run_eval(eval);
+    if (info_cmd->parsed()) return run_info();
+  } catch (const Error& e) {
+    std::cout.flush();
+    std::cerr << "vae: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "vae: error: out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "vae: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,90 @@
+#include "cuvae/trainer.h"
+
+#include <cstring>
+#include <numeric>
+
+#include "cuvae/error.h"
+
+namespace cuvae {
+
+std::vector<uint32_t> epoch_permutation(uint64_t seed, uint64_t epoch, uint32_t n) {
+  std::vector<uint32_t> order(n);
+  std::iota(order.begin(), order.end(), 0u);
+  const RandomKey key{seed, RandomStream::kShuffle, epoch};
+  for (uint32_t i = n; i > 1; --i) {
+    // j uniform in [0, i): 24 random bits scaled, plus 32 more for large n.
+    const Philox4 block = random_block(key, i);
+    const uint64_t bits = (static_cast<uint64_t>(block.v[0]) << 32) | block.v[1];
+    const uint32_t j = static_cast<uint32_t>(bits % i);
+    std::swap(order[i - 1], order[j]);
+  }
+  return order;
+}
+
+Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images)
+    : backend_(backend),
+      config_(config),
+      images_(images),
+      model_(backend, config.arch, config.batch_size),
+      steps_per_epoch_(images.count / std::max(1, config.batch_size)),
+      x_(backend, static_cast<size_t>(config.batch_size) * config.arch.input_dim),
+      eps_(backend, static_cast<size_t>(config.batch_size) * config.arch.latent_dim),
+      elbo_sum_(backend, 1) {
+  if (config.batch_size < 1 || config.batch_size > images.count) {
+    throw Error("--batch-size must be between 1 and the number of training images (" +
+                std::to_string(images.count) + "), got " + std::to_string(config.batch_size));
+  }
+  if (images.pixels_per_image() != config.arch.input_dim) {
+    throw Error("images have " + std::to_string(images.pixels_per_image()) +
+                " pixels but the model expects " + std::to_string(config.arch.input_dim));
+  }
+  model_.initialize(config.seed);
+  const double zero = 0.0;
+  backend_.copy_to_device(elbo_sum_.get(), &zero, sizeof(zero));
+}
+
+const uint8_t* Trainer::batch_pixels(int index_in_epoch) {
+  const size_t dim = static_cast<size_t>(images_.pixels_per_image());
+  const size_t first = static_cast<size_t>(index_in_epoch) * config_.batch_size;
+  if (!config_.shuffle) return images_.pixels.data() + first * dim;
+  // Shuffled: gather the batch's rows into one contiguous host buffer.
+  if (index_in_epoch == 0 || order_.empty()) {
+    order_ = epoch_permutation(config_.seed, step_ / steps_per_epoch_,
+                               static_cast<uint32_t>(images_.count));
+  }
+  gather_.resize(static_cast<size_t>(config_.batch_size) * dim);
+  for (int r = 0; r < config_.batch_size; ++r) {
+    std::memcpy(gather_.data() + r * dim, images_.pixels.data() + order_[first + r] * dim, dim);
+  }
+  return gather_.data();
+}
+
+void Trainer::step() {
+  const int rows = config_.batch_size;
+  const int index_in_epoch = static_cast<int>(step_ % static_cast<uint64_t>(steps_per_epoch_));
+  const uint64_t t = step_ + 1;  // Adam's 1-based step, also the random draws' step
+  backend_.upload_and_binarize(batch_pixels(index_in_epoch), rows, config_.arch.input_dim, 0,
+                               RandomKey{config_.seed, RandomStream::kBinarize, t}, x_.get());
+  backend_.fill_normal(eps_.get(), eps_.size(), 0, RandomKey{config_.seed, RandomStream::kEps, t});
+  model_.forward_backward(x_.get(), eps_.get(), rows, true);
+  backend_.accumulate_elbo(model_.row_logprob(), model_.row_kl(), rows, elbo_sum_.get());
+  model_.adam_update(config_.adam, t);
+  step_ = t;
+  rows_since_take_ += static_cast<uint64_t>(rows);
+}
+
+double Trainer::peek_mean_elbo() const {
+  double sum = 0.0;
+  backend_.copy_to_host(&sum, elbo_sum_.get(), sizeof(sum));
+  return rows_since_take_ == 0 ? 0.0 : sum / static_cast<double>(rows_since_take_);
+}
+
+double Trainer::take_mean_elbo() {
+  const double mean = peek_mean_elbo();
+  const double zero = 0.0;
+  backend_.copy_to_device(elbo_sum_.get(), &zero, sizeof(zero));
+  rows_since_take_ = 0;
+  return mean;
+}
+
+}  // namespace cuvae

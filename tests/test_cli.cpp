@@ -1,0 +1,865 @@
+// The driver's promises, tested end to end: the vae binary runs as a child
+// process (stdout, stderr and exit status captured separately, with a
+// timeout). Bad input of every kind must give exactly one line on stderr that
+// names the flag or file at fault and what is wrong, a non-zero exit status,
+// and no crash; good input must write what the help promises.
+//
+// Data sets are small generated IDX files in a temporary directory, so the
+// suite runs in seconds; one test also reads the real MNIST files
+// (CUVAE_MNIST_DIR, else CUVAE_SOURCE_DIR/data/mnist) and skips without them.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------------------
+// Running the binary
+
+struct RunResult {
+  int exit_code = -1;   // WEXITSTATUS when the child exited normally
+  int signal = 0;       // WTERMSIG when a signal ended it
+  bool timed_out = false;
+  std::string out;
+  std::string err;
+  std::string command;  // for failure messages
+};
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_file(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << "cannot write " << path;
+}
+
+// A fresh directory under $TMPDIR (or /tmp), removed when the object dies.
+class TempDir {
+ public:
+  TempDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
+                          "/cuvae_cli_XXXXXX";
+    std::vector<char> buffer(pattern.begin(), pattern.end());
+    buffer.push_back('\0');
+    if (::mkdtemp(buffer.data()) == nullptr) {
+      ADD_FAILURE() << "mkdtemp failed: " << std::strerror(errno);
+      return;
+    }
+    path_ = buffer.data();
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) fs::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+constexpr int kTimeoutSeconds = 120;
+
+// Runs CUVAE_VAE_BINARY with `args` in `cwd`, stdin from /dev/null.
+RunResult run_vae(const std::vector<std::string>& args, const fs::path& cwd) {
+  RunResult result;
+  result.command = "vae";
+  for (const std::string& arg : args) result.command += " '" + arg + "'";
+  const fs::path out_path = cwd / ".cli_stdout";
+  const fs::path err_path = cwd / ".cli_stderr";
+
+  std::vector<std::string> argv_storage;
+  argv_storage.push_back(CUVAE_VAE_BINARY);
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& arg : argv_storage) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ADD_FAILURE() << "fork failed: " << std::strerror(errno);
+    return result;
+  }
+  if (pid == 0) {
+    // Child: only async-signal-safe calls from here on.
+    const int in = ::open("/dev/null", O_RDONLY);
+    const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (in < 0 || out < 0 || err < 0 || ::dup2(in, 0) < 0 || ::dup2(out, 1) < 0 ||
+        ::dup2(err, 2) < 0 || ::chdir(cwd.c_str()) != 0) {
+      ::_exit(126);
+    }
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kTimeoutSeconds);
+  int status = 0;
+  for (;;) {
+    const pid_t done = ::waitpid(pid, &status, WNOHANG);
+    if (done == pid) break;
+    if (done < 0 && errno != EINTR) {
+      ADD_FAILURE() << "waitpid failed: " << std::strerror(errno);
+      return result;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      result.timed_out = true;
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) result.signal = WTERMSIG(status);
+  result.out = read_file(out_path);
+  result.err = read_file(err_path);
+  std::error_code ignored;
+  fs::remove(out_path, ignored);
+  fs::remove(err_path, ignored);
+  return result;
+}
+
+std::string describe(const RunResult& r) {
+  std::ostringstream s;
+  s << r.command << "\n  exit " << r.exit_code << ", signal " << r.signal
+    << (r.timed_out ? ", TIMED OUT" : "") << "\n  stdout: " << r.out << "\n  stderr: " << r.err;
+  return s.str();
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string lower(std::string text) {
+  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return text;
+}
+
+// The promise for bad input. `names` must all appear in the line (the flag or
+// file at fault); at least one of `why` (case-insensitive) must appear too
+// (what is wrong).
+void expect_one_line_error(const RunResult& r, std::initializer_list<std::string> names,
+                           std::initializer_list<std::string> why) {
+  SCOPED_TRACE(describe(r));
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(r.signal, 0) << "the driver crashed";
+  ASSERT_TRUE(r.exit_code > 0 && r.exit_code < 126) << "expected an error exit status";
+  ASSERT_FALSE(r.err.empty()) << "nothing on stderr";
+  EXPECT_EQ(r.err.back(), '\n') << "stderr's line is not terminated";
+  const std::string line = r.err.substr(0, r.err.size() - 1);
+  EXPECT_EQ(line.find('\n'), std::string::npos) << "more than one line on stderr";
+  EXPECT_EQ(line.rfind("vae: error: ", 0), 0u) << "stderr does not start with 'vae: error: '";
+  EXPECT_LT(line.size(), 400u) << "the error line is unreadably long";
+  for (const std::string& name : names) {
+    EXPECT_TRUE(contains(line, name)) << "the error does not name '" << name << "'";
+  }
+  bool said_why = why.size() == 0;
+  for (const std::string& word : why) said_why = said_why || contains(lower(line), lower(word));
+  EXPECT_TRUE(said_why) << "the error does not say what is wrong";
+}
+
+void expect_success(const RunResult& r) {
+  EXPECT_FALSE(r.timed_out) << describe(r);
+  EXPECT_EQ(r.signal, 0) << describe(r);
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(r.err.empty()) << describe(r);
+}
+
+// ---------------------------------------------------------------------------
+// Generated data
+
+constexpr uint32_t kImagesMagic = 0x00000803;
+constexpr uint32_t kLabelsMagic = 0x00000801;
+
+void put_be32(std::string* bytes, uint32_t value) {
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    bytes->push_back(static_cast<char>((value >> shift) & 0xffu));
+  }
+}
+
+std::string idx_images(uint32_t count, uint32_t magic = kImagesMagic, uint32_t seed = 1) {
+  std::string bytes;
+  put_be32(&bytes, magic);
+  put_be32(&bytes, count);
+  put_be32(&bytes, 28);
+  put_be32(&bytes, 28);
+  std::mt19937 rng(seed);
+  for (uint32_t i = 0; i < count * 28u * 28u; ++i) bytes.push_back(static_cast<char>(rng() & 0xffu));
+  return bytes;
+}
+
+std::string idx_labels(uint32_t count, uint32_t magic = kLabelsMagic) {
+  std::string bytes;
+  put_be32(&bytes, magic);
+  put_be32(&bytes, count);
+  for (uint32_t i = 0; i < count; ++i) bytes.push_back(static_cast<char>(i % 10));
+  return bytes;
+}
+
+constexpr const char* kTrainImages = "train-images-idx3-ubyte";
+constexpr const char* kTrainLabels = "train-labels-idx1-ubyte";
+constexpr const char* kTestImages = "t10k-images-idx3-ubyte";
+constexpr const char* kTestLabels = "t10k-labels-idx1-ubyte";
+
+constexpr uint32_t kTrainCount = 400;
+constexpr uint32_t kTestCount = 20;
+
+// A valid data set of kTrainCount + kTestCount random images in `dir`.
+void write_dataset(const fs::path& dir) {
+  fs::create_directories(dir);
+  write_file(dir / kTrainImages, idx_images(kTrainCount, kImagesMagic, 1));
+  write_file(dir / kTrainLabels, idx_labels(kTrainCount));
+  write_file(dir / kTestImages, idx_images(kTestCount, kImagesMagic, 2));
+  write_file(dir / kTestLabels, idx_labels(kTestCount));
+}
+
+// `vae train` arguments for a tiny run, with some replaced or added.
+std::vector<std::string> train_args(const std::string& data, const std::string& out,
+                                    const std::map<std::string, std::string>& overrides = {}) {
+  std::vector<std::pair<std::string, std::string>> options = {
+      {"--data", data},       {"--out", out},         {"--batch-size", "100"},
+      {"--epochs", "1"},      {"--hidden", "8"},      {"--latent-dim", "2"},
+      {"--max-steps", "1"},   {"--device", "cpu"}};
+  std::map<std::string, std::string> rest = overrides;
+  std::vector<std::string> args = {"train"};
+  for (auto& [flag, value] : options) {
+    const auto it = rest.find(flag);
+    if (it != rest.end()) {
+      value = it->second;
+      rest.erase(it);
+    }
+    args.push_back(flag);
+    args.push_back(value);
+  }
+  for (const auto& [flag, value] : rest) {
+    args.push_back(flag);
+    args.push_back(value);
+  }
+  return args;
+}
+
+// One generated data set and one model trained on it, shared by the tests of
+// a process (ctest runs each test in its own process; it takes well under a
+// second to make).
+struct Shared {
+  TempDir dir;
+  std::string data;
+  std::string model;
+  std::string error;  // why making it failed, if it did
+
+  Shared() : data(dir / "data"), model(dir / "model/model.safetensors") {
+    write_dataset(data);
+    const RunResult r =
+        run_vae(train_args(data, dir / "model", {{"--max-steps", "2"}}), dir.path());
+    if (r.exit_code != 0 || r.signal != 0 || !fs::exists(model)) error = describe(r);
+  }
+};
+
+// Made on first use, removed at exit.
+const Shared& shared() {
+  static const Shared instance;
+  return instance;
+}
+
+#define REQUIRE_SHARED()                                                      \
+  do {                                                                        \
+    ASSERT_TRUE(shared().error.empty()) << "making the shared model failed: " \
+                                        << shared().error;                    \
+  } while (0)
+
+bool is_png(const fs::path& path) {
+  const std::string bytes = read_file(path);
+  return bytes.size() > 8 && bytes.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0;
+}
+
+std::vector<std::string> leftover_temporaries(const fs::path& dir) {
+  std::vector<std::string> found;
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator(dir, ignored)) {
+    const std::string name = entry.path().filename().string();
+    if (contains(name, ".tmp.")) found.push_back(name);
+  }
+  return found;
+}
+
+// ---------------------------------------------------------------------------
+// Command line: flags, subcommands, values
+
+class CliArgs : public ::testing::Test {
+ protected:
+  TempDir dir;
+  std::string data() const { return shared().data; }
+  std::string out() const { return dir / "out"; }
+  RunResult train(const std::map<std::string, std::string>& overrides) {
+    return run_vae(train_args(data(), out(), overrides), dir.path());
+  }
+};
+
+TEST_F(CliArgs, UnknownFlagOfSubcommand) {
+  RunResult r = run_vae({"train", "--bogus-flag"}, dir.path());
+  expect_one_line_error(r, {"--bogus-flag"}, {"not expected", "unknown"});
+  EXPECT_EQ(r.exit_code, 2);
+}
+
+TEST_F(CliArgs, UnknownTopLevelFlag) {
+  expect_one_line_error(run_vae({"--bogus-flag"}, dir.path()), {"--bogus-flag"},
+                        {"not expected", "unknown"});
+}
+
+TEST_F(CliArgs, UnknownSubcommand) {
+  expect_one_line_error(run_vae({"bogus-command"}, dir.path()), {"bogus-command"},
+                        {"unknown subcommand", "not expected"});
+}
+
+TEST_F(CliArgs, NoSubcommand) {
+  expect_one_line_error(run_vae({}, dir.path()), {}, {"subcommand"});
+}
+
+TEST_F(CliArgs, MissingRequiredModel) {
+  expect_one_line_error(run_vae({"eval"}, dir.path()), {"--model"}, {"required"});
+}
+
+TEST_F(CliArgs, BatchSizeZero) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--batch-size", "0"}}), {"--batch-size", "0"},
+                        {"range", "must be", "positive"});
+}
+
+TEST_F(CliArgs, BatchSizeNegative) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--batch-size", "-5"}}), {"--batch-size", "-5"},
+                        {"range", "must be", "positive"});
+}
+
+TEST_F(CliArgs, BatchSizeNotANumber) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--batch-size", "abc"}}), {"--batch-size", "abc"},
+                        {"not an integer", "not a number", "integer"});
+}
+
+TEST_F(CliArgs, BatchSizeLargerThanDataSet) {
+  REQUIRE_SHARED();
+  RunResult r = train({{"--batch-size", "1000"}});
+  expect_one_line_error(r, {"--batch-size", "1000"}, {"400", "training images"});
+  EXPECT_FALSE(fs::exists(out() + "/model.safetensors"));
+}
+
+TEST_F(CliArgs, LatentDimZero) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--latent-dim", "0"}}), {"--latent-dim"},
+                        {"range", "must be", "positive"});
+}
+
+TEST_F(CliArgs, HiddenWithEmptyWidth) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--hidden", "200,,200"}}), {"--hidden", "200,,200"},
+                        {"must be", "invalid"});
+}
+
+TEST_F(CliArgs, HiddenNotANumber) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--hidden", "abc"}}), {"--hidden", "abc"},
+                        {"must be", "invalid"});
+}
+
+TEST_F(CliArgs, HiddenZero) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--hidden", "0"}}), {"--hidden"}, {"positive"});
+}
+
+TEST_F(CliArgs, EpochsZero) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--epochs", "0"}}), {"--epochs"},
+                        {"range", "must be", "positive"});
+}
+
+TEST_F(CliArgs, LearningRateNegative) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--lr", "-1"}}), {"--lr", "-1"}, {"positive"});
+}
+
+TEST_F(CliArgs, LearningRateNotANumber) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--lr", "abc"}}), {"--lr", "abc"}, {"not a number"});
+}
+
+TEST_F(CliArgs, MaxStepsNegative) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--max-steps", "-1"}}), {"--max-steps", "-1"},
+                        {"range", "must be"});
+}
+
+TEST_F(CliArgs, SeedNegative) {
+  // An unsigned option must not take -1 as 2^64 - 1.
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--seed", "-1"}}), {"--seed", "-1"},
+                        {"non-negative", "must be"});
+}
+
+TEST_F(CliArgs, DeviceUnknown) {
+  REQUIRE_SHARED();
+  expect_one_line_error(train({{"--device", "gpu"}}), {"--device", "gpu"},
+                        {"not in", "must be", "unknown"});
+}
+
+TEST_F(CliArgs, EvalSamplesZero) {
+  expect_one_line_error(run_vae({"eval", "--model", "m", "--k", "0"}, dir.path()), {"--k"},
+                        {"range", "must be"});
+}
+
+TEST_F(CliArgs, EvalLimitNegative) {
+  expect_one_line_error(run_vae({"eval", "--model", "m", "--limit", "-2"}, dir.path()),
+                        {"--limit", "-2"}, {"range", "must be"});
+}
+
+// ---------------------------------------------------------------------------
+// --device cuda where CUDA is not usable
+
+TEST(CliDevice, CudaWithoutCudaSaysSo) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const RunResult info = run_vae({"info"}, dir.path());
+  ASSERT_EQ(info.exit_code, 0) << describe(info);
+  if (!contains(info.out, "CUDA device: none")) {
+    GTEST_SKIP() << "this machine has a usable CUDA device";
+  }
+  expect_one_line_error(run_vae(train_args(shared().data, dir / "out", {{"--device", "cuda"}}),
+                                dir.path()),
+                        {"--device cuda"}, {"no cuda", "not compiled", "no device", "driver"});
+  expect_one_line_error(run_vae({"eval", "--model", shared().model, "--data", shared().data,
+                                 "--device", "cuda", "--limit", "2", "--k", "2"},
+                                dir.path()),
+                        {"--device cuda"}, {"no cuda", "not compiled", "no device", "driver"});
+}
+
+// ---------------------------------------------------------------------------
+// Data files
+
+class CliData : public ::testing::Test {
+ protected:
+  TempDir dir;
+  std::string data() const { return dir / "data"; }
+  RunResult train() {
+    return run_vae(train_args(data(), dir / "out"), dir.path());
+  }
+};
+
+TEST_F(CliData, MissingDirectory) {
+  REQUIRE_SHARED();
+  const std::string missing = dir / "no_such_dir";
+  expect_one_line_error(run_vae(train_args(missing, dir / "out"), dir.path()), {missing},
+                        {"not found", "no such", "missing"});
+  expect_one_line_error(
+      run_vae({"reconstruct", "--model", shared().model, "--data", missing, "--out", dir / "o"},
+              dir.path()),
+      {missing}, {"not found", "no such", "missing"});
+}
+
+TEST_F(CliData, MissingLabelsFile) {
+  write_dataset(data());
+  fs::remove(data() + "/" + kTestLabels);
+  expect_one_line_error(train(), {kTestLabels}, {"not found", "no such", "missing"});
+}
+
+TEST_F(CliData, TruncatedImagesFile) {
+  write_dataset(data());
+  const std::string path = data() + "/" + kTrainImages;
+  write_file(path, idx_images(kTrainCount).substr(0, 5000));
+  expect_one_line_error(train(), {path}, {"truncated"});
+}
+
+TEST_F(CliData, TruncatedHeader) {
+  write_dataset(data());
+  const std::string path = data() + "/" + kTestImages;
+  write_file(path, idx_images(kTestCount).substr(0, 3));
+  expect_one_line_error(train(), {path}, {"too short", "truncated", "header"});
+}
+
+TEST_F(CliData, WrongMagicImagesFile) {
+  write_dataset(data());
+  const std::string path = data() + "/" + kTrainImages;
+  write_file(path, idx_images(kTrainCount, 0xDEADBEEFu));
+  expect_one_line_error(train(), {path}, {"magic", "not an idx"});
+}
+
+TEST_F(CliData, LabelsMagicInImagesFile) {
+  write_dataset(data());
+  const std::string path = data() + "/" + kTestImages;
+  write_file(path, idx_labels(kTestCount));
+  expect_one_line_error(train(), {path}, {"magic", "dimension"});
+}
+
+TEST_F(CliData, WrongMagicLabelsFile) {
+  write_dataset(data());
+  const std::string path = data() + "/" + kTrainLabels;
+  write_file(path, idx_labels(kTrainCount, 0x00000803u));
+  expect_one_line_error(train(), {path}, {"magic", "dimension"});
+}
+
+TEST_F(CliData, ImageAndLabelCountsDisagree) {
+  write_dataset(data());
+  write_file(data() + "/" + kTrainLabels, idx_labels(kTrainCount - 1));
+  expect_one_line_error(train(), {kTrainImages, kTrainLabels}, {"agree", "disagree", "count"});
+}
+
+TEST_F(CliData, TestCountsDisagreeForEval) {
+  REQUIRE_SHARED();
+  write_dataset(data());
+  write_file(data() + "/" + kTestImages, idx_images(kTestCount + 3));
+  expect_one_line_error(run_vae({"eval", "--model", shared().model, "--data", data()},
+                                dir.path()),
+                        {kTestImages, kTestLabels}, {"agree", "disagree", "count"});
+}
+
+// ---------------------------------------------------------------------------
+// Model files
+
+class CliModel : public ::testing::Test {
+ protected:
+  TempDir dir;
+  // Both subcommands that read a model must give the same kind of error.
+  void expect_model_error(const std::string& model, std::initializer_list<std::string> why) {
+    REQUIRE_SHARED();
+    {
+      SCOPED_TRACE("vae eval");
+      expect_one_line_error(
+          run_vae({"eval", "--model", model, "--data", shared().data, "--k", "2"}, dir.path()),
+          {model}, why);
+    }
+    {
+      SCOPED_TRACE("vae sample");
+      const std::string out = dir / "sample_out";
+      expect_one_line_error(
+          run_vae({"sample", "--model", model, "--data", shared().data, "--out", out},
+                  dir.path()),
+          {model}, why);
+      EXPECT_FALSE(fs::exists(out + "/task_3_1.png"));
+    }
+  }
+};
+
+TEST_F(CliModel, Missing) {
+  expect_model_error(dir / "no_such.safetensors", {"no such file", "not found", "missing"});
+}
+
+TEST_F(CliModel, Truncated) {
+  REQUIRE_SHARED();
+  const std::string bytes = read_file(shared().model);
+  ASSERT_GT(bytes.size(), 1000u);
+  const std::string path = dir / "half.safetensors";
+  write_file(path, bytes.substr(0, bytes.size() / 2));
+  expect_model_error(path, {"truncated", "past the end", "short"});
+}
+
+TEST_F(CliModel, NotSafetensors) {
+  std::string text;
+  for (int i = 0; i < 20; ++i) text += "this is not a model, just some text\n";
+  const std::string path = dir / "text.safetensors";
+  write_file(path, text);
+  expect_model_error(path, {"safetensors", "header", "not a"});
+}
+
+TEST_F(CliModel, Empty) {
+  const std::string path = dir / "empty.safetensors";
+  write_file(path, "");
+  expect_model_error(path, {"safetensors", "header", "empty", "short", "truncated"});
+}
+
+// A valid safetensors file whose tensors' shapes disagree with its metadata:
+// the metadata's latent_dim "2" becomes "3", same header length.
+TEST_F(CliModel, ShapesDisagreeWithMetadata) {
+  REQUIRE_SHARED();
+  std::string bytes = read_file(shared().model);
+  ASSERT_GT(bytes.size(), 8u);
+  uint64_t header_length = 0;
+  for (int i = 7; i >= 0; --i) header_length = (header_length << 8) | static_cast<uint8_t>(bytes[i]);
+  ASSERT_LE(8 + header_length, bytes.size());
+  std::string header = bytes.substr(8, header_length);
+  const std::string from = "\"latent_dim\":\"2\"";
+  const size_t at = header.find(from);
+  ASSERT_NE(at, std::string::npos) << "metadata not as expected: " << header.substr(0, 400);
+  header.replace(at, from.size(), "\"latent_dim\":\"3\"");
+  bytes.replace(8, header_length, header);
+  const std::string path = dir / "shapes.safetensors";
+  write_file(path, bytes);
+  expect_model_error(path, {"shape"});
+}
+
+// ---------------------------------------------------------------------------
+// Output directories
+
+TEST(CliOutput, OutUnderARegularFile) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  write_file(dir / "file", "a regular file\n");
+  const std::string out = dir / "file/sub";
+  expect_one_line_error(run_vae(train_args(shared().data, out), dir.path()), {out},
+                        {"cannot create", "not a directory"});
+  expect_one_line_error(
+      run_vae({"sample", "--model", shared().model, "--out", out}, dir.path()), {out},
+      {"cannot create", "not a directory"});
+}
+
+// ---------------------------------------------------------------------------
+// Help and version
+
+// The help line of `flag` (the first line that lists it).
+std::string help_line(const std::string& help, const std::string& flag) {
+  std::istringstream lines(help);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t at = line.find(flag);
+    if (at == std::string::npos) continue;
+    const size_t end = at + flag.size();
+    if (end == line.size() || line[end] == ' ' || line[end] == '=') return line;
+  }
+  return std::string();
+}
+
+void expect_flags_with_defaults(const std::string& help,
+                                const std::map<std::string, std::string>& defaults) {
+  for (const auto& [flag, value] : defaults) {
+    const std::string line = help_line(help, flag);
+    EXPECT_FALSE(line.empty()) << "the help does not mention " << flag << "\n" << help;
+    if (value.empty() || line.empty()) continue;
+    const size_t at = line.find("=" + value);
+    EXPECT_TRUE(at != std::string::npos &&
+                (at + 1 + value.size() == line.size() || line[at + 1 + value.size()] == ' '))
+        << flag << "'s help line does not show its default " << value << ": " << line;
+  }
+}
+
+TEST(CliHelp, TopLevel) {
+  TempDir dir;
+  const RunResult r = run_vae({"--help"}, dir.path());
+  expect_success(r);
+  for (const char* word : {"--help", "--version", "train", "sample", "reconstruct", "interpolate",
+                           "eval", "info"}) {
+    EXPECT_TRUE(contains(r.out, word)) << word << " missing from\n" << r.out;
+  }
+}
+
+TEST(CliHelp, Train) {
+  TempDir dir;
+  const RunResult r = run_vae({"train", "--help"}, dir.path());
+  expect_success(r);
+  expect_flags_with_defaults(r.out, {{"--data", "data/mnist"},
+                                     {"--out", "runs/default"},
+                                     {"--device", "auto"},
+                                     {"--epochs", "30"},
+                                     {"--batch-size", "200"},
+                                     {"--latent-dim", "50"},
+                                     {"--hidden", "200,200"},
+                                     {"--lr", "0.001"},
+                                     {"--seed", "0"},
+                                     {"--max-steps", "0"},
+                                     {"--shuffle", ""},
+                                     {"--image-scale", "1"}});
+  EXPECT_TRUE(contains(help_line(r.out, "--shuffle"), "default")) << r.out;
+}
+
+TEST(CliHelp, ImagesAndEval) {
+  TempDir dir;
+  for (const char* command : {"sample", "reconstruct", "interpolate"}) {
+    const RunResult r = run_vae({command, "--help"}, dir.path());
+    expect_success(r);
+    expect_flags_with_defaults(r.out, {{"--model", ""},
+                                       {"--data", "data/mnist"},
+                                       {"--out", "runs/images"},
+                                       {"--device", "auto"},
+                                       {"--seed", "0"},
+                                       {"--image-scale", "1"}});
+  }
+  const RunResult r = run_vae({"eval", "--help"}, dir.path());
+  expect_success(r);
+  expect_flags_with_defaults(r.out, {{"--model", ""},
+                                     {"--data", "data/mnist"},
+                                     {"--device", "auto"},
+                                     {"--k", "100"},
+                                     {"--limit", "0"},
+                                     {"--seed", "0"}});
+}
+
+TEST(CliHelp, Version) {
+  TempDir dir;
+  const RunResult r = run_vae({"--version"}, dir.path());
+  expect_success(r);
+  EXPECT_TRUE(contains(r.out, CUVAE_VERSION)) << r.out;
+}
+
+TEST(CliHelp, Info) {
+  TempDir dir;
+  const RunResult r = run_vae({"info"}, dir.path());
+  expect_success(r);
+  EXPECT_TRUE(contains(r.out, "CUDA")) << r.out;
+}
+
+// ---------------------------------------------------------------------------
+// Good runs
+
+const char* const kTaskImages[] = {"task_3_1.png",   "task_3_2.png",   "task_3_3_0.png",
+                                   "task_3_3_1.png", "task_3_3_2.png", "task_3_3_3.png",
+                                   "task_3_3_4.png"};
+
+// The number after "key": in a one-line JSON object, or NaN.
+double json_number(const std::string& line, const std::string& key) {
+  const std::string quoted = "\"" + key + "\":";
+  const size_t at = line.find(quoted);
+  if (at == std::string::npos) return std::nan("");
+  const char* start = line.c_str() + at + quoted.size();
+  char* end = nullptr;
+  const double value = std::strtod(start, &end);
+  return end == start ? std::nan("") : value;
+}
+
+// The lines of `text` that start with '{'.
+std::vector<std::string> json_lines(const std::string& text) {
+  std::vector<std::string> found;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty() && line.front() == '{') found.push_back(line);
+  }
+  return found;
+}
+
+TEST(CliTrain, TinyRunWritesModelMetricsAndImages) {
+  TempDir dir;
+  const std::string data = dir / "data";
+  write_dataset(data);
+  const std::string out = dir / "run";
+  const RunResult r = run_vae({"train", "--data", data, "--out", out, "--batch-size", "100",
+                               "--epochs", "2", "--hidden", "16", "--latent-dim", "2",
+                               "--device", "cpu"},
+                              dir.path());
+  expect_success(r);
+  EXPECT_TRUE(fs::is_regular_file(out + "/model.safetensors"));
+  for (const char* name : kTaskImages) {
+    EXPECT_TRUE(is_png(out + "/" + name)) << name << " is missing or not a PNG";
+  }
+  EXPECT_EQ(leftover_temporaries(out), std::vector<std::string>());
+
+  const std::string metrics = read_file(out + "/metrics.csv");
+  std::istringstream lines(metrics);
+  std::string line;
+  ASSERT_TRUE(std::getline(lines, line));
+  EXPECT_EQ(line, "epoch,elbo,seconds,samples_per_s");
+  int rows = 0;
+  while (std::getline(lines, line)) {
+    ++rows;
+    std::istringstream fields(line);
+    std::string field;
+    std::vector<double> values;
+    while (std::getline(fields, field, ',')) values.push_back(std::strtod(field.c_str(), nullptr));
+    ASSERT_EQ(values.size(), 4u) << line;
+    EXPECT_EQ(values[0], rows) << line;
+    EXPECT_TRUE(std::isfinite(values[1]) && values[1] < 0) << line;
+    EXPECT_GE(values[2], 0) << line;
+    EXPECT_GT(values[3], 0) << line;
+  }
+  EXPECT_EQ(rows, 2) << metrics;
+
+  // The model drives every other subcommand.
+  for (const auto& [command, files] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"sample", {"task_3_1.png"}},
+           {"reconstruct", {"task_3_2.png"}},
+           {"interpolate",
+            {"task_3_3_0.png", "task_3_3_1.png", "task_3_3_2.png", "task_3_3_3.png",
+             "task_3_3_4.png"}}}) {
+    SCOPED_TRACE(command);
+    const std::string images = dir / ("images_" + command);
+    const RunResult ri = run_vae({command, "--model", out + "/model.safetensors", "--data", data,
+                                  "--out", images, "--device", "cpu"},
+                                 dir.path());
+    expect_success(ri);
+    for (const std::string& name : files) {
+      EXPECT_TRUE(is_png(images + "/" + name)) << name << " is missing or not a PNG";
+    }
+    EXPECT_EQ(leftover_temporaries(images), std::vector<std::string>());
+  }
+
+  const RunResult re = run_vae({"eval", "--model", out + "/model.safetensors", "--data", data,
+                                "--k", "5", "--limit", "10", "--device", "cpu"},
+                               dir.path());
+  expect_success(re);
+  const std::vector<std::string> json = json_lines(re.out);
+  ASSERT_EQ(json.size(), 1u) << re.out;
+  EXPECT_EQ(json[0].back(), '}') << json[0];
+  const double elbo = json_number(json[0], "elbo");
+  const double nll = json_number(json[0], "nll");
+  EXPECT_TRUE(std::isfinite(elbo)) << json[0];
+  EXPECT_TRUE(std::isfinite(nll)) << json[0];
+  EXPECT_LT(elbo, 0) << json[0];
+  EXPECT_GT(nll, 0) << json[0];
+  // The importance-sampled NLL bounds -ELBO from below (up to sampling noise).
+  EXPECT_LE(nll, -elbo + 1.0) << json[0];
+  EXPECT_EQ(json_number(json[0], "images"), 10) << json[0];
+  EXPECT_EQ(json_number(json[0], "k"), 5) << json[0];
+}
+
+// The eval line must stay JSON whatever the model's path.
+TEST(CliEval, JsonLineEscapesModelPath) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  fs::create_directories(dir / "a\"b\\c");
+  const std::string model = dir / "a\"b\\c/model.safetensors";
+  fs::copy_file(shared().model, model);
+  const RunResult r = run_vae({"eval", "--model", model, "--data", shared().data, "--k", "2",
+                               "--limit", "2", "--device", "cpu"},
+                              dir.path());
+  expect_success(r);
+  const std::vector<std::string> json = json_lines(r.out);
+  ASSERT_EQ(json.size(), 1u) << r.out;
+  EXPECT_TRUE(contains(json[0], "a\\\"b\\\\c/model.safetensors")) << json[0];
+  EXPECT_TRUE(std::isfinite(json_number(json[0], "elbo"))) << json[0];
+}
+
+// The real data set, when present: two steps, then eval on 10 test images.
+TEST(CliMnist, TrainsAndEvaluatesOnMnist) {
+  const char* env = std::getenv("CUVAE_MNIST_DIR");
+  const std::string mnist = env != nullptr && *env != '\0' ? env : CUVAE_SOURCE_DIR "/data/mnist";
+  bool present = true;
+  for (const char* name : {kTrainImages, kTrainLabels, kTestImages, kTestLabels}) {
+    present = present && (fs::exists(mnist + "/" + name) || fs::exists(mnist + "/" + name + ".gz"));
+  }
+  if (!present) GTEST_SKIP() << "MNIST not found in " << mnist << " (set CUVAE_MNIST_DIR)";
+  TempDir dir;
+  const std::string out = dir / "run";
+  const RunResult r = run_vae(train_args(mnist, out, {{"--max-steps", "2"}}), dir.path());
+  expect_success(r);
+  const RunResult re = run_vae({"eval", "--model", out + "/model.safetensors", "--data", mnist,
+                                "--k", "5", "--limit", "10", "--device", "cpu"},
+                               dir.path());
+  expect_success(re);
+  const std::vector<std::string> json = json_lines(re.out);
+  ASSERT_EQ(json.size(), 1u) << re.out;
+  EXPECT_TRUE(std::isfinite(json_number(json[0], "nll"))) << json[0];
+}
+
+}  // namespace
