@@ -20,6 +20,7 @@
 // are OpenBLAS's own entry points and are how we prove the BLAS is OpenBLAS.
 extern "C" char* openblas_get_config(void);
 extern "C" int openblas_get_num_threads(void);
+extern "C" int openblas_get_parallel(void);
 
 namespace cuvae {
 
@@ -34,9 +35,17 @@ class CpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
 
   std::string description() const override {
-    return "CPU, " + std::to_string(omp_get_max_threads()) + " OpenMP threads, BLAS: " +
-           std::string(openblas_get_config()) + " (" +
-           std::to_string(openblas_get_num_threads()) + " threads)";
+    // openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP.
+    const int parallel = openblas_get_parallel();
+    const char* threading = parallel == 2 ? "OpenMP" : parallel == 1 ? "pthreads" : "sequential";
+    std::string text = "CPU, " + std::to_string(omp_get_max_threads()) +
+                       " OpenMP threads, BLAS: " + std::string(openblas_get_config()) + " (" +
+                       threading + ", " + std::to_string(openblas_get_num_threads()) + " threads)";
+    if (parallel == 1) {
+      text += " [warning: OpenBLAS's pthread build spins against our OpenMP threads and makes "
+              "training several times slower; install libopenblas-openmp-dev and rebuild]";
+    }
+    return text;
   }
 
   void* allocate(size_t bytes) override {

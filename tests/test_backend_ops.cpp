@@ -1,0 +1,280 @@
+// One test per backend operation, run on every backend (ggml's
+// test-backend-ops pattern) against a reference computed here in double
+// precision straight from the formulas, not from vae_math.h, so a mistake in
+// the shared math cannot hide in both sides.
+//
+// Tolerances, with the reasoning:
+//  - GEMM: inputs are small integers, so every product and partial sum is an
+//    exactly representable float and any summation order gives the exact
+//    result (CUTLASS's basic_gemm trick): equality, which checks layouts,
+//    transposes and leading dimensions with no tolerance to hide behind.
+//  - element-wise ops: a few float operations, each within 0.5 ulp on the
+//    CPU and 2 ulp for CUDA's expf/logf: relative 1e-5 (~80 ulp) + tiny abs.
+//  - row sums of n float terms: the rounding error of a float sum grows like
+//    n * 2^-24 * sum|terms| in the worst case; we allow 2n * 6e-8 * sum|terms|.
+//  - binarization: exact (a comparison of exactly computed values).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "backend_fixture.h"
+#include "cuvae/philox.h"
+
+namespace cuvae {
+namespace {
+
+using testing::download;
+using testing::expect_all_close;
+using testing::upload;
+
+class BackendOps : public ::testing::TestWithParam<std::string> {};
+
+std::vector<float> normals(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = scale * random_normal(RandomKey{seed, RandomStream::kInit, 0}, i);
+  return v;
+}
+
+TEST_P(BackendOps, GemmAllTransposesExactOnSmallIntegers) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int m = 37, n = 29, k = 53;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      // op(A) is m x k, op(B) k x n; stored row-major with padding columns.
+      const int a_rows = ta ? k : m, a_cols = ta ? m : k, lda = a_cols + 3;
+      const int b_rows = tb ? n : k, b_cols = tb ? k : n, ldb = b_cols + 2;
+      const int ldc = n + 1;
+      std::vector<float> a(static_cast<size_t>(a_rows) * lda), b(static_cast<size_t>(b_rows) * ldb);
+      std::vector<float> c(static_cast<size_t>(m) * ldc);
+      for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>(i * 7 % 9) - 4);
+      for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>(i * 5 % 7) - 3);
+      for (size_t i = 0; i < c.size(); ++i) c[i] = static_cast<float>(static_cast<int>(i % 5) - 2);
+      auto a_d = upload(*backend, a), b_d = upload(*backend, b), c_d = upload(*backend, c);
+      backend->gemm(ta, tb, m, n, k, 2.0f, a_d.get(), lda, b_d.get(), ldb, 1.0f, c_d.get(), ldc);
+      const std::vector<float> got = download(*backend, c_d.get(), c.size());
+      for (int i = 0; i < m; ++i) {
+        for (int j = 0; j < n; ++j) {
+          double sum = 0;
+          for (int p = 0; p < k; ++p) {
+            const double av = ta ? a[static_cast<size_t>(p) * lda + i] : a[static_cast<size_t>(i) * lda + p];
+            const double bv = tb ? b[static_cast<size_t>(j) * ldb + p] : b[static_cast<size_t>(p) * ldb + j];
+            sum += av * bv;
+          }
+          const double expected = 2.0 * sum + c[static_cast<size_t>(i) * ldc + j];
+          ASSERT_EQ(got[static_cast<size_t>(i) * ldc + j], expected)
+              << "ta=" << ta << " tb=" << tb << " at " << i << "," << j;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(BackendOps, BiasActivationForwardAndBackward) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int rows = 203, cols = 77;  // not multiples of the CUDA block shapes
+  for (Activation act : {Activation::kRelu, Activation::kIdentity}) {
+    const bool relu = act == Activation::kRelu;
+    const std::vector<float> y0 = normals(static_cast<size_t>(rows) * cols, 1), bias = normals(cols, 2);
+    auto y = upload(*backend, y0);
+    auto b = upload(*backend, bias);
+    backend->bias_activation_forward(y.get(), b.get(), rows, cols, act);
+    const std::vector<float> y1 = download(*backend, y.get(), y0.size());
+    std::vector<double> expected(y0.size());
+    for (size_t i = 0; i < y0.size(); ++i) {
+      const double a = static_cast<double>(y0[i]) + bias[i % cols];
+      expected[i] = relu ? std::max(a, 0.0) : a;
+    }
+    // One float addition: within half an ulp (2^-24 relative) of the double sum.
+    expect_all_close(y1, expected, 6e-8, 1e-30, relu ? "bias+relu forward" : "bias forward");
+
+    const std::vector<float> dy0 = normals(y0.size(), 3);
+    auto dy = upload(*backend, dy0);
+    DeviceArray<float> dbias(*backend, cols);
+    backend->activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols, act);
+    std::vector<double> expected_dy(y0.size()), expected_db(cols, 0.0), abs_sum(cols, 0.0);
+    for (size_t i = 0; i < y0.size(); ++i) {
+      expected_dy[i] = relu ? (y1[i] > 0 ? dy0[i] : 0.0) : dy0[i];
+      expected_db[i % cols] += expected_dy[i];
+      abs_sum[i % cols] += std::fabs(expected_dy[i]);
+    }
+    expect_all_close(download(*backend, dy.get(), y0.size()), expected_dy, 0, 0,
+                     relu ? "relu backward dy" : "identity backward dy");
+    const std::vector<float> db = download(*backend, dbias.get(), cols);
+    double worst = 0;
+    for (int c = 0; c < cols; ++c) {
+      const double tolerance = 2.0 * rows * 6e-8 * abs_sum[c] + 1e-30;
+      worst = std::max(worst, std::fabs(db[c] - expected_db[c]) / tolerance);
+    }
+    EXPECT_LE(worst, 1.0) << "bias gradient";
+    std::printf("  %-40s worst error %.3f of tolerance\n", "bias gradient (column sums)", worst);
+  }
+}
+
+TEST_P(BackendOps, UploadAndBinarizeIsExactAndOffsetAware) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int rows = 13, cols = 31;  // rows * cols not a multiple of 4
+  std::vector<uint8_t> pixels(static_cast<size_t>(rows) * cols);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 37 % 256);
+  const RandomKey key{3, RandomStream::kBinarize, 17};
+  DeviceArray<float> x(*backend, pixels.size());
+  for (uint64_t first_row : {0ull, 5ull}) {
+    backend->upload_and_binarize(pixels.data(), rows, cols, first_row, key, x.get());
+    const std::vector<float> got = download(*backend, x.get(), pixels.size());
+    for (size_t i = 0; i < pixels.size(); ++i) {
+      const double u = random_uniform(key, first_row * cols + i);
+      ASSERT_EQ(got[i], pixels[i] / 255.0 > u ? 1.0f : 0.0f) << "element " << i;
+    }
+  }
+}
+
+TEST_P(BackendOps, FillNormalMatchesTheStreamAtAnyOffset) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const RandomKey key{9, RandomStream::kEps, 4};
+  for (uint64_t first : {0ull, 3ull, 1001ull}) {
+    const size_t n = 1027;
+    DeviceArray<float> out(*backend, n);
+    backend->fill_normal(out.get(), n, first, key);
+    std::vector<double> expected(n);
+    for (size_t i = 0; i < n; ++i) {
+      // Box-Muller in double from the same bits.
+      const Philox4 block = random_block(key, (first + i) / 4);
+      const int lane = static_cast<int>((first + i) % 4), pair = lane / 2;
+      const double u1 = ((block.v[2 * pair] >> 8) + 1.0) / 16777216.0;
+      const double u2 = (block.v[2 * pair + 1] >> 8) / 16777216.0;
+      const double r = std::sqrt(-2 * std::log(u1)), theta = 2 * M_PI * u2;
+      expected[i] = lane % 2 == 0 ? r * std::cos(theta) : r * std::sin(theta);
+    }
+    expect_all_close(download(*backend, out.get(), n), expected, 1e-5, 2e-6,
+                     "fill_normal offset " + std::to_string(first));
+  }
+}
+
+TEST_P(BackendOps, ReparameterizeKlForwardAndBackward) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int rows = 37, latent = 45;  // latent > 32: lanes loop
+  std::vector<float> enc = normals(static_cast<size_t>(rows) * 2 * latent, 5);
+  enc[latent] = -30.0f;  // extreme log_std values
+  enc[latent + 1] = 30.0f;
+  const std::vector<float> eps = normals(static_cast<size_t>(rows) * latent, 6);
+  const std::vector<float> dz = normals(eps.size(), 7);
+  auto enc_d = upload(*backend, enc), eps_d = upload(*backend, eps), dz_d = upload(*backend, dz);
+  DeviceArray<float> z(*backend, eps.size()), kl(*backend, rows), ratio(*backend, rows);
+  DeviceArray<float> d_enc(*backend, enc.size());
+  backend->reparameterize_kl_forward(enc_d.get(), eps_d.get(), rows, latent, z.get(), kl.get(), ratio.get());
+  const float scale = 0.125f;
+  backend->reparameterize_kl_backward(dz_d.get(), enc_d.get(), eps_d.get(), rows, latent, scale, d_enc.get());
+
+  std::vector<double> ez(eps.size()), ekl(rows, 0), eratio(rows, 0), ed(enc.size());
+  std::vector<double> kl_abs(rows, 0), ratio_abs(rows, 0);
+  for (int r = 0; r < rows; ++r) {
+    for (int j = 0; j < latent; ++j) {
+      const size_t mi = static_cast<size_t>(r) * 2 * latent + j, si = mi + latent;
+      const size_t zi = static_cast<size_t>(r) * latent + j;
+      const double m = enc[mi], s = enc[si], e = eps[zi];
+      ez[zi] = m + std::exp(s) * e;
+      const double kl_term = 0.5 * (std::exp(2 * s) + m * m - 1 - 2 * s);
+      const double ratio_term = 0.5 * (e * e - ez[zi] * ez[zi]) + s;
+      ekl[r] += kl_term;
+      kl_abs[r] += std::fabs(kl_term);
+      eratio[r] += ratio_term;
+      ratio_abs[r] += std::fabs(ratio_term);
+      ed[mi] = dz[zi] + scale * m;
+      ed[si] = dz[zi] * std::exp(s) * e + scale * (std::exp(2 * s) - 1);
+    }
+  }
+  expect_all_close(download(*backend, z.get(), eps.size()), ez, 1e-5, 1e-6, "reparameterize z");
+  expect_all_close(download(*backend, d_enc.get(), enc.size()), ed, 1e-5, 1e-6, "d mean, d log_std");
+  const std::vector<float> got_kl = download(*backend, kl.get(), rows);
+  const std::vector<float> got_ratio = download(*backend, ratio.get(), rows);
+  for (int r = 0; r < rows; ++r) {
+    EXPECT_NEAR(got_kl[r], ekl[r], 2.0 * latent * 6e-8 * kl_abs[r] + 1e-5 * kl_abs[r]) << "row " << r;
+    EXPECT_NEAR(got_ratio[r], eratio[r], 2.0 * latent * 6e-8 * ratio_abs[r] + 1e-5 * ratio_abs[r]) << "row " << r;
+  }
+}
+
+TEST_P(BackendOps, BernoulliLogProbAndGradWithExtremeLogits) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int rows = 9, cols = 784;
+  std::vector<float> logits = normals(static_cast<size_t>(rows) * cols, 8, 4.0f);
+  std::vector<float> x(logits.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = (i * 2654435761u) % 3 == 0 ? 1.0f : 0.0f;
+  const float extremes[] = {100.0f, -100.0f, 50.0f, -50.0f};
+  for (int i = 0; i < 4; ++i) logits[static_cast<size_t>(i) * 7] = extremes[i];
+  auto x_d = upload(*backend, x), f_d = upload(*backend, logits);
+  DeviceArray<float> dlogits(*backend, logits.size()), rowsum(*backend, rows);
+  const float scale = 0.25f;
+  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, scale, dlogits.get(), rowsum.get());
+  std::vector<double> ed(logits.size()), erow(rows, 0), erow_abs(rows, 0);
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const double f = logits[i];
+    const double sig = 1.0 / (1.0 + std::exp(-f));
+    const double logp = x[i] * f - (std::max(f, 0.0) + std::log1p(std::exp(-std::fabs(f))));
+    ed[i] = scale * (sig - x[i]);
+    erow[i / cols] += logp;
+    erow_abs[i / cols] += std::fabs(logp);
+  }
+  expect_all_close(download(*backend, dlogits.get(), logits.size()), ed, 1e-5, 1e-7, "dlogits");
+  const std::vector<float> got = download(*backend, rowsum.get(), rows);
+  for (int r = 0; r < rows; ++r) {
+    ASSERT_TRUE(std::isfinite(got[r]));
+    EXPECT_NEAR(got[r], erow[r], 2.0 * cols * 6e-8 * erow_abs[r]) << "row " << r;
+  }
+  // Without a gradient buffer the sums are the same.
+  DeviceArray<float> rowsum2(*backend, rows);
+  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, scale, nullptr, rowsum2.get());
+  EXPECT_EQ(download(*backend, rowsum2.get(), rows), got);
+}
+
+TEST_P(BackendOps, AccumulateElboAddsInDouble) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int rows = 1000;
+  const std::vector<float> logp = normals(rows, 10, 100.0f), kl = normals(rows, 11, 10.0f);
+  auto logp_d = upload(*backend, logp), kl_d = upload(*backend, kl);
+  auto acc = upload(*backend, std::vector<double>{5.0});
+  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, acc.get());
+  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, acc.get());
+  double expected = 5.0;
+  for (int pass = 0; pass < 2; ++pass)
+    for (int r = 0; r < rows; ++r) expected += static_cast<double>(logp[r]) - kl[r];
+  EXPECT_NEAR(download(*backend, acc.get(), 1)[0], expected, 1e-9 * std::fabs(expected) + 1e-9);
+}
+
+TEST_P(BackendOps, AdamStepMatchesDoubleFormula) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const size_t n = 100003;
+  const std::vector<float> p0 = normals(n, 12), g = normals(n, 13, 0.1f);
+  std::vector<float> m0 = normals(n, 14, 0.01f), v0 = normals(n, 15, 0.001f);
+  for (float& v : v0) v = v * v;
+  auto p = upload(*backend, p0), g_d = upload(*backend, g), m = upload(*backend, m0), v = upload(*backend, v0);
+  const int t = 7;
+  backend->adam_step(p.get(), g_d.get(), m.get(), v.get(), n, make_adam_step(1e-3, 0.9, 0.999, 1e-8, t));
+  std::vector<double> ep(n), em(n), ev(n);
+  for (size_t i = 0; i < n; ++i) {
+    em[i] = 0.9 * m0[i] + 0.1 * g[i];
+    ev[i] = 0.999 * v0[i] + 0.001 * g[i] * static_cast<double>(g[i]);
+    const double m_hat = em[i] / (1 - std::pow(0.9, t)), v_hat = ev[i] / (1 - std::pow(0.999, t));
+    ep[i] = p0[i] - 1e-3 * m_hat / (std::sqrt(v_hat) + 1e-8);
+  }
+  // m = 0.9 m + 0.1 g can cancel to ~1e-6 from terms of up to ~0.05: its
+  // error is relative to the terms (3 roundings of 2^-24 * 0.05 < 1e-8), not
+  // to the result.
+  expect_all_close(download(*backend, m.get(), n), em, 1e-5, 1e-8, "adam m");
+  expect_all_close(download(*backend, v.get(), n), ev, 1e-5, 1e-12, "adam v");
+  // The update itself is ~1e-3: compare it with a relative tolerance.
+  std::vector<float> got = download(*backend, p.get(), n);
+  std::vector<float> update(n);
+  std::vector<double> expected_update(n);
+  for (size_t i = 0; i < n; ++i) {
+    update[i] = got[i] - p0[i];
+    expected_update[i] = ep[i] - p0[i];
+  }
+  // got - p0 is exact to float rounding of p (~6e-8 |p|), ~1e-4 of an update.
+  expect_all_close(update, expected_update, 1e-3, 2e-7, "adam parameter update");
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda"),
+                         [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
+
+}  // namespace
+}  // namespace cuvae
