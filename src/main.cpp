@@ -18,6 +18,7 @@
 
 #include "cuvae/atomic_file.h"
 #include "cuvae/backend.h"
+#include "cuvae/build_info.h"
 #include "cuvae/error.h"
 #include "cuvae/evaluate.h"
 #include "cuvae/idx.h"
