@@ -24,7 +24,7 @@
 #include "cuvae/idx.h"
 #include "cuvae/model_file.h"
 #include "cuvae/task_images.h"
-#include "cuvae/trainer.h"
+#include "cuvae/train_command.h"
 
 namespace {
 
@@ -35,12 +35,6 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-std::string utc_now() {
-  const std::time_t now = std::time(nullptr);
-  char buffer[32];
-  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  return buffer;
-}
 
 std::unique_ptr<cuvae::Backend> open_backend(const std::string& device) {
   std::unique_ptr<cuvae::Backend> backend = cuvae::make_backend(device);
@@ -119,124 +113,6 @@ void add_image_scale(CLI::App* app, int* scale) {
   app->add_option("--image-scale", *scale, "Scale each digit of the PNGs up by this integer factor")
       ->check(integer_in(1, 16))
       ->capture_default_str();
-}
-
-// ---------------------------------------------------------------------------
-// vae train
-
-struct TrainOptions {
-  std::string data = "data/mnist";
-  std::string out = "runs/default";
-  std::string device = "auto";
-  int epochs = 30;
-  int batch_size = 200;
-  int latent_dim = 50;
-  std::string hidden = "200,200";
-  double lr = 1e-3;
-  uint64_t seed = 0;
-  int64_t max_steps = 0;
-  bool shuffle = false;
-  int image_scale = 1;
-};
-
-void write_metrics(const std::string& path, const std::string& rows) {
-  const std::string text = "epoch,elbo,seconds,samples_per_s\n" + rows;
-  cuvae::write_file_atomically(path, text.data(), text.size());
-}
-
-int run_train(const TrainOptions& o) {
-  cuvae::TrainConfig config;
-  config.arch.hidden = cuvae::parse_widths(o.hidden, "--hidden");
-  config.arch.latent_dim = o.latent_dim;
-  config.arch.validate();
-  config.batch_size = o.batch_size;
-  config.seed = o.seed;
-  config.shuffle = o.shuffle;
-  config.adam.lr = o.lr;
-  if (!(o.lr > 0.0) || !std::isfinite(o.lr)) throw Error("--lr must be a positive number");
-
-  const cuvae::MnistSplit train = cuvae::load_mnist_split(o.data, true);
-  const cuvae::MnistSplit test = cuvae::load_mnist_split(o.data, false);
-  std::unique_ptr<cuvae::Backend> backend = open_backend(o.device);
-  cuvae::make_directories(o.out);
-  cuvae::Trainer trainer(*backend, config, train.images);
-  cuvae::VaeModel& model = trainer.model();
-
-  const int steps_per_epoch = trainer.steps_per_epoch();
-  const int64_t total_steps = o.max_steps > 0
-                                  ? std::min<int64_t>(o.max_steps, int64_t(o.epochs) * steps_per_epoch)
-                                  : int64_t(o.epochs) * steps_per_epoch;
-  const int epochs = static_cast<int>((total_steps + steps_per_epoch - 1) / steps_per_epoch);
-  std::cout << "model: " << config.arch.describe() << ", " << model.layout().size()
-            << " parameters; batch " << o.batch_size << ", " << steps_per_epoch
-            << " steps/epoch, " << epochs << " epochs (" << total_steps << " steps), lr " << o.lr
-            << ", seed " << o.seed << (o.shuffle ? ", shuffled" : ", dataset order") << "\n";
-
-  const std::string model_path = o.out + "/model.safetensors";
-  const bool live = ::isatty(STDOUT_FILENO) != 0;
-  std::string metrics;
-  for (int epoch = 1; epoch <= epochs; ++epoch) {
-    const auto start = Clock::now();
-    auto last_progress = start;
-    int steps = 0;
-    while (steps < steps_per_epoch && static_cast<int64_t>(trainer.steps_done()) < total_steps) {
-      trainer.step();
-      ++steps;
-      if (live && seconds_since(last_progress) > 0.25) {
-        last_progress = Clock::now();
-        std::printf("\r  epoch %d/%d  step %d/%d  elbo %.2f  %.0f samples/s   ", epoch, epochs,
-                    steps, steps_per_epoch, trainer.peek_mean_elbo(),
-                    steps * o.batch_size / seconds_since(start));
-        std::fflush(stdout);
-      }
-    }
-    const double elbo = trainer.take_mean_elbo();
-    const double seconds = seconds_since(start);
-    const double rate = steps * o.batch_size / seconds;
-    if (live) std::printf("\r%*s\r", 72, "");
-    std::printf("epoch %3d/%d  elbo %9.3f  %7.2f s  %8.0f samples/s\n", epoch, epochs, elbo,
-                seconds, rate);
-    std::fflush(stdout);
-    const std::vector<float> params = model.parameters();
-    bool finite = std::isfinite(elbo);
-    for (float p : params) finite = finite && std::isfinite(p);
-    if (!finite) {
-      throw Error("training diverged in epoch " + std::to_string(epoch) +
-                  " (the ELBO or a parameter is not finite); " +
-                  (epoch > 1 ? model_path + " keeps the model of epoch " + std::to_string(epoch - 1)
-                             : std::string("no model was written")));
-    }
-    char row[128];
-    std::snprintf(row, sizeof row, "%d,%.6f,%.4f,%.1f\n", epoch, elbo, seconds, rate);
-    metrics += row;
-    write_metrics(o.out + "/metrics.csv", metrics);
-    cuvae::save_model(model_path, config.arch, params,
-                      {{"seed", std::to_string(o.seed)},
-                       {"epochs", std::to_string(epoch)},
-                       {"steps", std::to_string(trainer.steps_done())},
-                       {"batch_size", std::to_string(o.batch_size)},
-                       {"lr", std::to_string(o.lr)},
-                       {"train_elbo", std::to_string(elbo)},
-                       {"commit", CUVAE_GIT_COMMIT},
-                       {"created", utc_now()}});
-  }
-
-  // The task images need batches of 25; the training model may be smaller.
-  cuvae::VaeModel images_model(*backend, config.arch, cuvae::kTaskImageRows);
-  images_model.set_parameters(model.parameters());
-  cuvae::GridOptions grid;
-  grid.scale = o.image_scale;
-  std::vector<std::string> written = {model_path, o.out + "/metrics.csv"};
-  for (const auto& paths :
-       {cuvae::write_prior_samples(images_model, o.out, o.seed, grid),
-        cuvae::write_reconstructions(images_model, test.images, o.out, o.seed, grid),
-        cuvae::write_interpolations(images_model, test.images, o.out, o.seed, grid)}) {
-    written.insert(written.end(), paths.begin(), paths.end());
-  }
-  std::cout << "wrote";
-  for (const std::string& path : written) std::cout << " " << path;
-  std::cout << "\n";
-  return 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -328,19 +204,21 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("cuvae ") + CUVAE_VERSION + " (commit " +
                                         CUVAE_GIT_COMMIT + ")");
 
-  TrainOptions train;
+  cuvae::TrainOptions train;
   CLI::App* train_cmd = app.add_subcommand("train", "Train the VAE; write the model, metrics.csv and the task images");
   train_cmd->add_option("--data", train.data, "Directory with the MNIST IDX files (tools/fetch_mnist.sh)")->capture_default_str();
-  train_cmd->add_option("--out", train.out, "Output directory")->capture_default_str();
+  CLI::Option* out_opt = train_cmd->add_option("--out", train.out, "Output directory (with --resume: defaults to the resumed directory)")->capture_default_str();
   add_device(train_cmd, &train.device);
-  train_cmd->add_option("--epochs", train.epochs, "Epochs")->check(integer_in(1, 1000000))->capture_default_str();
-  train_cmd->add_option("--batch-size", train.batch_size, "Images per step (the last partial batch of an epoch is dropped)")->check(integer_in(1, 1 << 20))->capture_default_str();
-  train_cmd->add_option("--latent-dim", train.latent_dim, "Latent dimensions L")->check(integer_in(1, 65536))->capture_default_str();
-  train_cmd->add_option("--hidden", train.hidden, "Hidden layer widths of encoder and decoder, comma-separated")->capture_default_str();
-  train_cmd->add_option("--lr", train.lr, "Adam step size alpha")->check(kPositiveNumber)->capture_default_str();
-  train_cmd->add_option("--seed", train.seed, "Seed of every random draw (init, binarization, eps)")->check(kUnsignedInteger)->capture_default_str();
-  train_cmd->add_option("--max-steps", train.max_steps, "Stop after this many steps in all (0: no limit)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
-  train_cmd->add_flag("--shuffle", train.shuffle, "Reshuffle the training images every epoch (default: dataset order, as the seed)");
+  CLI::Option* epochs_opt = train_cmd->add_option("--epochs", train.epochs, "Epochs in all (a resumed run counts its earlier epochs; default there: the checkpoint's)")->check(integer_in(1, 1000000))->capture_default_str();
+  CLI::Option* batch_opt = train_cmd->add_option("--batch-size", train.batch_size, "Images per step (the last partial batch of an epoch is dropped)")->check(integer_in(1, 1 << 20))->capture_default_str();
+  CLI::Option* latent_opt = train_cmd->add_option("--latent-dim", train.latent_dim, "Latent dimensions L")->check(integer_in(1, 65536))->capture_default_str();
+  CLI::Option* hidden_opt = train_cmd->add_option("--hidden", train.hidden, "Hidden layer widths of encoder and decoder, comma-separated")->capture_default_str();
+  CLI::Option* lr_opt = train_cmd->add_option("--lr", train.lr, "Adam step size alpha")->check(kPositiveNumber)->capture_default_str();
+  CLI::Option* seed_opt = train_cmd->add_option("--seed", train.seed, "Seed of every random draw (init, binarization, eps, shuffles)")->check(kUnsignedInteger)->capture_default_str();
+  CLI::Option* max_steps_opt = train_cmd->add_option("--max-steps", train.max_steps, "Stop after this many steps in all, a resumed run's earlier steps included (0: no limit)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
+  CLI::Option* shuffle_opt = train_cmd->add_flag("--shuffle", train.shuffle, "Reshuffle the training images every epoch (default: dataset order, as the seed)");
+  train_cmd->add_option("--checkpoint-every", train.checkpoint_every, "Write OUT/checkpoint.safetensors every N steps (0: at the end of every epoch; always at the end and on Ctrl-C)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
+  train_cmd->add_option("--resume", train.resume, "Continue the run whose output directory is DIR, exactly, from DIR/checkpoint.safetensors; its architecture, batch size, lr, seed, shuffling and data are kept (--epochs, --max-steps, --out, --device, --checkpoint-every, --image-scale may change)");
   add_image_scale(train_cmd, &train.image_scale);
 
   ImageOptions images;
@@ -399,7 +277,18 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (train_cmd->parsed()) return run_train(train);
+    if (train_cmd->parsed()) {
+      train.given_out = out_opt->count() > 0;
+      train.given_batch_size = batch_opt->count() > 0;
+      train.given_latent_dim = latent_opt->count() > 0;
+      train.given_hidden = hidden_opt->count() > 0;
+      train.given_lr = lr_opt->count() > 0;
+      train.given_seed = seed_opt->count() > 0;
+      train.given_shuffle = shuffle_opt->count() > 0;
+      train.given_epochs = epochs_opt->count() > 0;
+      train.given_max_steps = max_steps_opt->count() > 0;
+      return cuvae::run_train_command(train);
+    }
     for (const auto& [name, cmd] : image_cmds) {
       if (cmd->parsed()) return run_images(images, name);
     }

@@ -58,6 +58,17 @@ std::string one_line(std::string text) {
   return text;
 }
 
+// Shows a JSON value from the header in an error message. Scalars are
+// dumped (cut to one short line); arrays and objects are named by type only:
+// dump() recurses once per level of nesting, so a hostile value nested
+// 100,000 deep would overflow the stack (parsing and destroying such a value
+// are iterative in nlohmann and safe).
+std::string describe(const json& value) {
+  if (value.is_array()) return "an array";
+  if (value.is_object()) return "an object";
+  return one_line(value.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
 std::string format_shape(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) {
@@ -211,7 +222,7 @@ class Reader {
     for (const json& dim : shape) {
       uint64_t d = 0;
       if (!get_uint(dim, static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), &d)) {
-        fail(where + " has a shape entry " + one_line(dim.dump()) +
+        fail(where + " has a shape entry " + describe(dim) +
              " that is not a non-negative 64-bit integer");
       }
       entry.tensor.shape.push_back(static_cast<int64_t>(d));

@@ -73,10 +73,25 @@ void Trainer::step() {
   rows_since_take_ += static_cast<uint64_t>(rows);
 }
 
-double Trainer::peek_mean_elbo() const {
+double Trainer::elbo_sum() const {
   double sum = 0.0;
   backend_.copy_to_host(&sum, elbo_sum_.get(), sizeof(sum));
-  return rows_since_take_ == 0 ? 0.0 : sum / static_cast<double>(rows_since_take_);
+  return sum;
+}
+
+double Trainer::peek_mean_elbo() const {
+  return rows_since_take_ == 0 ? 0.0 : elbo_sum() / static_cast<double>(rows_since_take_);
+}
+
+void Trainer::restore(const std::vector<float>& params, const std::vector<float>& adam_m,
+                      const std::vector<float>& adam_v, uint64_t steps_done, double elbo_sum,
+                      uint64_t rows) {
+  model_.set_parameters(params);
+  model_.set_adam_moments(adam_m, adam_v);
+  step_ = steps_done;
+  backend_.copy_to_device(elbo_sum_.get(), &elbo_sum, sizeof(elbo_sum));
+  rows_since_take_ = rows;
+  order_.clear();  // the shuffled order is recomputed for the resumed epoch
 }
 
 double Trainer::take_mean_elbo() {

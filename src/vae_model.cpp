@@ -236,6 +236,15 @@ void VaeModel::set_parameters(const std::vector<float>& host_params) {
   backend_.copy_to_device(params_.get(), host_params.data(), host_params.size() * sizeof(float));
 }
 
+void VaeModel::set_adam_moments(const std::vector<float>& m, const std::vector<float>& v) {
+  if (m.size() != layout_.size() || v.size() != layout_.size()) {
+    throw Error("Adam moments of " + std::to_string(m.size()) + " and " + std::to_string(v.size()) +
+                " values do not match the architecture's " + std::to_string(layout_.size()));
+  }
+  backend_.copy_to_device(adam_m_.get(), m.data(), m.size() * sizeof(float));
+  backend_.copy_to_device(adam_v_.get(), v.data(), v.size() * sizeof(float));
+}
+
 void VaeModel::check_rows(int rows) const {
   if (rows < 1 || rows > max_rows_) {
     throw Error("batch of " + std::to_string(rows) + " rows does not fit buffers sized for " +

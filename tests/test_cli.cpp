@@ -30,133 +30,12 @@
 #include <utility>
 #include <vector>
 
+#include "vae_process.h"
+
 namespace {
 
 namespace fs = std::filesystem;
-
-// ---------------------------------------------------------------------------
-// Running the binary
-
-struct RunResult {
-  int exit_code = -1;   // WEXITSTATUS when the child exited normally
-  int signal = 0;       // WTERMSIG when a signal ended it
-  bool timed_out = false;
-  std::string out;
-  std::string err;
-  std::string command;  // for failure messages
-};
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_file(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << "cannot write " << path;
-}
-
-// A fresh directory under $TMPDIR (or /tmp), removed when the object dies.
-class TempDir {
- public:
-  TempDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
-                          "/cuvae_cli_XXXXXX";
-    std::vector<char> buffer(pattern.begin(), pattern.end());
-    buffer.push_back('\0');
-    if (::mkdtemp(buffer.data()) == nullptr) {
-      ADD_FAILURE() << "mkdtemp failed: " << std::strerror(errno);
-      return;
-    }
-    path_ = buffer.data();
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-constexpr int kTimeoutSeconds = 120;
-
-// Runs CUVAE_VAE_BINARY with `args` in `cwd`, stdin from /dev/null.
-RunResult run_vae(const std::vector<std::string>& args, const fs::path& cwd) {
-  RunResult result;
-  result.command = "vae";
-  for (const std::string& arg : args) result.command += " '" + arg + "'";
-  const fs::path out_path = cwd / ".cli_stdout";
-  const fs::path err_path = cwd / ".cli_stderr";
-
-  std::vector<std::string> argv_storage;
-  argv_storage.push_back(CUVAE_VAE_BINARY);
-  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& arg : argv_storage) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    ADD_FAILURE() << "fork failed: " << std::strerror(errno);
-    return result;
-  }
-  if (pid == 0) {
-    // Child: only async-signal-safe calls from here on.
-    const int in = ::open("/dev/null", O_RDONLY);
-    const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (in < 0 || out < 0 || err < 0 || ::dup2(in, 0) < 0 || ::dup2(out, 1) < 0 ||
-        ::dup2(err, 2) < 0 || ::chdir(cwd.c_str()) != 0) {
-      ::_exit(126);
-    }
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kTimeoutSeconds);
-  int status = 0;
-  for (;;) {
-    const pid_t done = ::waitpid(pid, &status, WNOHANG);
-    if (done == pid) break;
-    if (done < 0 && errno != EINTR) {
-      ADD_FAILURE() << "waitpid failed: " << std::strerror(errno);
-      return result;
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      result.timed_out = true;
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) result.signal = WTERMSIG(status);
-  result.out = read_file(out_path);
-  result.err = read_file(err_path);
-  std::error_code ignored;
-  fs::remove(out_path, ignored);
-  fs::remove(err_path, ignored);
-  return result;
-}
-
-std::string describe(const RunResult& r) {
-  std::ostringstream s;
-  s << r.command << "\n  exit " << r.exit_code << ", signal " << r.signal
-    << (r.timed_out ? ", TIMED OUT" : "") << "\n  stdout: " << r.out << "\n  stderr: " << r.err;
-  return s.str();
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
+using namespace cuvae::testing;
 
 std::string lower(std::string text) {
   for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -186,85 +65,6 @@ void expect_one_line_error(const RunResult& r, std::initializer_list<std::string
   EXPECT_TRUE(said_why) << "the error does not say what is wrong";
 }
 
-void expect_success(const RunResult& r) {
-  EXPECT_FALSE(r.timed_out) << describe(r);
-  EXPECT_EQ(r.signal, 0) << describe(r);
-  EXPECT_EQ(r.exit_code, 0) << describe(r);
-  EXPECT_TRUE(r.err.empty()) << describe(r);
-}
-
-// ---------------------------------------------------------------------------
-// Generated data
-
-constexpr uint32_t kImagesMagic = 0x00000803;
-constexpr uint32_t kLabelsMagic = 0x00000801;
-
-void put_be32(std::string* bytes, uint32_t value) {
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    bytes->push_back(static_cast<char>((value >> shift) & 0xffu));
-  }
-}
-
-std::string idx_images(uint32_t count, uint32_t magic = kImagesMagic, uint32_t seed = 1) {
-  std::string bytes;
-  put_be32(&bytes, magic);
-  put_be32(&bytes, count);
-  put_be32(&bytes, 28);
-  put_be32(&bytes, 28);
-  std::mt19937 rng(seed);
-  for (uint32_t i = 0; i < count * 28u * 28u; ++i) bytes.push_back(static_cast<char>(rng() & 0xffu));
-  return bytes;
-}
-
-std::string idx_labels(uint32_t count, uint32_t magic = kLabelsMagic) {
-  std::string bytes;
-  put_be32(&bytes, magic);
-  put_be32(&bytes, count);
-  for (uint32_t i = 0; i < count; ++i) bytes.push_back(static_cast<char>(i % 10));
-  return bytes;
-}
-
-constexpr const char* kTrainImages = "train-images-idx3-ubyte";
-constexpr const char* kTrainLabels = "train-labels-idx1-ubyte";
-constexpr const char* kTestImages = "t10k-images-idx3-ubyte";
-constexpr const char* kTestLabels = "t10k-labels-idx1-ubyte";
-
-constexpr uint32_t kTrainCount = 400;
-constexpr uint32_t kTestCount = 20;
-
-// A valid data set of kTrainCount + kTestCount random images in `dir`.
-void write_dataset(const fs::path& dir) {
-  fs::create_directories(dir);
-  write_file(dir / kTrainImages, idx_images(kTrainCount, kImagesMagic, 1));
-  write_file(dir / kTrainLabels, idx_labels(kTrainCount));
-  write_file(dir / kTestImages, idx_images(kTestCount, kImagesMagic, 2));
-  write_file(dir / kTestLabels, idx_labels(kTestCount));
-}
-
-// `vae train` arguments for a tiny run, with some replaced or added.
-std::vector<std::string> train_args(const std::string& data, const std::string& out,
-                                    const std::map<std::string, std::string>& overrides = {}) {
-  std::vector<std::pair<std::string, std::string>> options = {
-      {"--data", data},       {"--out", out},         {"--batch-size", "100"},
-      {"--epochs", "1"},      {"--hidden", "8"},      {"--latent-dim", "2"},
-      {"--max-steps", "1"},   {"--device", "cpu"}};
-  std::map<std::string, std::string> rest = overrides;
-  std::vector<std::string> args = {"train"};
-  for (auto& [flag, value] : options) {
-    const auto it = rest.find(flag);
-    if (it != rest.end()) {
-      value = it->second;
-      rest.erase(it);
-    }
-    args.push_back(flag);
-    args.push_back(value);
-  }
-  for (const auto& [flag, value] : rest) {
-    args.push_back(flag);
-    args.push_back(value);
-  }
-  return args;
-}
 
 // One generated data set and one model trained on it, shared by the tests of
 // a process (ctest runs each test in its own process; it takes well under a
@@ -635,8 +435,12 @@ TEST(CliOutput, OutUnderARegularFile) {
 std::string help_line(const std::string& help, const std::string& flag) {
   std::istringstream lines(help);
   for (std::string line; std::getline(lines, line);) {
+    // The flag's own line: the flag is the option name, after the indent or
+    // after a short form ("-h,--help"), not a mention in another flag's text.
     const size_t at = line.find(flag);
     if (at == std::string::npos) continue;
+    const size_t first = line.find_first_not_of(' ');
+    if (at != first && !(at > 0 && line[at - 1] == ',')) continue;
     const size_t end = at + flag.size();
     if (end == line.size() || line[end] == ' ' || line[end] == '=') return line;
   }

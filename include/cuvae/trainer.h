@@ -40,6 +40,16 @@ class Trainer {
   double take_mean_elbo();
   // The same without resetting (for a progress line).
   double peek_mean_elbo() const;
+  // The accumulator's raw state: the ELBO sum and the rows it covers.
+  double elbo_sum() const;
+  uint64_t rows_since_take() const { return rows_since_take_; }
+
+  // Continues a run: parameters, Adam's moments, the steps done and the
+  // ELBO accumulator's state (from a checkpoint). The next step() is then
+  // exactly the one the interrupted run would have taken.
+  void restore(const std::vector<float>& params, const std::vector<float>& adam_m,
+               const std::vector<float>& adam_v, uint64_t steps_done, double elbo_sum,
+               uint64_t rows);
 
   VaeModel& model() { return model_; }
 

@@ -110,6 +110,7 @@ class VaeModel {
   void set_parameters(const std::vector<float>& host_params);
   std::vector<float> gradients() const;
   std::vector<float> adam_moment(int which) const;  // 1: m, 2: v
+  void set_adam_moments(const std::vector<float>& m, const std::vector<float>& v);
 
   // Encoder output (rows x 2L: mean | log_std) of x (rows x input_dim).
   const float* encode(const float* x, int rows);

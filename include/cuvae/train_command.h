@@ -1,0 +1,38 @@
+// `vae train`: the training run with its outputs, checkpoints and resume.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace cuvae {
+
+struct TrainOptions {
+  std::string data = "data/mnist";
+  std::string out = "runs/default";
+  std::string device = "auto";
+  int epochs = 30;
+  int batch_size = 200;
+  int latent_dim = 50;
+  std::string hidden = "200,200";
+  double lr = 1e-3;
+  uint64_t seed = 0;
+  int64_t max_steps = 0;      // 0: no limit; counts the whole run, resumed or not
+  bool shuffle = false;
+  int image_scale = 1;
+  int64_t checkpoint_every = 0;  // steps; 0: at the end of every epoch
+  std::string resume;            // a run's output directory, or empty
+
+  // Which flags were given explicitly: when resuming, those that must agree
+  // with the checkpoint are checked, and --epochs and --max-steps default to
+  // the checkpoint's.
+  bool given_batch_size = false, given_latent_dim = false, given_hidden = false,
+       given_lr = false, given_seed = false, given_shuffle = false, given_out = false,
+       given_epochs = false, given_max_steps = false;
+};
+
+// Runs training as the options say, printing progress to stdout. Returns the
+// process exit status: 0, or 128 + the signal number when interrupted (after
+// writing a checkpoint). Throws cuvae::Error on bad input or failure.
+int run_train_command(TrainOptions options);
+
+}  // namespace cuvae

@@ -1,0 +1,143 @@
+#include "cuvae/checkpoint.h"
+
+#include <zlib.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "cuvae/error.h"
+#include "cuvae/safetensors.h"
+
+namespace cuvae {
+
+namespace {
+
+constexpr const char* kFormat = "cuvae-checkpoint/1";
+
+std::string exact(double value) {
+  char buffer[40];
+  std::snprintf(buffer, sizeof buffer, "%.17g", value);  // round-trips a double
+  return buffer;
+}
+
+const std::string& field(const std::string& path, const SafetensorsFile& file,
+                         const std::string& key) {
+  const auto it = file.metadata.find(key);
+  if (it == file.metadata.end()) throw Error(path + ": checkpoint metadata has no '" + key + "'");
+  return it->second;
+}
+
+uint64_t unsigned_field(const std::string& path, const SafetensorsFile& file,
+                        const std::string& key) {
+  const std::string& text = field(path, file, key);
+  char* end = nullptr;
+  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || text[0] == '-') {
+    throw Error(path + ": checkpoint metadata '" + key + "' is not a non-negative integer");
+  }
+  return value;
+}
+
+double double_field(const std::string& path, const SafetensorsFile& file, const std::string& key) {
+  const std::string& text = field(path, file, key);
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0') {
+    throw Error(path + ": checkpoint metadata '" + key + "' is not a number");
+  }
+  return value;
+}
+
+std::vector<float> tensor(const std::string& path, const SafetensorsFile& file,
+                          const std::string& name, size_t size) {
+  const Tensor* t = file.find(name);
+  if (t == nullptr) throw Error(path + ": checkpoint has no tensor '" + name + "'");
+  if (t->data.size() != size) {
+    throw Error(path + ": checkpoint tensor '" + name + "' has " + std::to_string(t->data.size()) +
+                " values, the architecture needs " + std::to_string(size));
+  }
+  return t->data;
+}
+
+}  // namespace
+
+std::string data_fingerprint(const IdxImages& images) {
+  // zlib's crc32 takes a uInt length: feed it in chunks.
+  uLong crc = crc32(0L, Z_NULL, 0);
+  const size_t chunk = 1u << 30;
+  for (size_t offset = 0; offset < images.pixels.size(); offset += chunk) {
+    const size_t n = std::min(chunk, images.pixels.size() - offset);
+    crc = crc32(crc, images.pixels.data() + offset, static_cast<uInt>(n));
+  }
+  char buffer[96];
+  std::snprintf(buffer, sizeof buffer, "%d images of %dx%d, crc32 %08lx", images.count, images.rows,
+                images.cols, static_cast<unsigned long>(crc));
+  return buffer;
+}
+
+void save_checkpoint(const std::string& path, const TrainState& s) {
+  const size_t n = ParameterLayout(s.config.arch).size();
+  SafetensorsFile file;
+  const std::vector<int64_t> shape{static_cast<int64_t>(n)};
+  file.tensors = {{"params", shape, s.params}, {"adam.m", shape, s.adam_m}, {"adam.v", shape, s.adam_v}};
+  file.metadata = {{"format", kFormat},
+                   {"input_dim", std::to_string(s.config.arch.input_dim)},
+                   {"hidden", format_widths(s.config.arch.hidden)},
+                   {"latent_dim", std::to_string(s.config.arch.latent_dim)},
+                   {"batch_size", std::to_string(s.config.batch_size)},
+                   {"seed", std::to_string(s.config.seed)},
+                   {"shuffle", s.config.shuffle ? "1" : "0"},
+                   {"lr", exact(s.config.adam.lr)},
+                   {"beta1", exact(s.config.adam.beta1)},
+                   {"beta2", exact(s.config.adam.beta2)},
+                   {"eps", exact(s.config.adam.eps)},
+                   {"data", s.data_fingerprint},
+                   {"step", std::to_string(s.step)},
+                   {"epochs", std::to_string(s.epochs)},
+                   {"max_steps", std::to_string(s.max_steps)},
+                   {"random", "Philox4x32-10; counters are (seed, stream, step, index): the step is the state"},
+                   {"epoch_elbo_sum", exact(s.epoch_elbo_sum)},
+                   {"epoch_rows", std::to_string(s.epoch_rows)},
+                   {"epoch_seconds", exact(s.epoch_seconds)},
+                   {"metrics_csv", s.metrics_csv}};
+  write_safetensors(path, file);
+}
+
+TrainState load_checkpoint(const std::string& path) {
+  const SafetensorsFile file = read_safetensors(path);
+  if (field(path, file, "format") != kFormat) {
+    throw Error(path + ": not a cuvae checkpoint (metadata 'format' is not '" + kFormat + "')");
+  }
+  TrainState s;
+  Architecture& arch = s.config.arch;
+  arch.input_dim = static_cast<int>(unsigned_field(path, file, "input_dim"));
+  arch.latent_dim = static_cast<int>(unsigned_field(path, file, "latent_dim"));
+  arch.hidden = parse_widths(field(path, file, "hidden"), path + ": checkpoint metadata 'hidden'");
+  try {
+    arch.validate();
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  s.config.batch_size = static_cast<int>(unsigned_field(path, file, "batch_size"));
+  s.config.seed = unsigned_field(path, file, "seed");
+  s.config.shuffle = unsigned_field(path, file, "shuffle") != 0;
+  s.config.adam.lr = double_field(path, file, "lr");
+  s.config.adam.beta1 = double_field(path, file, "beta1");
+  s.config.adam.beta2 = double_field(path, file, "beta2");
+  s.config.adam.eps = double_field(path, file, "eps");
+  s.data_fingerprint = field(path, file, "data");
+  s.step = unsigned_field(path, file, "step");
+  s.epochs = static_cast<int>(unsigned_field(path, file, "epochs"));
+  s.max_steps = static_cast<int64_t>(unsigned_field(path, file, "max_steps"));
+  s.epoch_elbo_sum = double_field(path, file, "epoch_elbo_sum");
+  s.epoch_rows = unsigned_field(path, file, "epoch_rows");
+  s.epoch_seconds = double_field(path, file, "epoch_seconds");
+  s.metrics_csv = field(path, file, "metrics_csv");
+  const size_t n = ParameterLayout(arch).size();
+  s.params = tensor(path, file, "params", n);
+  s.adam_m = tensor(path, file, "adam.m", n);
+  s.adam_v = tensor(path, file, "adam.v", n);
+  return s;
+}
+
+}  // namespace cuvae

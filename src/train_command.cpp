@@ -1,0 +1,254 @@
+// `vae train`: epochs of Trainer steps, with the per-epoch line, the model
+// file, metrics.csv, checkpoints, resume, interruption and the task images.
+#include "cuvae/train_command.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <vector>
+
+#include "cuvae/atomic_file.h"
+#include "cuvae/backend.h"
+#include "cuvae/build_info.h"
+#include "cuvae/checkpoint.h"
+#include "cuvae/error.h"
+#include "cuvae/interrupt.h"
+#include "cuvae/model_file.h"
+#include "cuvae/task_images.h"
+#include "cuvae/trainer.h"
+
+namespace cuvae {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return buffer;
+}
+
+// The configuration of a new run, from the flags.
+TrainConfig config_from_flags(const TrainOptions& o) {
+  TrainConfig config;
+  config.arch.hidden = parse_widths(o.hidden, "--hidden");
+  config.arch.latent_dim = o.latent_dim;
+  config.arch.validate();
+  config.batch_size = o.batch_size;
+  config.seed = o.seed;
+  config.shuffle = o.shuffle;
+  if (!(o.lr > 0.0) || !std::isfinite(o.lr)) throw Error("--lr must be a positive number");
+  config.adam.lr = o.lr;
+  return config;
+}
+
+// A resumed run keeps its checkpoint's configuration; flags given explicitly
+// must agree with it.
+void check_resume_flags(const TrainOptions& o, const TrainConfig& c, const std::string& path) {
+  auto refuse = [&](const std::string& flag, const std::string& given, const std::string& saved) {
+    throw Error("--resume: " + flag + " " + given + " disagrees with " + saved + " in " + path +
+                "; a resumed run keeps its architecture, batch size, learning rate, seed, "
+                "shuffling and data (only --epochs, --max-steps, --out, --device, "
+                "--checkpoint-every and --image-scale may change)");
+  };
+  if (o.given_batch_size && o.batch_size != c.batch_size)
+    refuse("--batch-size", std::to_string(o.batch_size), std::to_string(c.batch_size));
+  if (o.given_latent_dim && o.latent_dim != c.arch.latent_dim)
+    refuse("--latent-dim", std::to_string(o.latent_dim), std::to_string(c.arch.latent_dim));
+  if (o.given_hidden && parse_widths(o.hidden, "--hidden") != c.arch.hidden)
+    refuse("--hidden", o.hidden, format_widths(c.arch.hidden));
+  if (o.given_lr && o.lr != c.adam.lr)
+    refuse("--lr", std::to_string(o.lr), std::to_string(c.adam.lr));
+  if (o.given_seed && o.seed != c.seed)
+    refuse("--seed", std::to_string(o.seed), std::to_string(c.seed));
+  if (o.given_shuffle && o.shuffle != c.shuffle) refuse("--shuffle", "", "no shuffling");
+}
+
+TrainState snapshot(Trainer& trainer, const TrainOptions& o, const TrainConfig& config,
+                    const std::string& fingerprint, double epoch_seconds,
+                    const std::string& metrics) {
+  TrainState s;
+  s.config = config;
+  s.epochs = o.epochs;
+  s.max_steps = o.max_steps;
+  s.data_fingerprint = fingerprint;
+  s.step = trainer.steps_done();
+  s.params = trainer.model().parameters();
+  s.adam_m = trainer.model().adam_moment(1);
+  s.adam_v = trainer.model().adam_moment(2);
+  s.epoch_elbo_sum = trainer.elbo_sum();
+  s.epoch_rows = trainer.rows_since_take();
+  s.epoch_seconds = epoch_seconds;
+  s.metrics_csv = metrics;
+  return s;
+}
+
+}  // namespace
+
+int run_train_command(TrainOptions o) {
+  install_interrupt_handlers();
+  const bool resuming = !o.resume.empty();
+  TrainState resumed;
+  TrainConfig config;
+  if (resuming) {
+    if (!o.given_out) o.out = o.resume;
+    const std::string path = o.resume + "/checkpoint.safetensors";
+    if (!std::filesystem::exists(path)) {
+      throw Error("--resume " + o.resume + ": no checkpoint there (" + path + " is missing)");
+    }
+    resumed = load_checkpoint(path);
+    config = resumed.config;
+    if (!o.given_epochs) o.epochs = resumed.epochs;
+    if (!o.given_max_steps) o.max_steps = resumed.max_steps;
+    check_resume_flags(o, config, path);
+  } else {
+    config = config_from_flags(o);
+  }
+
+  const MnistSplit train = load_mnist_split(o.data, true);
+  const MnistSplit test = load_mnist_split(o.data, false);
+  const std::string fingerprint = data_fingerprint(train.images);
+  if (resuming && fingerprint != resumed.data_fingerprint) {
+    throw Error("--resume: the training images in " + o.data + " (" + fingerprint +
+                ") are not the checkpoint's (" + resumed.data_fingerprint + ")");
+  }
+  std::unique_ptr<Backend> backend = make_backend(o.device);
+  std::cout << "device: " << backend->description();
+  std::string why_not;
+  if (o.device == "auto" && backend->name() == "cpu" && !cuda_available(&why_not)) {
+    std::cout << " (auto: " << why_not << ")";
+  }
+  std::cout << "\n";
+  make_directories(o.out);
+  Trainer trainer(*backend, config, train.images);
+  VaeModel& model = trainer.model();
+  std::string metrics;
+  if (resuming) {
+    trainer.restore(resumed.params, resumed.adam_m, resumed.adam_v, resumed.step,
+                    resumed.epoch_elbo_sum, resumed.epoch_rows);
+    metrics = resumed.metrics_csv;
+  }
+
+  const int steps_per_epoch = trainer.steps_per_epoch();
+  const int64_t all_steps = int64_t(o.epochs) * steps_per_epoch;
+  const int64_t total_steps = o.max_steps > 0 ? std::min<int64_t>(o.max_steps, all_steps) : all_steps;
+  const int epochs = static_cast<int>((total_steps + steps_per_epoch - 1) / steps_per_epoch);
+  std::cout << "model: " << config.arch.describe() << ", " << model.layout().size()
+            << " parameters; batch " << config.batch_size << ", " << steps_per_epoch
+            << " steps/epoch, " << epochs << " epochs (" << total_steps << " steps), lr "
+            << config.adam.lr << ", seed " << config.seed
+            << (config.shuffle ? ", shuffled" : ", dataset order") << "\n";
+  if (resuming) {
+    std::cout << "resuming from " << o.resume << "/checkpoint.safetensors at step "
+              << resumed.step << "\n";
+  }
+
+  const std::string model_path = o.out + "/model.safetensors";
+  const std::string checkpoint_path = o.out + "/checkpoint.safetensors";
+  const bool live = ::isatty(STDOUT_FILENO) != 0;
+  const int first_epoch = static_cast<int>(trainer.steps_done() / steps_per_epoch) + 1;
+  for (int epoch = first_epoch; epoch <= epochs; ++epoch) {
+    const auto start = Clock::now();
+    const double earlier_seconds = resuming && epoch == first_epoch ? resumed.epoch_seconds : 0.0;
+    auto last_progress = start;
+    int steps = static_cast<int>(trainer.steps_done() - uint64_t(epoch - 1) * steps_per_epoch);
+    while (steps < steps_per_epoch && static_cast<int64_t>(trainer.steps_done()) < total_steps) {
+      trainer.step();
+      ++steps;
+      const bool epoch_ends = steps == steps_per_epoch ||
+                              static_cast<int64_t>(trainer.steps_done()) == total_steps;
+      if (const int signal_number = stop_requested()) {
+        save_checkpoint(checkpoint_path, snapshot(trainer, o, config, fingerprint,
+                                                  earlier_seconds + seconds_since(start), metrics));
+        if (live) std::printf("\n");
+        std::fflush(stdout);
+        std::cerr << "vae: interrupted by " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM")
+                  << " at step " << trainer.steps_done() << " of " << total_steps
+                  << "; checkpoint written to " << checkpoint_path
+                  << "; resume with: vae train --resume " << o.out << " --data " << o.data
+                  << "\n";
+        return 128 + signal_number;
+      }
+      if (o.checkpoint_every > 0 && !epoch_ends &&
+          trainer.steps_done() % static_cast<uint64_t>(o.checkpoint_every) == 0) {
+        save_checkpoint(checkpoint_path, snapshot(trainer, o, config, fingerprint,
+                                                  earlier_seconds + seconds_since(start), metrics));
+      }
+      if (live && seconds_since(last_progress) > 0.25) {
+        last_progress = Clock::now();
+        std::printf("\r  epoch %d/%d  step %d/%d  elbo %.2f   ", epoch, epochs, steps,
+                    steps_per_epoch, trainer.peek_mean_elbo());
+        std::fflush(stdout);
+      }
+    }
+    const double seconds = earlier_seconds + seconds_since(start);
+    // A run that stops mid-epoch (--max-steps) checkpoints the epoch's partial
+    // state, so that a resumed run completes this epoch as if never stopped.
+    const bool complete = steps == steps_per_epoch;
+    const TrainState partial =
+        complete ? TrainState{} : snapshot(trainer, o, config, fingerprint, seconds, metrics);
+    const uint64_t rows = trainer.rows_since_take();
+    const double elbo = trainer.take_mean_elbo();
+    const double rate = static_cast<double>(rows) / seconds;
+    if (live) std::printf("\r%*s\r", 72, "");
+    std::printf("epoch %3d/%d  elbo %9.3f  %7.2f s  %8.0f samples/s\n", epoch, epochs, elbo,
+                seconds, rate);
+    std::fflush(stdout);
+    const std::vector<float> params = model.parameters();
+    bool finite = std::isfinite(elbo);
+    for (float p : params) finite = finite && std::isfinite(p);
+    if (!finite) {
+      throw Error("training diverged in epoch " + std::to_string(epoch) +
+                  " (the ELBO or a parameter is not finite); " + model_path + " and " +
+                  checkpoint_path + " keep the last good state, if any");
+    }
+    char row[128];
+    std::snprintf(row, sizeof row, "%d,%.6f,%.4f,%.1f\n", epoch, elbo, seconds, rate);
+    metrics += row;
+    const std::string csv = "epoch,elbo,seconds,samples_per_s\n" + metrics;
+    write_file_atomically(o.out + "/metrics.csv", csv.data(), csv.size());
+    save_model(model_path, config.arch, params,
+               {{"seed", std::to_string(config.seed)},
+                {"epochs", std::to_string(epoch)},
+                {"steps", std::to_string(trainer.steps_done())},
+                {"batch_size", std::to_string(config.batch_size)},
+                {"lr", std::to_string(config.adam.lr)},
+                {"train_elbo", std::to_string(elbo)},
+                {"commit", CUVAE_GIT_COMMIT},
+                {"created", utc_now()}});
+    save_checkpoint(checkpoint_path,
+                    complete ? snapshot(trainer, o, config, fingerprint, 0.0, metrics) : partial);
+  }
+
+  // The task images need batches of 25; the training model may be smaller.
+  VaeModel images_model(*backend, config.arch, kTaskImageRows);
+  images_model.set_parameters(model.parameters());
+  GridOptions grid;
+  grid.scale = o.image_scale;
+  std::vector<std::string> written = {model_path, o.out + "/metrics.csv", checkpoint_path};
+  for (const auto& paths :
+       {write_prior_samples(images_model, o.out, config.seed, grid),
+        write_reconstructions(images_model, test.images, o.out, config.seed, grid),
+        write_interpolations(images_model, test.images, o.out, config.seed, grid)}) {
+    written.insert(written.end(), paths.begin(), paths.end());
+  }
+  std::cout << "wrote";
+  for (const std::string& path : written) std::cout << " " << path;
+  std::cout << "\n";
+  return 0;
+}
+
+}  // namespace cuvae

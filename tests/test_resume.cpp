@@ -1,0 +1,215 @@
+// Checkpoints, exact resume, interruption and torn writes, end to end through
+// the vae binary on a small generated data set.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <cstring>
+#include <random>
+
+#include "cuvae/checkpoint.h"
+#include "cuvae/error.h"
+#include "cuvae/model_file.h"
+#include "vae_process.h"
+
+namespace cuvae {
+namespace {
+
+using namespace cuvae::testing;
+
+// 400 training images, batch 50: 8 steps an epoch.
+std::vector<std::string> tiny_run(const std::string& data, const std::string& out,
+                                  std::map<std::string, std::string> extra = {}) {
+  extra.emplace("--batch-size", "50");
+  extra.emplace("--hidden", "16");
+  extra.emplace("--latent-dim", "3");
+  extra.emplace("--epochs", "5");
+  extra.emplace("--max-steps", "0");
+  std::vector<std::string> args = train_args(data, out, extra);
+  args.push_back("--shuffle");
+  return args;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+void expect_same_state(const TrainState& a, const TrainState& b) {
+  EXPECT_EQ(a.step, b.step);
+  EXPECT_TRUE(same_bits(a.params, b.params)) << "parameters differ";
+  EXPECT_TRUE(same_bits(a.adam_m, b.adam_m)) << "Adam m differs";
+  EXPECT_TRUE(same_bits(a.adam_v, b.adam_v)) << "Adam v differs";
+}
+
+class Resume : public ::testing::Test {
+ protected:
+  void SetUp() override { write_dataset(data_); }
+  TempDir dir_;
+  std::string data_ = dir_ / "data";
+};
+
+TEST_F(Resume, StoppedAndResumedRunIsBitIdenticalToAnUninterruptedOne) {
+  // 30 steps in one go, against 13 (mid-epoch), then resumed to 30.
+  expect_success(run_vae(tiny_run(data_, dir_ / "whole", {{"--max-steps", "30"}}), dir_.path()));
+  expect_success(run_vae(tiny_run(data_, dir_ / "parts", {{"--max-steps", "13"}}), dir_.path()));
+  const RunResult resumed = run_vae({"train", "--resume", dir_ / "parts", "--data", data_,
+                                     "--max-steps", "30", "--device", "cpu"},
+                                    dir_.path());
+  expect_success(resumed);
+  EXPECT_TRUE(contains(resumed.out, "resuming from")) << resumed.out;
+  const TrainState whole = load_checkpoint(dir_ / "whole/checkpoint.safetensors");
+  const TrainState parts = load_checkpoint(dir_ / "parts/checkpoint.safetensors");
+  EXPECT_EQ(whole.step, 30u);
+  expect_same_state(whole, parts);
+  // The epoch lines agree too: same ELBO per epoch (the resumed epoch's sum
+  // was carried in the checkpoint).
+  auto elbos = [](const std::string& csv) {
+    std::vector<std::string> column;
+    std::istringstream lines(csv);
+    for (std::string line; std::getline(lines, line);) column.push_back(line.substr(0, line.find(',', line.find(',') + 1)));
+    return column;
+  };
+  EXPECT_EQ(elbos(read_file(dir_ / "whole/metrics.csv")), elbos(read_file(dir_ / "parts/metrics.csv")));
+}
+
+TEST_F(Resume, ResumeWithoutEpochFlagsFinishesTheOriginalRun) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "a", {{"--epochs", "3"}}), dir_.path()));
+  expect_success(run_vae(tiny_run(data_, dir_ / "b", {{"--epochs", "3"}, {"--max-steps", "5"}}), dir_.path()));
+  // b's own target was 5 steps: resuming it unchanged has nothing to do.
+  expect_success(run_vae({"train", "--resume", dir_ / "b", "--data", data_}, dir_.path()));
+  EXPECT_EQ(load_checkpoint(dir_ / "b/checkpoint.safetensors").step, 5u);
+  // With --max-steps 0 (no limit) it runs to the original 3 epochs.
+  expect_success(run_vae({"train", "--resume", dir_ / "b", "--data", data_, "--max-steps", "0"}, dir_.path()));
+  expect_same_state(load_checkpoint(dir_ / "a/checkpoint.safetensors"),
+                    load_checkpoint(dir_ / "b/checkpoint.safetensors"));
+}
+
+TEST_F(Resume, DisagreeingFlagsAndOtherDataAreRefused) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "3"}}), dir_.path()));
+  const TrainState before = load_checkpoint(dir_ / "run/checkpoint.safetensors");
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--batch-size", "40"}, {"--latent-dim", "4"}, {"--hidden", "16,16"}, {"--lr", "0.01"}, {"--seed", "9"}}) {
+    const RunResult r = run_vae({"train", "--resume", dir_ / "run", "--data", data_, flag, value}, dir_.path());
+    EXPECT_NE(r.exit_code, 0) << describe(r);
+    EXPECT_TRUE(contains(r.err, flag) && contains(r.err, "disagrees")) << describe(r);
+  }
+  const std::string other = dir_ / "other";
+  fs::create_directories(other);
+  write_file(fs::path(other) / "train-images-idx3-ubyte", idx_images(400, 0x803, 77));
+  fs::copy_file(fs::path(data_) / "train-labels-idx1-ubyte", fs::path(other) / "train-labels-idx1-ubyte");
+  fs::copy_file(fs::path(data_) / "t10k-images-idx3-ubyte", fs::path(other) / "t10k-images-idx3-ubyte");
+  fs::copy_file(fs::path(data_) / "t10k-labels-idx1-ubyte", fs::path(other) / "t10k-labels-idx1-ubyte");
+  const RunResult r = run_vae({"train", "--resume", dir_ / "run", "--data", other}, dir_.path());
+  EXPECT_NE(r.exit_code, 0) << describe(r);
+  EXPECT_TRUE(contains(r.err, "not the checkpoint's")) << describe(r);
+  const RunResult missing = run_vae({"train", "--resume", dir_ / "nothing-here", "--data", data_}, dir_.path());
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_TRUE(contains(missing.err, "no checkpoint")) << describe(missing);
+  expect_same_state(before, load_checkpoint(dir_ / "run/checkpoint.safetensors"));
+}
+
+// Waits until `path` exists (the child is past start-up), up to 60 s.
+bool wait_for_file(const std::string& path) {
+  for (int i = 0; i < 30000 && !fs::exists(path); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  return fs::exists(path);
+}
+
+TEST_F(Resume, FirstInterruptCheckpointsAndResumesExactly) {
+  for (const int signal_number : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+    const std::string out = dir_ / ("int" + std::to_string(signal_number));
+    // Many epochs so that the run is still going when the signal comes.
+    VaeProcess child(tiny_run(data_, out, {{"--epochs", "2000"}, {"--checkpoint-every", "1"}}), dir_.path());
+    ASSERT_TRUE(wait_for_file(out + "/checkpoint.safetensors"));
+    child.signal(signal_number);
+    const RunResult r = child.wait();
+    EXPECT_EQ(r.signal, 0) << describe(r);
+    EXPECT_EQ(r.exit_code, 128 + signal_number) << describe(r);
+    EXPECT_TRUE(contains(r.err, "resume with: vae train --resume " + out)) << describe(r);
+    const TrainState stopped = load_checkpoint(out + "/checkpoint.safetensors");
+    ASSERT_GT(stopped.step, 0u);
+    ASSERT_LT(stopped.step, 16000u);
+    // Resume to a few steps past the interruption; compare with a run that
+    // went there in one go.
+    const std::string target = std::to_string(stopped.step + 7);
+    expect_success(run_vae({"train", "--resume", out, "--data", data_, "--max-steps", target}, dir_.path()));
+    const std::string whole = out + "-whole";
+    expect_success(run_vae(tiny_run(data_, whole, {{"--epochs", "2000"}, {"--max-steps", target}}), dir_.path()));
+    expect_same_state(load_checkpoint(whole + "/checkpoint.safetensors"),
+                      load_checkpoint(out + "/checkpoint.safetensors"));
+  }
+}
+
+TEST_F(Resume, SecondInterruptExitsAtOnce) {
+  // Steps long enough (a wide network, big batches) that both signals land
+  // inside one step: the second must end the process without finishing it.
+  const std::string out = dir_ / "twice";
+  VaeProcess child(train_args(data_, out, {{"--batch-size", "400"}, {"--hidden", "2000,2000"},
+                                           {"--epochs", "1000"}, {"--max-steps", "0"},
+                                           {"--checkpoint-every", "1"}}),
+                   dir_.path());
+  ASSERT_TRUE(wait_for_file(out + "/checkpoint.safetensors"));
+  // Standard signals do not queue, so two sent back to back may arrive as
+  // one: send several, 20 ms apart (a step here takes well over 100 ms; the
+  // child stays a zombie until wait(), so its pid is not reused meanwhile).
+  for (int i = 0; i < 5; ++i) {
+    child.signal(SIGINT);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const RunResult r = child.wait();
+  EXPECT_EQ(r.exit_code, 130) << describe(r);
+  EXPECT_TRUE(contains(r.err, "second interrupt")) << describe(r);
+  // Whatever checkpoint is there is whole.
+  EXPECT_NO_THROW(load_checkpoint(out + "/checkpoint.safetensors"));
+}
+
+TEST_F(Resume, KillNineNeverLeavesATornCheckpoint) {
+  // 50 runs killed at random moments while they write a checkpoint every
+  // step: each leaves no checkpoint yet, or one that loads whole.
+  std::mt19937 rng(12345);
+  int with_checkpoint = 0;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    const std::string out = dir_ / ("kill" + std::to_string(attempt));
+    VaeProcess child(tiny_run(data_, out, {{"--epochs", "2000"}, {"--checkpoint-every", "1"}}), dir_.path());
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 400)(rng)));
+    child.signal(SIGKILL);
+    child.wait();
+    const std::string path = out + "/checkpoint.safetensors";
+    if (fs::exists(path)) {
+      ++with_checkpoint;
+      EXPECT_NO_THROW(load_checkpoint(path)) << "attempt " << attempt;
+    }
+    if (fs::exists(out + "/model.safetensors")) {
+      EXPECT_NO_THROW(load_model(out + "/model.safetensors")) << "attempt " << attempt;
+    }
+    std::error_code ignored;
+    fs::remove_all(out, ignored);
+  }
+  std::printf("  %d of 50 killed runs had written a checkpoint\n", with_checkpoint);
+  EXPECT_GT(with_checkpoint, 10) << "the kills came too early to test anything";
+}
+
+TEST_F(Resume, AFullDiskIsAClearErrorAndKeepsThePreviousCheckpoint) {
+  const std::string out = dir_ / "full";
+  expect_success(run_vae(tiny_run(data_, out, {{"--max-steps", "8"}}), dir_.path()));
+  const TrainState before = load_checkpoint(out + "/checkpoint.safetensors");
+  // A file-size limit makes writes fail with EFBIG, as a full disk fails them
+  // with ENOSPC: the resumed run's first model or checkpoint write fails.
+  struct rlimit old_limit;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct rlimit limit = old_limit;
+  limit.rlim_cur = 20000;  // enough for metrics.csv, not for a model file
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  signal(SIGXFSZ, SIG_IGN);
+  const RunResult r = run_vae({"train", "--resume", out, "--data", data_, "--max-steps", "16"}, dir_.path());
+  setrlimit(RLIMIT_FSIZE, &old_limit);
+  EXPECT_EQ(r.signal, 0) << describe(r);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_TRUE(contains(r.err, "cannot write") && contains(r.err, out)) << describe(r);
+  expect_same_state(before, load_checkpoint(out + "/checkpoint.safetensors"));
+  for (const auto& entry : fs::directory_iterator(out)) {
+    EXPECT_FALSE(contains(entry.path().filename().string(), ".tmp.")) << entry.path();
+  }
+}
+
+}  // namespace
+}  // namespace cuvae
