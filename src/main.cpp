@@ -18,6 +18,7 @@
 
 #include "cuvae/atomic_file.h"
 #include "cuvae/backend.h"
+#include "cuvae/bench_command.h"
 #include "cuvae/build_info.h"
 #include "cuvae/error.h"
 #include "cuvae/evaluate.h"
@@ -246,6 +247,17 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--limit", eval.limit, "Evaluate only the first N test images (0: all)")->check(kNonNegativeInteger)->capture_default_str();
   eval_cmd->add_option("--seed", eval.seed, "Seed of the fixed binarization and the samples")->check(kUnsignedInteger)->capture_default_str();
 
+  cuvae::BenchOptions bench;
+  std::string bench_batches = "200,1000,4096";
+  CLI::App* bench_cmd = app.add_subcommand("bench", "End-to-end training throughput of the seed's configuration per backend and batch size");
+  bench_cmd->add_option("--data", bench.data, "MNIST directory (generated images when absent)")->capture_default_str();
+  bench_cmd->add_option("--device", bench.device, "all (every available backend), cpu or cuda")->check(CLI::IsMember({"all", "cpu", "cuda"}))->capture_default_str();
+  bench_cmd->add_option("--batch-sizes", bench_batches, "Batch sizes, comma-separated")->capture_default_str();
+  bench_cmd->add_option("--warmup", bench.warmup_steps, "Warm-up steps, not timed")->check(integer_in(0, 100000))->capture_default_str();
+  bench_cmd->add_option("--steps", bench.steps, "Steps per timed repetition")->check(integer_in(1, 100000))->capture_default_str();
+  bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions; the median is reported")->check(integer_in(1, 1000))->capture_default_str();
+  bench_cmd->add_option("--json", bench.json, "Also write the results as JSON to this file");
+
   CLI::App* info_cmd = app.add_subcommand("info", "Build facts: version, commit, CUDA, threads, BLAS");
 
   try {
@@ -294,6 +306,10 @@ int main(int argc, char** argv) {
     }
     if (eval_cmd->parsed()) return run_eval(eval);
     if (info_cmd->parsed()) return run_info();
+    if (bench_cmd->parsed()) {
+      bench.batch_sizes = cuvae::parse_widths(bench_batches, "--batch-sizes");
+      return cuvae::run_bench_command(bench);
+    }
   } catch (const Error& e) {
     std::cout.flush();
     std::cerr << "vae: error: " << e.what() << "\n";

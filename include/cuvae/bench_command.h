@@ -1,0 +1,25 @@
+// `vae bench`: end-to-end training throughput of the seed's configuration.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace cuvae {
+
+struct BenchOptions {
+  std::string data = "data/mnist";  // MNIST if there, else generated images
+  std::string device = "all";       // all | cpu | cuda
+  std::vector<int> batch_sizes = {200, 1000, 4096};
+  int warmup_steps = 10;
+  int steps = 30;    // per repetition
+  int repeats = 5;   // the median is reported
+  std::string json;  // also write the results here
+};
+
+// Prints, per backend and batch size: samples/s (median of the repetitions,
+// warm-up excluded), the step's time split into GEMMs and everything else
+// (from a profiled run), and the GEMMs' time against the same GEMM shapes
+// run alone. Returns the exit status.
+int run_bench_command(const BenchOptions& options);
+
+}  // namespace cuvae

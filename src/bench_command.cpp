@@ -1,0 +1,207 @@
+// `vae bench`. Throughput is timed on the plain backend (no synchronization
+// inside a repetition but at its end); the breakdown comes from a separate,
+// profiled run (ProfilingBackend synchronizes around every call), and the
+// GEMMs are replayed alone on the same shapes to compare with the BLAS.
+#include "cuvae/bench_command.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cuvae/build_info.h"
+#include "cuvae/error.h"
+#include "cuvae/idx.h"
+#include "cuvae/profiling_backend.h"
+#include "cuvae/trainer.h"
+
+namespace cuvae {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+std::string cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown CPU";
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
+  return buffer;
+}
+
+// MNIST's training images if they are in `dir`, else random ones (throughput
+// does not depend on the pixels).
+IdxImages bench_images(const std::string& dir, int needed, std::string* source) {
+  try {
+    IdxImages images = load_mnist_split(dir, true).images;
+    if (images.count >= needed) {
+      *source = "MNIST training images from " + dir;
+      return images;
+    }
+  } catch (const Error&) {
+  }
+  IdxImages images;
+  images.count = std::max(needed, 10000);
+  images.rows = images.cols = 28;
+  images.pixels.resize(static_cast<size_t>(images.count) * 784);
+  for (size_t i = 0; i < images.pixels.size(); ++i) {
+    images.pixels[i] = static_cast<uint8_t>(random_uniform(RandomKey{1, RandomStream::kInit, 0}, i) * 256);
+  }
+  *source = "generated images (no MNIST in " + dir + ")";
+  return images;
+}
+
+struct Result {
+  std::string device;
+  int batch = 0;
+  double samples_per_s = 0, step_ms = 0, gemm_ms = 0, other_ms = 0, gemm_alone_ms = 0;
+  double gemm_gflops = 0;
+  std::map<std::string, double> op_ms;  // per step
+};
+
+Result bench_one(Backend& backend, const IdxImages& images, int batch, const BenchOptions& o) {
+  TrainConfig config;  // the seed's
+  config.batch_size = batch;
+  Result r;
+  r.device = backend.name();
+  r.batch = batch;
+  {
+    Trainer trainer(backend, config, images);
+    for (int s = 0; s < o.warmup_steps; ++s) trainer.step();
+    backend.synchronize();
+    std::vector<double> rates;
+    for (int rep = 0; rep < o.repeats; ++rep) {
+      const auto start = Clock::now();
+      for (int s = 0; s < o.steps; ++s) trainer.step();
+      backend.synchronize();
+      rates.push_back(static_cast<double>(o.steps) * batch / seconds_since(start));
+    }
+    r.samples_per_s = median(rates);
+    r.step_ms = 1e3 * batch / r.samples_per_s;
+  }
+  // The breakdown, from a profiled run of the same steps.
+  ProfilingBackend profiler(backend);
+  Trainer trainer(profiler, config, images);
+  for (int s = 0; s < 3; ++s) trainer.step();
+  profiler.reset();
+  for (int s = 0; s < o.steps; ++s) trainer.step();
+  double total = 0;
+  for (const auto& [op, entry] : profiler.totals()) {
+    r.op_ms[op] = 1e3 * entry.seconds / o.steps;
+    total += r.op_ms[op];
+  }
+  r.gemm_ms = r.op_ms["gemm"];
+  r.other_ms = total - r.gemm_ms;
+  // The same GEMM shapes alone, one step's worth, on scratch buffers.
+  std::vector<ProfilingBackend::GemmShape> shapes(profiler.gemm_shapes().begin(),
+                                                  profiler.gemm_shapes().begin() +
+                                                      static_cast<long>(profiler.gemm_shapes().size() / o.steps));
+  size_t largest = 0;
+  double flops = 0;
+  for (const auto& g : shapes) {
+    largest = std::max({largest, size_t(g.m) * g.k, size_t(g.k) * g.n, size_t(g.m) * g.n});
+    flops += 2.0 * g.m * g.n * g.k;
+  }
+  DeviceArray<float> a(backend, largest), b(backend, largest), c(backend, largest);
+  const std::vector<float> ones(largest, 0.01f);
+  for (DeviceArray<float>* buffer : {&a, &b, &c}) {
+    backend.copy_to_device(buffer->get(), ones.data(), largest * sizeof(float));
+  }
+  auto replay = [&] {
+    for (const auto& g : shapes) {
+      backend.gemm(g.transpose_a, g.transpose_b, g.m, g.n, g.k, 1.0f, a.get(), g.transpose_a ? g.m : g.k,
+                   b.get(), g.transpose_b ? g.k : g.n, 0.0f, c.get(), g.n);
+    }
+  };
+  for (int s = 0; s < 3; ++s) replay();
+  backend.synchronize();
+  std::vector<double> times;
+  for (int rep = 0; rep < o.repeats; ++rep) {
+    const auto start = Clock::now();
+    for (int s = 0; s < o.steps; ++s) replay();
+    backend.synchronize();
+    times.push_back(1e3 * seconds_since(start) / o.steps);
+  }
+  r.gemm_alone_ms = median(times);
+  r.gemm_gflops = flops / (r.gemm_alone_ms * 1e-3) / 1e9;
+  return r;
+}
+
+}  // namespace
+
+int run_bench_command(const BenchOptions& o) {
+  if (o.steps < 1 || o.repeats < 1 || o.warmup_steps < 0) {
+    throw Error("--steps and --repeats must be at least 1, --warmup at least 0");
+  }
+  std::vector<std::string> devices;
+  std::string why_not;
+  const bool have_cuda = cuda_available(&why_not);
+  if (o.device == "all" || o.device == "cpu") devices.push_back("cpu");
+  if (o.device == "cuda" || (o.device == "all" && have_cuda)) devices.push_back("cuda");
+  const int largest_batch = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
+  std::string source;
+  const IdxImages images = bench_images(o.data, largest_batch, &source);
+
+  std::printf("vae bench: %s, %s, commit %s\n", cpu_model().c_str(), utc_now().c_str(), CUVAE_GIT_COMMIT);
+  std::printf("model 784-200-200-(50+50) | 50-200-200-784; %s; %d warm-up steps, median of %d x %d steps\n",
+              source.c_str(), o.warmup_steps, o.repeats, o.steps);
+  if (!have_cuda && o.device == "all") std::printf("cuda: skipped (%s)\n", why_not.c_str());
+  nlohmann::json json = {{"commit", CUVAE_GIT_COMMIT}, {"date", utc_now()}, {"cpu", cpu_model()},
+                         {"data", source}, {"results", nlohmann::json::array()}};
+  for (const std::string& device : devices) {
+    std::unique_ptr<Backend> backend = make_backend(device);
+    std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
+    std::printf("%6s %12s %9s %9s %9s %7s %13s %10s\n", "batch", "samples/s", "step ms", "gemm ms",
+                "other ms", "other%", "gemm alone ms", "gemm GF/s");
+    for (int batch : o.batch_sizes) {
+      const Result r = bench_one(*backend, images, batch, o);
+      const double profiled = r.gemm_ms + r.other_ms;
+      std::printf("%6d %12.0f %9.3f %9.3f %9.3f %6.1f%% %13.3f %10.1f\n", r.batch, r.samples_per_s,
+                  r.step_ms, r.gemm_ms, r.other_ms, 100.0 * r.other_ms / profiled,
+                  r.gemm_alone_ms, r.gemm_gflops);
+      std::fflush(stdout);
+      json["results"].push_back({{"device", device},
+                                 {"description", backend->description()},
+                                 {"batch", r.batch},
+                                 {"samples_per_s", r.samples_per_s},
+                                 {"step_ms", r.step_ms},
+                                 {"profiled_gemm_ms", r.gemm_ms},
+                                 {"profiled_other_ms", r.other_ms},
+                                 {"gemm_alone_ms", r.gemm_alone_ms},
+                                 {"gemm_alone_gflops", r.gemm_gflops},
+                                 {"profiled_op_ms", r.op_ms}});
+    }
+  }
+  std::printf("\nsamples/s: median training throughput; gemm/other ms: one step's time in GEMMs and in\n"
+              "everything else, from a profiled run (synchronized around every call); gemm alone: the\n"
+              "step's GEMM shapes replayed without the rest.\n");
+  if (!o.json.empty()) {
+    std::ofstream out(o.json);
+    out << json.dump(2) << "\n";
+    if (!out) throw Error("cannot write " + o.json);
+  }
+  return 0;
+}
+
+}  // namespace cuvae
