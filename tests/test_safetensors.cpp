@@ -10,6 +10,7 @@
 #include <iterator>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuvae/error.h"
@@ -349,6 +350,37 @@ TEST_F(SafetensorsTest, RejectsDeeplyNestedJsonWithoutCrashing) {
   write_bytes(path("g"),
               make_file(R"({"x":)" + std::string(depth, '[') + std::string(depth, ']') + "}", ""));
   expect_read_error(path("g"), "not a JSON object");
+}
+
+// Regression (found by review while fuzzing): a deeply nested shape entry was
+// dumped into the error message, and dump() recursing 100,000 levels deep
+// overflowed the stack (SIGSEGV). Every field that refuses a nested value
+// must say so without recursing into it.
+TEST_F(SafetensorsTest, RejectsDeeplyNestedFieldValuesWithoutCrashing) {
+  const size_t depth = 100000;
+  std::string deep_object;
+  for (size_t i = 0; i < depth; ++i) deep_object += R"({"a":)";
+  deep_object += "0" + std::string(depth, '}');
+  const std::vector<std::string> deep_values = {
+      std::string(depth, '[') + std::string(depth, ']'), deep_object};
+  for (const std::string& deep : deep_values) {
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {R"({"x":{"dtype":"F32","shape":[)" + deep + R"(],"data_offsets":[0,0]}})",
+         "has a shape entry an "},
+        {R"({"x":{"dtype":"F32","shape":)" + deep + R"(,"data_offsets":[0,0]}})", "shape"},
+        {R"({"x":{"dtype":"F32","shape":[0],"data_offsets":[)" + deep + R"(,0]}})",
+         "data_offsets"},
+        {R"({"x":{"dtype":"F32","shape":[0],"data_offsets":)" + deep + "}}", "data_offsets"},
+        {R"({"x":{"dtype":)" + deep + R"(,"shape":[0],"data_offsets":[0,0]}})", "dtype"},
+        {R"({"__metadata__":{"k":)" + deep + "}}", "not a string"},
+        {R"({"__metadata__":)" + deep + "}", R"("__metadata__")"},
+    };
+    for (size_t i = 0; i < cases.size(); ++i) {
+      SCOPED_TRACE(i);
+      write_bytes(path("f"), make_file(cases[i].first, ""));
+      expect_read_error(path("f"), cases[i].second);
+    }
+  }
 }
 
 TEST_F(SafetensorsTest, RejectsMissingFileAndDirectory) {
