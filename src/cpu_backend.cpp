@@ -79,6 +79,35 @@ CUVAE_VECTORIZED_ROW float bernoulli_row_logprob(const float* __restrict x, cons
   return sum;
 }
 
+// One row of reparameterization + KL: z, and the row's KL and
+// log p(z) - log q(z|x) sums.
+CUVAE_VECTORIZED_ROW float reparameterize_kl_row(const float* __restrict mean,
+                                                 const float* __restrict log_std,
+                                                 const float* __restrict eps, int latent,
+                                                 float* __restrict z, float* log_ratio_sum) {
+  float kl = 0.0f, log_ratio = 0.0f;
+#pragma omp simd reduction(+ : kl, log_ratio)
+  for (int j = 0; j < latent; ++j) {
+    const float zj = reparameterize(mean[j], log_std[j], eps[j]);
+    z[j] = zj;
+    kl += kl_divergence_term(mean[j], log_std[j]);
+    log_ratio += log_prior_minus_log_posterior(zj, eps[j], log_std[j]);
+  }
+  *log_ratio_sum = log_ratio;
+  return kl;
+}
+
+CUVAE_VECTORIZED_ROW void reparameterize_kl_backward_row(
+    const float* __restrict dz, const float* __restrict mean, const float* __restrict log_std,
+    const float* __restrict eps, int latent, float kl_scale, float* __restrict dmean,
+    float* __restrict dlog_std) {
+#pragma omp simd
+  for (int j = 0; j < latent; ++j) {
+    reparameterize_kl_backward(dz[j], mean[j], log_std[j], eps[j], kl_scale, &dmean[j],
+                               &dlog_std[j]);
+  }
+}
+
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
@@ -188,16 +217,9 @@ class CpuBackend final : public Backend {
 #pragma omp parallel for schedule(static) if (long(rows) * latent >= kParallelThreshold)
     for (int r = 0; r < rows; ++r) {
       const float* mean = encoder_out + static_cast<size_t>(r) * 2 * latent;
-      const float* log_std = mean + latent;
-      const float* e = eps + static_cast<size_t>(r) * latent;
-      float* zr = z + static_cast<size_t>(r) * latent;
-      float kl = 0.0f, log_ratio = 0.0f;
-      for (int j = 0; j < latent; ++j) {
-        zr[j] = reparameterize(mean[j], log_std[j], e[j]);
-        kl += kl_divergence_term(mean[j], log_std[j]);
-        log_ratio += log_prior_minus_log_posterior(zr[j], e[j], log_std[j]);
-      }
-      row_kl[r] = kl;
+      float log_ratio;
+      row_kl[r] = reparameterize_kl_row(mean, mean + latent, eps + static_cast<size_t>(r) * latent,
+                                        latent, z + static_cast<size_t>(r) * latent, &log_ratio);
       if (row_log_ratio != nullptr) row_log_ratio[r] = log_ratio;
     }
   }
@@ -209,12 +231,9 @@ class CpuBackend final : public Backend {
     for (int r = 0; r < rows; ++r) {
       const size_t out_row = static_cast<size_t>(r) * 2 * latent;
       const size_t z_row = static_cast<size_t>(r) * latent;
-      for (int j = 0; j < latent; ++j) {
-        cuvae::reparameterize_kl_backward(dz[z_row + j], encoder_out[out_row + j],
-                                   encoder_out[out_row + latent + j], eps[z_row + j], kl_scale,
-                                   &d_encoder_out[out_row + j],
-                                   &d_encoder_out[out_row + latent + j]);
-      }
+      reparameterize_kl_backward_row(dz + z_row, encoder_out + out_row,
+                                     encoder_out + out_row + latent, eps + z_row, latent, kl_scale,
+                                     d_encoder_out + out_row, d_encoder_out + out_row + latent);
     }
   }
 

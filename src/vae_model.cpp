@@ -214,18 +214,12 @@ void VaeModel::initialize(uint64_t seed) {
   backend_.copy_to_device(adam_v_.get(), zeros.data(), zeros.size() * sizeof(float));
 }
 
-namespace {
-std::vector<float> download(Backend& backend, const DeviceArray<float>& array) {
-  std::vector<float> host(array.size());
-  backend.copy_to_host(host.data(), array.get(), host.size() * sizeof(float));
-  return host;
-}
-}  // namespace
 
-std::vector<float> VaeModel::parameters() const { return download(backend_, params_); }
-std::vector<float> VaeModel::gradients() const { return download(backend_, grads_); }
+std::vector<float> VaeModel::parameters() const { return to_host(backend_, params_.get(), params_.size()); }
+std::vector<float> VaeModel::gradients() const { return to_host(backend_, grads_.get(), grads_.size()); }
 std::vector<float> VaeModel::adam_moment(int which) const {
-  return download(backend_, which == 1 ? adam_m_ : adam_v_);
+  const DeviceArray<float>& moment = which == 1 ? adam_m_ : adam_v_;
+  return to_host(backend_, moment.get(), moment.size());
 }
 
 void VaeModel::set_parameters(const std::vector<float>& host_params) {

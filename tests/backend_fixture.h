@@ -1,6 +1,7 @@
 // Helpers for tests that run on every backend: the list of backends to run
 // ("cpu" always, "cuda" where compiled in and a device is present; otherwise
-// the CUDA cases skip with the reason), and uploads/downloads.
+// the CUDA cases skip with the reason), and an error measure that reports
+// the largest error as a fraction of its tolerance.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -33,20 +34,6 @@ inline std::unique_ptr<Backend> backend_or_skip(const std::string& name) {
     ::cuvae::cuda_available(&why_not_);                                   \
     GTEST_SKIP() << "CUDA test skipped: " << why_not_;                    \
   }
-
-template <typename T>
-DeviceArray<T> upload(Backend& backend, const std::vector<T>& host) {
-  DeviceArray<T> array(backend, host.size());
-  backend.copy_to_device(array.get(), host.data(), host.size() * sizeof(T));
-  return array;
-}
-
-template <typename T>
-std::vector<T> download(Backend& backend, const T* device, size_t count) {
-  std::vector<T> host(count);
-  backend.copy_to_host(host.data(), device, count * sizeof(T));
-  return host;
-}
 
 // Checks |actual - expected| <= abs + rel |expected| elementwise; reports the
 // largest error as a fraction of its tolerance (1.0 = at the limit).

@@ -24,9 +24,7 @@
 namespace cuvae {
 namespace {
 
-using testing::download;
 using testing::expect_all_close;
-using testing::upload;
 
 class BackendOps : public ::testing::TestWithParam<std::string> {};
 
@@ -50,9 +48,9 @@ TEST_P(BackendOps, GemmAllTransposesExactOnSmallIntegers) {
       for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>(i * 7 % 9) - 4);
       for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>(i * 5 % 7) - 3);
       for (size_t i = 0; i < c.size(); ++i) c[i] = static_cast<float>(static_cast<int>(i % 5) - 2);
-      auto a_d = upload(*backend, a), b_d = upload(*backend, b), c_d = upload(*backend, c);
+      auto a_d = to_device(*backend, a), b_d = to_device(*backend, b), c_d = to_device(*backend, c);
       backend->gemm(ta, tb, m, n, k, 2.0f, a_d.get(), lda, b_d.get(), ldb, 1.0f, c_d.get(), ldc);
-      const std::vector<float> got = download(*backend, c_d.get(), c.size());
+      const std::vector<float> got = to_host(*backend, c_d.get(), c.size());
       for (int i = 0; i < m; ++i) {
         for (int j = 0; j < n; ++j) {
           double sum = 0;
@@ -76,10 +74,10 @@ TEST_P(BackendOps, BiasActivationForwardAndBackward) {
   for (Activation act : {Activation::kRelu, Activation::kIdentity}) {
     const bool relu = act == Activation::kRelu;
     const std::vector<float> y0 = normals(static_cast<size_t>(rows) * cols, 1), bias = normals(cols, 2);
-    auto y = upload(*backend, y0);
-    auto b = upload(*backend, bias);
+    auto y = to_device(*backend, y0);
+    auto b = to_device(*backend, bias);
     backend->bias_activation_forward(y.get(), b.get(), rows, cols, act);
-    const std::vector<float> y1 = download(*backend, y.get(), y0.size());
+    const std::vector<float> y1 = to_host(*backend, y.get(), y0.size());
     std::vector<double> expected(y0.size());
     for (size_t i = 0; i < y0.size(); ++i) {
       const double a = static_cast<double>(y0[i]) + bias[i % cols];
@@ -89,7 +87,7 @@ TEST_P(BackendOps, BiasActivationForwardAndBackward) {
     expect_all_close(y1, expected, 6e-8, 1e-30, relu ? "bias+relu forward" : "bias forward");
 
     const std::vector<float> dy0 = normals(y0.size(), 3);
-    auto dy = upload(*backend, dy0);
+    auto dy = to_device(*backend, dy0);
     DeviceArray<float> dbias(*backend, cols);
     backend->activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols, act);
     std::vector<double> expected_dy(y0.size()), expected_db(cols, 0.0), abs_sum(cols, 0.0);
@@ -98,9 +96,9 @@ TEST_P(BackendOps, BiasActivationForwardAndBackward) {
       expected_db[i % cols] += expected_dy[i];
       abs_sum[i % cols] += std::fabs(expected_dy[i]);
     }
-    expect_all_close(download(*backend, dy.get(), y0.size()), expected_dy, 0, 0,
+    expect_all_close(to_host(*backend, dy.get(), y0.size()), expected_dy, 0, 0,
                      relu ? "relu backward dy" : "identity backward dy");
-    const std::vector<float> db = download(*backend, dbias.get(), cols);
+    const std::vector<float> db = to_host(*backend, dbias.get(), cols);
     double worst = 0;
     for (int c = 0; c < cols; ++c) {
       const double tolerance = 2.0 * rows * 6e-8 * abs_sum[c] + 1e-30;
@@ -120,7 +118,7 @@ TEST_P(BackendOps, UploadAndBinarizeIsExactAndOffsetAware) {
   DeviceArray<float> x(*backend, pixels.size());
   for (uint64_t first_row : {0ull, 5ull}) {
     backend->upload_and_binarize(pixels.data(), rows, cols, first_row, key, x.get());
-    const std::vector<float> got = download(*backend, x.get(), pixels.size());
+    const std::vector<float> got = to_host(*backend, x.get(), pixels.size());
     for (size_t i = 0; i < pixels.size(); ++i) {
       const double u = random_uniform(key, first_row * cols + i);
       ASSERT_EQ(got[i], pixels[i] / 255.0 > u ? 1.0f : 0.0f) << "element " << i;
@@ -145,7 +143,7 @@ TEST_P(BackendOps, FillNormalMatchesTheStreamAtAnyOffset) {
       const double r = std::sqrt(-2 * std::log(u1)), theta = 2 * M_PI * u2;
       expected[i] = lane % 2 == 0 ? r * std::cos(theta) : r * std::sin(theta);
     }
-    expect_all_close(download(*backend, out.get(), n), expected, 1e-5, 2e-6,
+    expect_all_close(to_host(*backend, out.get(), n), expected, 1e-5, 2e-6,
                      "fill_normal offset " + std::to_string(first));
   }
 }
@@ -158,7 +156,7 @@ TEST_P(BackendOps, ReparameterizeKlForwardAndBackward) {
   enc[latent + 1] = 30.0f;
   const std::vector<float> eps = normals(static_cast<size_t>(rows) * latent, 6);
   const std::vector<float> dz = normals(eps.size(), 7);
-  auto enc_d = upload(*backend, enc), eps_d = upload(*backend, eps), dz_d = upload(*backend, dz);
+  auto enc_d = to_device(*backend, enc), eps_d = to_device(*backend, eps), dz_d = to_device(*backend, dz);
   DeviceArray<float> z(*backend, eps.size()), kl(*backend, rows), ratio(*backend, rows);
   DeviceArray<float> d_enc(*backend, enc.size());
   backend->reparameterize_kl_forward(enc_d.get(), eps_d.get(), rows, latent, z.get(), kl.get(), ratio.get());
@@ -183,10 +181,10 @@ TEST_P(BackendOps, ReparameterizeKlForwardAndBackward) {
       ed[si] = dz[zi] * std::exp(s) * e + scale * (std::exp(2 * s) - 1);
     }
   }
-  expect_all_close(download(*backend, z.get(), eps.size()), ez, 1e-5, 1e-6, "reparameterize z");
-  expect_all_close(download(*backend, d_enc.get(), enc.size()), ed, 1e-5, 1e-6, "d mean, d log_std");
-  const std::vector<float> got_kl = download(*backend, kl.get(), rows);
-  const std::vector<float> got_ratio = download(*backend, ratio.get(), rows);
+  expect_all_close(to_host(*backend, z.get(), eps.size()), ez, 1e-5, 1e-6, "reparameterize z");
+  expect_all_close(to_host(*backend, d_enc.get(), enc.size()), ed, 1e-5, 1e-6, "d mean, d log_std");
+  const std::vector<float> got_kl = to_host(*backend, kl.get(), rows);
+  const std::vector<float> got_ratio = to_host(*backend, ratio.get(), rows);
   for (int r = 0; r < rows; ++r) {
     EXPECT_NEAR(got_kl[r], ekl[r], 2.0 * latent * 6e-8 * kl_abs[r] + 1e-5 * kl_abs[r]) << "row " << r;
     EXPECT_NEAR(got_ratio[r], eratio[r], 2.0 * latent * 6e-8 * ratio_abs[r] + 1e-5 * ratio_abs[r]) << "row " << r;
@@ -201,7 +199,7 @@ TEST_P(BackendOps, BernoulliLogProbAndGradWithExtremeLogits) {
   for (size_t i = 0; i < x.size(); ++i) x[i] = (i * 2654435761u) % 3 == 0 ? 1.0f : 0.0f;
   const float extremes[] = {100.0f, -100.0f, 50.0f, -50.0f};
   for (int i = 0; i < 4; ++i) logits[static_cast<size_t>(i) * 7] = extremes[i];
-  auto x_d = upload(*backend, x), f_d = upload(*backend, logits);
+  auto x_d = to_device(*backend, x), f_d = to_device(*backend, logits);
   DeviceArray<float> dlogits(*backend, logits.size()), rowsum(*backend, rows);
   const float scale = 0.25f;
   backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, scale, dlogits.get(), rowsum.get());
@@ -214,8 +212,8 @@ TEST_P(BackendOps, BernoulliLogProbAndGradWithExtremeLogits) {
     erow[i / cols] += logp;
     erow_abs[i / cols] += std::fabs(logp);
   }
-  expect_all_close(download(*backend, dlogits.get(), logits.size()), ed, 1e-5, 1e-7, "dlogits");
-  const std::vector<float> got = download(*backend, rowsum.get(), rows);
+  expect_all_close(to_host(*backend, dlogits.get(), logits.size()), ed, 1e-5, 1e-7, "dlogits");
+  const std::vector<float> got = to_host(*backend, rowsum.get(), rows);
   for (int r = 0; r < rows; ++r) {
     ASSERT_TRUE(std::isfinite(got[r]));
     EXPECT_NEAR(got[r], erow[r], 2.0 * cols * 6e-8 * erow_abs[r]) << "row " << r;
@@ -223,21 +221,21 @@ TEST_P(BackendOps, BernoulliLogProbAndGradWithExtremeLogits) {
   // Without a gradient buffer the sums are the same.
   DeviceArray<float> rowsum2(*backend, rows);
   backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, scale, nullptr, rowsum2.get());
-  EXPECT_EQ(download(*backend, rowsum2.get(), rows), got);
+  EXPECT_EQ(to_host(*backend, rowsum2.get(), rows), got);
 }
 
 TEST_P(BackendOps, AccumulateElboAddsInDouble) {
   CUVAE_BACKEND_OR_SKIP(backend, GetParam());
   const int rows = 1000;
   const std::vector<float> logp = normals(rows, 10, 100.0f), kl = normals(rows, 11, 10.0f);
-  auto logp_d = upload(*backend, logp), kl_d = upload(*backend, kl);
-  auto acc = upload(*backend, std::vector<double>{5.0});
+  auto logp_d = to_device(*backend, logp), kl_d = to_device(*backend, kl);
+  auto acc = to_device(*backend, std::vector<double>{5.0});
   backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, acc.get());
   backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, acc.get());
   double expected = 5.0;
   for (int pass = 0; pass < 2; ++pass)
     for (int r = 0; r < rows; ++r) expected += static_cast<double>(logp[r]) - kl[r];
-  EXPECT_NEAR(download(*backend, acc.get(), 1)[0], expected, 1e-9 * std::fabs(expected) + 1e-9);
+  EXPECT_NEAR(to_host(*backend, acc.get(), 1)[0], expected, 1e-9 * std::fabs(expected) + 1e-9);
 }
 
 TEST_P(BackendOps, AdamStepMatchesDoubleFormula) {
@@ -246,7 +244,7 @@ TEST_P(BackendOps, AdamStepMatchesDoubleFormula) {
   const std::vector<float> p0 = normals(n, 12), g = normals(n, 13, 0.1f);
   std::vector<float> m0 = normals(n, 14, 0.01f), v0 = normals(n, 15, 0.001f);
   for (float& v : v0) v = v * v;
-  auto p = upload(*backend, p0), g_d = upload(*backend, g), m = upload(*backend, m0), v = upload(*backend, v0);
+  auto p = to_device(*backend, p0), g_d = to_device(*backend, g), m = to_device(*backend, m0), v = to_device(*backend, v0);
   const int t = 7;
   backend->adam_step(p.get(), g_d.get(), m.get(), v.get(), n, make_adam_step(1e-3, 0.9, 0.999, 1e-8, t));
   std::vector<double> ep(n), em(n), ev(n);
@@ -259,10 +257,10 @@ TEST_P(BackendOps, AdamStepMatchesDoubleFormula) {
   // m = 0.9 m + 0.1 g can cancel to ~1e-6 from terms of up to ~0.05: its
   // error is relative to the terms (3 roundings of 2^-24 * 0.05 < 1e-8), not
   // to the result.
-  expect_all_close(download(*backend, m.get(), n), em, 1e-5, 1e-8, "adam m");
-  expect_all_close(download(*backend, v.get(), n), ev, 1e-5, 1e-12, "adam v");
+  expect_all_close(to_host(*backend, m.get(), n), em, 1e-5, 1e-8, "adam m");
+  expect_all_close(to_host(*backend, v.get(), n), ev, 1e-5, 1e-12, "adam v");
   // The update itself is ~1e-3: compare it with a relative tolerance.
-  std::vector<float> got = download(*backend, p.get(), n);
+  std::vector<float> got = to_host(*backend, p.get(), n);
   std::vector<float> update(n);
   std::vector<double> expected_update(n);
   for (size_t i = 0; i < n; ++i) {

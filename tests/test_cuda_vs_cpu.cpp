@@ -32,8 +32,6 @@
 namespace cuvae {
 namespace {
 
-using testing::download;
-using testing::upload;
 
 double max_abs(const std::vector<float>& v, size_t begin, size_t end) {
   double m = 0;
@@ -69,12 +67,12 @@ TEST(CudaVsCpu, ForwardGradientsAndOneAdamStep) {
   cuda->upload_and_binarize(pixels.data(), rows, arch.input_dim, 0, bin, xb.get());
   cpu->fill_normal(ea.get(), ea.size(), 0, eps);
   cuda->fill_normal(eb.get(), eb.size(), 0, eps);
-  ASSERT_EQ(download(*cpu, xa.get(), xa.size()), download(*cuda, xb.get(), xb.size()));
+  ASSERT_EQ(to_host(*cpu, xa.get(), xa.size()), to_host(*cuda, xb.get(), xb.size()));
 
   a.forward_backward(xa.get(), ea.get(), rows, true);
   b.forward_backward(xb.get(), eb.get(), rows, true);
   auto pair = [&](const float* pa, const float* pb, size_t n, double rel, const std::string& what) {
-    expect_tensor_close(download(*cuda, pb, n), download(*cpu, pa, n), 0, n, rel, what);
+    expect_tensor_close(to_host(*cuda, pb, n), to_host(*cpu, pa, n), 0, n, rel, what);
   };
   pair(a.z(), b.z(), ea.size(), 1e-4, "z");
   pair(a.logits(), b.logits(), pixels.size(), 1e-4, "logits");

@@ -17,6 +17,8 @@ out=runs/agreement
 mkdir -p "$out"
 echo "agreement_torch: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short=12 HEAD)"
 for seed in $seeds; do
+  # A seed whose results are already there (same commit's earlier call) is reused.
+  if [[ -f "$out/cuvae-$seed-eval.json" && -f "$out/torch-$seed.json" ]]; then continue; fi
   build/vae train --data data/mnist --out "$out/cuvae-$seed" --epochs "$epochs" --seed "$seed" --device cpu > "$out/cuvae-$seed.log"
   build/vae eval --model "$out/cuvae-$seed/model.safetensors" --data data/mnist --k 100 --device cpu | tail -1 > "$out/cuvae-$seed-eval.json"
   /usr/bin/python3 tools/torch_reference.py --data data/mnist --epochs "$epochs" --seed "$seed" --eval-k 100 \

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cuvae/philox.h"
 #include "cuvae/vae_math.h"
@@ -121,6 +122,22 @@ class DeviceArray {
   size_t count_ = 0;
   T* data_ = nullptr;
 };
+
+// A host vector copied into a new backend array, and a backend array's first
+// `count` values copied back.
+template <typename T>
+DeviceArray<T> to_device(Backend& backend, const std::vector<T>& host) {
+  DeviceArray<T> array(backend, host.size());
+  backend.copy_to_device(array.get(), host.data(), host.size() * sizeof(T));
+  return array;
+}
+
+template <typename T>
+std::vector<T> to_host(Backend& backend, const T* device, size_t count) {
+  std::vector<T> host(count);
+  backend.copy_to_host(host.data(), device, count * sizeof(T));
+  return host;
+}
 
 // "auto" (CUDA when compiled in and a device is present, else the CPU),
 // "cpu" or "cuda". Throws cuvae::Error for an unknown name or for "cuda"

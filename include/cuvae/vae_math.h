@@ -19,7 +19,7 @@
 namespace cuvae {
 
 // ---------------------------------------------------------------------------
-// exp and log1p on the ranges the Bernoulli log-prob needs, branch-free.
+// exp, expm1 and log1p on the ranges the fused operations need, branch-free.
 //
 // On the device these are CUDA's expf and log1pf. On the host, glibc's are
 // library calls that the compiler cannot vectorize (short of -ffast-math),
@@ -27,8 +27,8 @@ namespace cuvae {
 // training step after the GEMMs. These versions use Cephes' single-precision
 // polynomials (S. L. Moshier, "Methods and Programs for Mathematical
 // Functions", 1989) with selects instead of branches, so the CPU loops
-// vectorize; tests/test_vae_math.cpp holds them to 2e-7 relative error of
-// the double-precision functions over their whole range.
+// vectorize; tests/test_vae_math.cpp holds them to a few ulps of the
+// double-precision functions over their whole range.
 
 namespace detail {
 
@@ -40,17 +40,20 @@ CUVAE_HD float float_from_bits(uint32_t bits) {
 
 }  // namespace detail
 
-// exp(x) for x <= 0. Below -87.3 the result would be a denormal; we return
-// exp(-87.3) ~ 1.2e-38 instead, which changes no value we compute from it
-// by more than that amount.
-CUVAE_HD float exp_nonpositive(float x) {
+// exp(x) with x clamped to [-87.3, 88.3]: below, exp would be a denormal
+// (we return ~1.2e-38, which changes no value we compute from it by more
+// than that); above, it would overflow (we return ~2.4e38, as large as a
+// float gets while staying finite).
+CUVAE_HD float exp_clamped(float x) {
 #if defined(__CUDA_ARCH__)
-  return expf(x);
+  return expf(fminf(fmaxf(x, -87.3365f), 88.3762f));
 #else
   x = x > -87.3365f ? x : -87.3365f;
-  // x = n ln2 + r, |r| <= ln2/2; n = round(x / ln2) (x <= 0: truncation of
-  // x/ln2 - 0.5 rounds, and int conversion vectorizes where floorf may not).
-  const int n = -static_cast<int>(0.5f - x * 1.44269504088896341f);
+  x = x < 88.3762f ? x : 88.3762f;
+  // x = n ln2 + r, |r| <= ln2/2, n = round(x / ln2) by truncating t +- 1/2
+  // (int conversion vectorizes where floorf may not).
+  const float t = x * 1.44269504088896341f;
+  const int n = static_cast<int>(t + (t >= 0.0f ? 0.5f : -0.5f));
   const float nf = static_cast<float>(n);
   const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;  // ln2 in two parts
   float p = 1.9875691500e-4f;
@@ -60,9 +63,40 @@ CUVAE_HD float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float exp_r = p * r * r + r + 1.0f;
-  return exp_r * detail::float_from_bits(static_cast<uint32_t>(n + 127) << 23);  // * 2^n
+  // * 2^n in two factors, each a normal float for n in [-126, 128].
+  const int half = n / 2;
+  return exp_r * detail::float_from_bits(static_cast<uint32_t>(half + 127) << 23) *
+         detail::float_from_bits(static_cast<uint32_t>(n - half + 127) << 23);
 #endif
 }
+
+// exp(x) for x <= 0 (the Bernoulli log-prob's exp(-|f|)).
+CUVAE_HD float exp_nonpositive(float x) { return exp_clamped(x); }
+
+// expm1(x) - x = x^2/2! + x^3/3! + ..., without the cancellation of
+// subtracting x from expm1(x) when |x| is small: the series to x^9 for
+// |x| < 1/2 (truncation error < 3e-10 relative), else expm1(x) - x, which
+// loses no more than a factor 2.5 of expm1's error there.
+CUVAE_HD float expm1_minus_identity(float x) {
+  float p = 1.0f / 362880.0f;
+  p = p * x + 1.0f / 40320.0f;
+  p = p * x + 1.0f / 5040.0f;
+  p = p * x + 1.0f / 720.0f;
+  p = p * x + 1.0f / 120.0f;
+  p = p * x + 1.0f / 24.0f;
+  p = p * x + 1.0f / 6.0f;
+  p = p * x + 0.5f;
+  const float series = p * x * x;
+#if defined(__CUDA_ARCH__)
+  const float direct = expm1f(x) - x;
+#else
+  const float direct = (exp_clamped(x) - 1.0f) - x;
+#endif
+  return fabsf(x) < 0.5f ? series : direct;
+}
+
+// expm1(x) = exp(x) - 1, accurate near 0 (through the series above).
+CUVAE_HD float expm1_accurate(float x) { return x + expm1_minus_identity(x); }
 
 // log1p(e) for e in [0, 1]. log(u) with u = 1 + e rounded, times the
 // correction e / (u - 1), which restores the bits of e lost in rounding u
@@ -126,7 +160,7 @@ CUVAE_HD float bernoulli_logprob_and_grad(float x, float f, float* dlogprob_df) 
 
 // Reparameterization: z = mean + exp(log_std) * eps, eps ~ N(0,1).
 CUVAE_HD float reparameterize(float mean, float log_std, float eps) {
-  return mean + expf(log_std) * eps;
+  return mean + exp_clamped(log_std) * eps;
 }
 
 // KL(N(mean, exp(2 log_std)) || N(0,1)) for one latent dimension:
@@ -134,7 +168,7 @@ CUVAE_HD float reparameterize(float mean, float log_std, float eps) {
 // written with expm1 so that log_std near 0 (where exp(2s) - 1 - 2s ~ 2s^2)
 // does not cancel to noise.
 CUVAE_HD float kl_divergence_term(float mean, float log_std) {
-  return 0.5f * (expm1f(2.0f * log_std) - 2.0f * log_std + mean * mean);
+  return 0.5f * (expm1_minus_identity(2.0f * log_std) + mean * mean);
 }
 
 // Backward of reparameterization + KL for one latent dimension. Given
@@ -145,7 +179,7 @@ CUVAE_HD float kl_divergence_term(float mean, float log_std) {
 CUVAE_HD void reparameterize_kl_backward(float dz, float mean, float log_std, float eps,
                                          float kl_scale, float* dmean, float* dlog_std) {
   *dmean = dz + kl_scale * mean;
-  *dlog_std = dz * expf(log_std) * eps + kl_scale * expm1f(2.0f * log_std);
+  *dlog_std = dz * exp_clamped(log_std) * eps + kl_scale * expm1_accurate(2.0f * log_std);
 }
 
 // One latent dimension's share of log p(z) - log q(z|x), for importance

@@ -47,6 +47,15 @@ void relu_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, 
   }
 }
 
+// Pass 1 of the random draws: the raw Philox words of `groups` blocks.
+void draw_bits(const RandomKey& key, long first_group, long groups, uint32_t* bits) {
+#pragma omp parallel for schedule(static) if (groups * 4 >= kParallelThreshold)
+  for (long g = 0; g < groups; ++g) {
+    const Philox4 block = random_block(key, static_cast<uint64_t>(first_group + g));
+    for (int lane = 0; lane < 4; ++lane) bits[4 * g + lane] = block.v[lane];
+  }
+}
+
 void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
                          const RandomKey& key, uint32_t* bits, float* x) {
   const long n = static_cast<long>(rows) * cols;
@@ -54,11 +63,7 @@ void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_
   assert(base % 4 == 0 && n % 4 == 0);
   const long first_group = static_cast<long>(base / 4);
   const long groups = n / 4;
-#pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
-  for (long g = 0; g < groups; ++g) {
-    const Philox4 block = random_block(key, static_cast<uint64_t>(first_group + g));
-    for (int lane = 0; lane < 4; ++lane) bits[4 * g + lane] = block.v[lane];
-  }
+  draw_bits(key, first_group, groups, bits);
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
   for (long i = 0; i < n; ++i) x[i] = binarize(host_pixels[i], uniform_from_bits(bits[i]));
 }
@@ -69,11 +74,7 @@ void fill_normal(float* out, size_t count, uint64_t first_index, const RandomKey
   assert(first_index % 4 == 0 && n % 4 == 0);
   const long first_group = static_cast<long>(first_index / 4);
   const long groups = n / 4;
-#pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
-  for (long g = 0; g < groups; ++g) {
-    const Philox4 block = random_block(key, static_cast<uint64_t>(first_group + g));
-    for (int lane = 0; lane < 4; ++lane) bits[4 * g + lane] = block.v[lane];
-  }
+  draw_bits(key, first_group, groups, bits);
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
   for (long g = 0; g < groups; ++g) {
     const Philox4 block{{bits[4 * g], bits[4 * g + 1], bits[4 * g + 2], bits[4 * g + 3]}};

@@ -143,16 +143,10 @@ std::vector<float> host_normals(size_t n, uint64_t seed, float scale, float shif
   return out;
 }
 
-template <typename T>
-DeviceArray<T> upload(Backend& backend, const std::vector<T>& host) {
-  DeviceArray<T> array(backend, host.size());
-  backend.copy_to_device(array.get(), host.data(), host.size() * sizeof(T));
-  return array;
-}
 
 template <typename T>
 DeviceArray<T> zeros(Backend& backend, size_t count) {
-  return upload(backend, std::vector<T>(count, T{}));
+  return to_device(backend, std::vector<T>(count, T{}));
 }
 
 // ---------------------------------------------------------------------------
@@ -222,8 +216,8 @@ struct DeviceCopyBuffers {
   DeviceArray<char> src, dst;
   explicit DeviceCopyBuffers(Backend& backend) {
     const std::vector<char> ones(kCopyBytes, 1);
-    src = upload(backend, ones);
-    dst = upload(backend, ones);
+    src = to_device(backend, ones);
+    dst = to_device(backend, ones);
   }
 };
 
@@ -266,8 +260,8 @@ struct SquareGemm {
   DeviceArray<float> a, b, c;
   SquareGemm(Backend& backend, int size)
       : n(size),
-        a(upload(backend, host_normals(static_cast<size_t>(size) * size, 11, 1.0f))),
-        b(upload(backend, host_normals(static_cast<size_t>(size) * size, 12, 1.0f))),
+        a(to_device(backend, host_normals(static_cast<size_t>(size) * size, 11, 1.0f))),
+        b(to_device(backend, host_normals(static_cast<size_t>(size) * size, 12, 1.0f))),
         c(zeros<float>(backend, static_cast<size_t>(size) * size)) {}
   void run(Backend& backend) {
     backend.gemm(false, false, n, n, n, 1.0f, a.get(), n, b.get(), n, 0.0f, c.get(), n);
@@ -358,8 +352,8 @@ void bm_bias_relu(benchmark::State& state, Target* t, int rows, bool fused) {
   Backend& b = *t->backend;
   const int cols = kArch.hidden[0];
   const double n = static_cast<double>(rows) * cols;
-  auto y = upload(b, host_normals(static_cast<size_t>(rows) * cols, 1, 1.0f));
-  auto bias = upload(b, host_normals(static_cast<size_t>(cols), 2, 0.01f));
+  auto y = to_device(b, host_normals(static_cast<size_t>(rows) * cols, 1, 1.0f));
+  auto bias = to_device(b, host_normals(static_cast<size_t>(cols), 2, 0.01f));
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
       b.bias_activation_forward(y.get(), bias.get(), rows, cols, Activation::kRelu);
@@ -377,8 +371,8 @@ void bm_relu_bwd_bias(benchmark::State& state, Target* t, int rows, bool fused) 
   const double n = static_cast<double>(count);
   std::vector<float> host_y = host_normals(count, 3, 1.0f);
   for (float& v : host_y) v = cuvae::relu(v);
-  auto y = upload(b, host_y);
-  auto dy = upload(b, host_normals(count, 4, 0.01f));
+  auto y = to_device(b, host_y);
+  auto dy = to_device(b, host_normals(count, 4, 0.01f));
   auto dbias = zeros<float>(b, static_cast<size_t>(cols));
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
@@ -442,8 +436,8 @@ void bm_reparam_kl_fwd(benchmark::State& state, Target* t, int rows, bool fused)
     float* log_std = host_out.data() + static_cast<size_t>(r) * 2 * latent + latent;
     for (int j = 0; j < latent; ++j) log_std[j] = 0.5f * log_std[j] - 1.0f;
   }
-  auto encoder_out = upload(b, host_out);
-  auto eps = upload(b, host_normals(count, 6, 1.0f));
+  auto encoder_out = to_device(b, host_out);
+  auto eps = to_device(b, host_normals(count, 6, 1.0f));
   auto z = zeros<float>(b, count);
   auto row_kl = zeros<float>(b, static_cast<size_t>(rows));
   auto row_log_ratio = zeros<float>(b, static_cast<size_t>(rows));
@@ -470,9 +464,9 @@ void bm_reparam_kl_bwd(benchmark::State& state, Target* t, int rows, bool fused)
   const int latent = kArch.latent_dim;
   const size_t count = static_cast<size_t>(rows) * latent;
   const double n = static_cast<double>(count);
-  auto dz = upload(b, host_normals(count, 7, 0.01f));
-  auto encoder_out = upload(b, host_normals(2 * count, 8, 0.5f));
-  auto eps = upload(b, host_normals(count, 9, 1.0f));
+  auto dz = to_device(b, host_normals(count, 7, 0.01f));
+  auto encoder_out = to_device(b, host_normals(2 * count, 8, 0.5f));
+  auto eps = to_device(b, host_normals(count, 9, 1.0f));
   auto d_encoder_out = zeros<float>(b, 2 * count);
   const float kl_scale = 1.0f / static_cast<float>(rows);
   const double seconds = time_loop(state, *t, [&] {
@@ -494,8 +488,8 @@ void bm_bernoulli(benchmark::State& state, Target* t, int rows, bool fused) {
   const double n = static_cast<double>(count);
   std::vector<float> host_x = host_normals(count, 10, 1.0f);
   for (float& v : host_x) v = v > 0.5f ? 1.0f : 0.0f;  // ~31% ones
-  auto x = upload(b, host_x);
-  auto logits = upload(b, host_normals(count, 11, 4.0f, -2.0f));
+  auto x = to_device(b, host_x);
+  auto logits = to_device(b, host_normals(count, 11, 4.0f, -2.0f));
   auto dlogits = zeros<float>(b, count);
   auto row_logprob = zeros<float>(b, static_cast<size_t>(rows));
   std::unique_ptr<DeviceArray<float>> sigma, logprob;
@@ -519,8 +513,8 @@ void bm_bernoulli(benchmark::State& state, Target* t, int rows, bool fused) {
 void bm_adam(benchmark::State& state, Target* t, bool fused) {
   Backend& b = *t->backend;
   const size_t count = cuvae::ParameterLayout(kArch).size();
-  auto params = upload(b, host_normals(count, 12, 0.01f));
-  auto grads = upload(b, host_normals(count, 13, 1e-3f));
+  auto params = to_device(b, host_normals(count, 12, 0.01f));
+  auto grads = to_device(b, host_normals(count, 13, 1e-3f));
   auto m = zeros<float>(b, count);
   auto v = zeros<float>(b, count);
   const cuvae::AdamStep step = cuvae::make_adam_step(1e-3, 0.9, 0.999, 1e-8, 10);
@@ -544,9 +538,9 @@ void bm_layer_gemm(benchmark::State& state, Target* t, cuvae::DenseLayer layer, 
   Backend& b = *t->backend;
   const size_t in = static_cast<size_t>(layer.in), out = static_cast<size_t>(layer.out);
   const size_t batch = static_cast<size_t>(rows);
-  auto x = upload(b, host_normals(batch * in, 14, 1.0f));    // layer input, rows x in
-  auto w = upload(b, host_normals(in * out, 15, 0.01f));     // weight, in x out
-  auto dy = upload(b, host_normals(batch * out, 16, 1.0f));  // output (or its gradient), rows x out
+  auto x = to_device(b, host_normals(batch * in, 14, 1.0f));    // layer input, rows x in
+  auto w = to_device(b, host_normals(in * out, 15, 0.01f));     // weight, in x out
+  auto dy = to_device(b, host_normals(batch * out, 16, 1.0f));  // output (or its gradient), rows x out
   auto result = zeros<float>(b, std::max(batch * out, std::max(in * out, batch * in)));
   // C (m x n) = op(A) (m x k) op(B) (k x n), as each pass calls it below.
   const int m = pass == GemmPass::kWeightGrad ? layer.in : rows;
