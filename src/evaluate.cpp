@@ -27,6 +27,7 @@ EvalResult evaluate(VaeModel& model, const IdxImages& images, int limit, int k, 
   if (k < 1) throw Error("--k must be at least 1, got " + std::to_string(k));
   if (k > model.max_rows()) throw Error("--k " + std::to_string(k) + " exceeds the batch buffers");
   const int count = limit <= 0 ? images.count : std::min(limit, images.count);
+  if (count < 1) throw Error("no test images to evaluate");
   // Each image is repeated K times in a batch; as many images as fit.
   const int chunk = std::max(1, model.max_rows() / k);
 

@@ -21,15 +21,10 @@ std::vector<uint32_t> epoch_permutation(uint64_t seed, uint64_t epoch, uint32_t 
   return order;
 }
 
-Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images)
-    : backend_(backend),
-      config_(config),
-      images_(images),
-      model_(backend, config.arch, config.batch_size),
-      steps_per_epoch_(images.count / std::max(1, config.batch_size)),
-      x_(backend, static_cast<size_t>(config.batch_size) * config.arch.input_dim),
-      eps_(backend, static_cast<size_t>(config.batch_size) * config.arch.latent_dim),
-      elbo_sum_(backend, 1) {
+namespace {
+
+// Checked before any buffer is sized by it.
+int checked_batch_size(const TrainConfig& config, const IdxImages& images) {
   if (config.batch_size < 1 || config.batch_size > images.count) {
     throw Error("--batch-size must be between 1 and the number of training images (" +
                 std::to_string(images.count) + "), got " + std::to_string(config.batch_size));
@@ -38,6 +33,20 @@ Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& i
     throw Error("images have " + std::to_string(images.pixels_per_image()) +
                 " pixels but the model expects " + std::to_string(config.arch.input_dim));
   }
+  return config.batch_size;
+}
+
+}  // namespace
+
+Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images)
+    : backend_(backend),
+      config_(config),
+      images_(images),
+      model_(backend, config.arch, checked_batch_size(config, images)),
+      steps_per_epoch_(images.count / std::max(1, config.batch_size)),
+      x_(backend, static_cast<size_t>(config.batch_size) * config.arch.input_dim),
+      eps_(backend, static_cast<size_t>(config.batch_size) * config.arch.latent_dim),
+      elbo_sum_(backend, 1) {
   model_.initialize(config.seed);
   const double zero = 0.0;
   backend_.copy_to_device(elbo_sum_.get(), &zero, sizeof(zero));

@@ -88,7 +88,7 @@ CUVAE_HD float expm1_minus_identity(float x) {
   p = p * x + 0.5f;
   const float series = p * x * x;
 #if defined(__CUDA_ARCH__)
-  const float direct = expm1f(x) - x;
+  const float direct = expm1f(fminf(x, 88.3762f)) - x;  // clamped as on the host
 #else
   const float direct = (exp_clamped(x) - 1.0f) - x;
 #endif

@@ -142,6 +142,7 @@ class CudaBackend final : public Backend {
       CUVAE_CUDA_CHECK(cudaFree(s.device));
       s.host = nullptr;
       s.device = nullptr;
+      s.capacity = 0;  // stays consistent if an allocation below throws
       CUVAE_CUDA_CHECK(cudaMallocHost(&s.host, bytes));
       s.device = static_cast<uint8_t*>(allocate(bytes));
       s.capacity = bytes;
