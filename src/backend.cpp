@@ -35,4 +35,15 @@ std::unique_ptr<Backend> make_backend(const std::string& device) {
 #endif
 }
 
+std::unique_ptr<Backend> open_backend(const std::string& device, std::ostream& out) {
+  std::unique_ptr<Backend> backend = make_backend(device);
+  out << "device: " << backend->description();
+  std::string why_not;
+  if (device == "auto" && backend->name() == "cpu" && !cuda_available(&why_not)) {
+    out << " (auto: " << why_not << ")";
+  }
+  out << "\n";
+  return backend;
+}
+
 }  // namespace cuvae

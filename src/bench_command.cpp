@@ -17,17 +17,12 @@
 #include "cuvae/error.h"
 #include "cuvae/idx.h"
 #include "cuvae/profiling_backend.h"
+#include "cuvae/timing.h"
 #include "cuvae/trainer.h"
 
 namespace cuvae {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
@@ -43,12 +38,6 @@ std::string cpu_model() {
   return "unknown CPU";
 }
 
-std::string utc_now() {
-  const std::time_t now = std::time(nullptr);
-  char buffer[32];
-  std::strftime(buffer, sizeof buffer, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
-  return buffer;
-}
 
 // MNIST's training images if they are in `dir`, else random ones (throughput
 // does not depend on the pixels).
@@ -163,11 +152,11 @@ int run_bench_command(const BenchOptions& o) {
   std::string source;
   const IdxImages images = bench_images(o.data, largest_batch, &source);
 
-  std::printf("vae bench: %s, %s, commit %s\n", cpu_model().c_str(), utc_now().c_str(), CUVAE_GIT_COMMIT);
+  std::printf("vae bench: %s, %s, commit %s\n", cpu_model().c_str(), utc_now("%Y-%m-%d %H:%M:%S UTC").c_str(), CUVAE_GIT_COMMIT);
   std::printf("model 784-200-200-(50+50) | 50-200-200-784; %s; %d warm-up steps, median of %d x %d steps\n",
               source.c_str(), o.warmup_steps, o.repeats, o.steps);
   if (!have_cuda && o.device == "all") std::printf("cuda: skipped (%s)\n", why_not.c_str());
-  nlohmann::json json = {{"commit", CUVAE_GIT_COMMIT}, {"date", utc_now()}, {"cpu", cpu_model()},
+  nlohmann::json json = {{"commit", CUVAE_GIT_COMMIT}, {"date", utc_now("%Y-%m-%d %H:%M:%S UTC")}, {"cpu", cpu_model()},
                          {"data", source}, {"results", nlohmann::json::array()}};
   for (const std::string& device : devices) {
     std::unique_ptr<Backend> backend = make_backend(device);

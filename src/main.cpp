@@ -25,28 +25,12 @@
 #include "cuvae/idx.h"
 #include "cuvae/model_file.h"
 #include "cuvae/task_images.h"
+#include "cuvae/timing.h"
 #include "cuvae/train_command.h"
 
 namespace {
 
 using cuvae::Error;
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-
-std::unique_ptr<cuvae::Backend> open_backend(const std::string& device) {
-  std::unique_ptr<cuvae::Backend> backend = cuvae::make_backend(device);
-  std::string why_not;
-  std::cout << "device: " << backend->description();
-  if (device == "auto" && backend->name() == "cpu" && !cuvae::cuda_available(&why_not)) {
-    std::cout << " (auto: " << why_not << ")";
-  }
-  std::cout << "\n";
-  return backend;
-}
 
 // ---------------------------------------------------------------------------
 // Options shared by the subcommands.
@@ -131,7 +115,7 @@ int run_images(const ImageOptions& o, const std::string& which) {
   const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before anything else
   cuvae::IdxImages test;
   if (which != "sample") test = cuvae::load_mnist_split(o.data, false).images;
-  std::unique_ptr<cuvae::Backend> backend = open_backend(o.device);
+  std::unique_ptr<cuvae::Backend> backend = cuvae::open_backend(o.device, std::cout);
   cuvae::make_directories(o.out);
   std::unique_ptr<cuvae::VaeModel> model =
       open_model(*backend, o.model, file, cuvae::kTaskImageRows);
@@ -159,12 +143,12 @@ struct EvalOptions {
 int run_eval(const EvalOptions& o) {
   const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before the data is read
   const cuvae::IdxImages test = cuvae::load_mnist_split(o.data, false).images;
-  std::unique_ptr<cuvae::Backend> backend = open_backend(o.device);
+  std::unique_ptr<cuvae::Backend> backend = cuvae::open_backend(o.device, std::cout);
   // Batches hold whole images' K samples: at least K rows, about 2000 when K is small.
   std::unique_ptr<cuvae::VaeModel> model = open_model(*backend, o.model, file, std::max(o.k, 2000 / o.k * o.k));
-  const auto start = Clock::now();
+  const auto start = cuvae::Clock::now();
   const cuvae::EvalResult r = cuvae::evaluate(*model, test, o.limit, o.k, o.seed);
-  const double seconds = seconds_since(start);
+  const double seconds = cuvae::seconds_since(start);
   if (!std::isfinite(r.elbo) || !std::isfinite(r.nll)) {
     throw Error(o.model + ": the test-set ELBO or NLL is not finite (a diverged model?)");
   }

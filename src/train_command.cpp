@@ -22,24 +22,12 @@
 #include "cuvae/interrupt.h"
 #include "cuvae/model_file.h"
 #include "cuvae/task_images.h"
+#include "cuvae/timing.h"
 #include "cuvae/trainer.h"
 
 namespace cuvae {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::string utc_now() {
-  const std::time_t now = std::time(nullptr);
-  char buffer[32];
-  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  return buffer;
-}
 
 // The configuration of a new run, from the flags.
 TrainConfig config_from_flags(const TrainOptions& o) {
@@ -125,13 +113,7 @@ int run_train_command(TrainOptions o) {
     throw Error("--resume: the training images in " + o.data + " (" + fingerprint +
                 ") are not the checkpoint's (" + resumed.data_fingerprint + ")");
   }
-  std::unique_ptr<Backend> backend = make_backend(o.device);
-  std::cout << "device: " << backend->description();
-  std::string why_not;
-  if (o.device == "auto" && backend->name() == "cpu" && !cuda_available(&why_not)) {
-    std::cout << " (auto: " << why_not << ")";
-  }
-  std::cout << "\n";
+  std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   make_directories(o.out);
   Trainer trainer(*backend, config, train.images);
   VaeModel& model = trainer.model();

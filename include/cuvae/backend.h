@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -144,6 +145,10 @@ std::vector<T> to_host(Backend& backend, const T* device, size_t count) {
 // without a usable device (the message says why: not compiled in, or no
 // device / driver).
 std::unique_ptr<Backend> make_backend(const std::string& device);
+
+// make_backend, then one line on `out` naming the device, and for "auto"
+// that fell back to the CPU, why.
+std::unique_ptr<Backend> open_backend(const std::string& device, std::ostream& out);
 
 // Whether this build can use CUDA now, and if not, why (one line).
 bool cuda_available(std::string* why_not);
