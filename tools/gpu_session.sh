@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# What one call on a lent GPU machine runs: the CUDA tests, compute-sanitizer,
+# a 30-epoch training run on both backends, the benchmarks, the PyTorch
+# reference on the same GPU, and an Nsight Compute profile of training steps.
+#
+#   tools/gpu_session.sh STEP...      STEP: tests sanitize train bench torch ncu
+#
+# Environment: SANITIZE_TOOLS, SANITIZE_TIMEOUT, TORCH_BATCHES, TORCH_MODES,
+# BENCH_DEVICE narrow a step to fit a call.
+#
+# The device machine has nvcc, cuBLAS, PyTorch and ncu but none of Debian's
+# libraries, and reaches no network. So the binaries are built here (the
+# machine with the libraries) for sm_90 and for any x86-64 processor, and
+# travel with the libraries they load and gzipped MNIST:
+#
+#   tools/gpu_prepare.sh              builds build-gpu/, fills .devlibs/ and .devdata/
+#   device run, carry [build-gpu/vae, build-gpu/cuvae_tests, build-gpu/vae-bench,
+#                      .devlibs, .devdata]:  tools/gpu_session.sh tests sanitize ...
+#
+# Everything printed goes to $OUT/session.log; run outputs (metrics, images,
+# JSON, profiles) to $OUT/results.tar.gz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+OUT="${OUT:-$root/runs/gpu-session}"
+mkdir -p "$OUT"
+work=runs/gpu
+mkdir -p "$work"
+exec > >(tee -a "$OUT/session.log") 2>&1
+
+# The tests were compiled with the absolute paths of the checkout that built
+# them (CUVAE_SOURCE_DIR, CUVAE_VAE_BINARY); make that path lead here.
+built_in="${CUVAE_BUILT_IN:-/work/main}"
+if [[ "$built_in" != "$root" && ! -e "$built_in" ]]; then
+  mkdir -p "$(dirname "$built_in")" && ln -s "$root" "$built_in"
+fi
+export LD_LIBRARY_PATH="$root/.devlibs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+mkdir -p data/mnist
+for f in .devdata/mnist/*.gz; do [[ -e "data/mnist/$(basename "$f")" ]] || cp "$f" data/mnist/; done
+export CUVAE_MNIST_DIR="$root/data/mnist"
+export PYTHONUNBUFFERED=1
+
+step() { echo; echo "=== $* ($(date -u '+%H:%M:%S'))"; }
+echo "gpu_session: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short=12 HEAD 2>/dev/null)$(git diff --quiet HEAD -- src include kernels tests tools 2>/dev/null || echo -dirty); steps: $*"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
+echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $(python3 -c 'import torch; print("torch", torch.__version__)' 2>/dev/null)"
+build-gpu/vae info
+
+for s in "$@"; do
+  case "$s" in
+    tests)
+      step "whole test suite (CUDA tests included)"
+      timeout 400 build-gpu/cuvae_tests --gtest_brief=1 2>&1 | tee "$work/tests.log" | grep -v '^\[       OK \]'
+      echo "tests exit: ${PIPESTATUS[0]}"
+      ;;
+    sanitize)
+      for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck initcheck}; do
+        step "compute-sanitizer --tool $tool over the CUDA tests"
+        timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+          build-gpu/cuvae_tests --gtest_filter='CudaVsCpu.*:*/BackendOps.*/1' --gtest_brief=1 2>&1 | tail -15
+        echo "$tool exit: ${PIPESTATUS[0]}"
+      done
+      ;;
+    train)
+      for dev in cuda cpu; do
+        step "30 epochs, seed 0, --device $dev"
+        build-gpu/vae train --device "$dev" --data data/mnist --out "$work/train-$dev" --epochs 30 --seed 0 \
+          | tee "$work/train-$dev.log" | grep -v '^epoch  *\([2-9]\|1[0-9]\|2[0-4]\)/'
+        build-gpu/vae eval --device "$dev" --model "$work/train-$dev/model.safetensors" --data data/mnist --k 100 \
+          | tee "$work/eval-$dev.log"
+      done
+      ;;
+    bench)
+      step "vae bench: end-to-end samples/s on every backend"
+      build-gpu/vae bench --device "${BENCH_DEVICE:-all}" --data data/mnist --batch-sizes 200,1000,4096 --json "$work/vae_bench.json" \
+        | tee "$work/vae_bench.txt"
+      step "vae-bench: fused CUDA kernels and GEMM shapes"
+      build-gpu/vae-bench --benchmark_filter='^cuda/' --benchmark_min_time=0.2s \
+        --benchmark_out="$work/vae-bench-cuda.json" --benchmark_out_format=json 2>&1 | tee "$work/vae-bench-cuda.txt"
+      ;;
+    torch)
+      for b in ${TORCH_BATCHES:-200 1000 4096}; do
+        for mode in ${TORCH_MODES:-eager compile}; do
+          step "PyTorch reference on the GPU: batch $b, $mode"
+          python3 tools/torch_reference.py --device cuda --data data/mnist --epochs 4 --batch-size "$b" \
+            $([[ $mode == compile ]] && echo --compile) --json "$work/torch-$b-$mode.json" 2>&1 \
+            | tee "$work/torch-$b-$mode.log" | grep -v '^epoch  *[23] '
+        done
+      done
+      ;;
+    ncu)
+      step "Nsight Compute: the kernels of two training steps at batch 200 and 4096"
+      for b in 200 4096; do
+        timeout 240 ncu --clock-control none --launch-skip 400 --launch-count 80 --csv --page raw \
+          --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed \
+          --log-file "$work/ncu-$b.csv" \
+          build-gpu/vae train --device cuda --data data/mnist --out "$work/ncu-train-$b" --max-steps 40 --batch-size "$b" \
+          > "$work/ncu-$b.out" 2>&1
+        echo "ncu batch $b exit: $?"
+        python3 tools/ncu_summary.py "$work/ncu-$b.csv" || tail -5 "$work/ncu-$b.out"
+      done
+      ;;
+    *) echo "gpu_session: unknown step '$s' (tests sanitize train bench torch ncu)"; exit 2 ;;
+  esac
+done
+step "done"
+tar czf "$OUT/results.tar.gz" -C runs gpu 2>/dev/null
