@@ -50,7 +50,7 @@ for s in "$@"; do
   case "$s" in
     tests)
       step "whole test suite (CUDA tests included)"
-      timeout 400 build-gpu/cuvae_tests --gtest_brief=1 2>&1 | tee "$work/tests.log" | grep -v '^\[       OK \]'
+      timeout "${TESTS_TIMEOUT:-300}" build-gpu/cuvae_tests --gtest_brief=1 2>&1 | tee "$work/tests.log" | grep -v '^\[       OK \]'
       echo "tests exit: ${PIPESTATUS[0]}"
       ;;
     sanitize)
