@@ -17,9 +17,8 @@ __global__ void adam_step_kernel(float* __restrict__ params, const float* __rest
 }
 
 void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
-               const AdamStep& step, cudaStream_t stream) {
-  adam_step_kernel<<<blocks_for(count), kThreads, 0, stream>>>(params, grads, m, v, count, step);
-  CUVAE_KERNEL_CHECK();
+               const AdamStep& step, const LaunchTarget& on) {
+  launch(on, adam_step_kernel, blocks_for(count), kThreads, 0, params, grads, m, v, count, step);
 }
 
 }  // namespace cuvae::kernels

@@ -46,16 +46,14 @@ __global__ void accumulate_elbo_kernel(const float* __restrict__ row_logprob,
 
 void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, int cols,
                                 float grad_scale, float* dlogits, float* row_logprob,
-                                cudaStream_t stream) {
-  bernoulli_logprob_and_grad_kernel<<<static_cast<unsigned int>(rows), kThreads, 0, stream>>>(
-      x, logits, cols, grad_scale, dlogits, row_logprob);
-  CUVAE_KERNEL_CHECK();
+                                const LaunchTarget& on) {
+  launch(on, bernoulli_logprob_and_grad_kernel, static_cast<unsigned int>(rows), kThreads, 0, x,
+         logits, cols, grad_scale, dlogits, row_logprob);
 }
 
 void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows, double* accumulator,
-                     cudaStream_t stream) {
-  accumulate_elbo_kernel<<<1, kThreads, 0, stream>>>(row_logprob, row_kl, rows, accumulator);
-  CUVAE_KERNEL_CHECK();
+                     const LaunchTarget& on) {
+  launch(on, accumulate_elbo_kernel, 1, kThreads, 0, row_logprob, row_kl, rows, accumulator);
 }
 
 }  // namespace cuvae::kernels

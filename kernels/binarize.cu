@@ -1,34 +1,44 @@
 // Dynamic binarization of a batch: x = [pixel / 255 > u], u ~ U[0,1) drawn by
-// Philox. Element i of the batch uses uniform element first_row * cols + i of
-// the key, exactly as the CPU backend does, so both backends binarize a batch
-// to the same bits. One thread per Philox block of four elements.
+// Philox. Row r of the batch is image order[first_position + r] of the data
+// set (or image first_position + r), so one kernel serves the resident data
+// set (shuffled or not) and a batch staged alone (order null, position 0).
+// Element (r, j) uses uniform element uniform_base + r * cols + j of the key,
+// exactly as the CPU backend does, so both backends binarize a batch to the
+// same bits. One thread per Philox block of four elements.
 #include "cuvae/cuda_check.h"
 #include "cuvae/kernels.h"
 #include "launch.cuh"
 
 namespace cuvae::kernels {
 
-__global__ void binarize_kernel(const uint8_t* __restrict__ pixels, long long count,
-                                unsigned long long base, RandomKey key, float* __restrict__ x) {
-  const unsigned long long first_group = base / 4;
-  const unsigned long long groups = (base + count + 3) / 4 - first_group;
+__global__ void binarize_kernel(const uint8_t* __restrict__ images,
+                                const uint32_t* __restrict__ order,
+                                unsigned long long first_position, int rows, int cols,
+                                unsigned long long uniform_base, RandomKey key,
+                                float* __restrict__ x) {
+  const long long count = static_cast<long long>(rows) * cols;
+  const unsigned long long first_group = uniform_base / 4;
+  const unsigned long long groups = (uniform_base + count + 3) / 4 - first_group;
   for (unsigned long long g = blockIdx.x * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<unsigned long long>(gridDim.x) * blockDim.x) {
     const Philox4 block = random_block(key, first_group + g);
     for (int lane = 0; lane < 4; ++lane) {
       const long long i =
-          static_cast<long long>((first_group + g) * 4 + lane) - static_cast<long long>(base);
-      if (i >= 0 && i < count) x[i] = cuvae::binarize(pixels[i], uniform_from_bits(block.v[lane]));
+          static_cast<long long>((first_group + g) * 4 + lane) - static_cast<long long>(uniform_base);
+      if (i < 0 || i >= count) continue;
+      const long long r = i / cols, j = i - r * cols;
+      const unsigned long long position = first_position + static_cast<unsigned long long>(r);
+      const unsigned long long image = order != nullptr ? order[position] : position;
+      x[i] = cuvae::binarize(images[image * cols + j], uniform_from_bits(block.v[lane]));
     }
   }
 }
 
-void binarize(const uint8_t* pixels, int rows, int cols, uint64_t first_row, RandomKey key,
-              float* x, cudaStream_t stream) {
-  const long long count = static_cast<long long>(rows) * cols;
-  binarize_kernel<<<blocks_for(static_cast<size_t>(count) / 4 + 1), kThreads, 0, stream>>>(
-      pixels, count, first_row * static_cast<uint64_t>(cols), key, x);
-  CUVAE_KERNEL_CHECK();
+void binarize(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
+              int cols, uint64_t uniform_base, RandomKey key, float* x, const LaunchTarget& on) {
+  const size_t count = static_cast<size_t>(rows) * cols;
+  launch(on, binarize_kernel, blocks_for(count / 4 + 1), kThreads, 0, images, order, first_position,
+         rows, cols, uniform_base, key, x);
 }
 
 }  // namespace cuvae::kernels

@@ -24,11 +24,10 @@ __global__ void fill_normal_kernel(float* __restrict__ out, unsigned long long c
 }
 
 void fill_normal(float* out, size_t count, uint64_t first_index, RandomKey key,
-                 cudaStream_t stream) {
+                 const LaunchTarget& on) {
   if (count == 0) return;
-  fill_normal_kernel<<<blocks_for(count / 4 + 1), kThreads, 0, stream>>>(out, count, first_index,
-                                                                         key);
-  CUVAE_KERNEL_CHECK();
+  launch(on, fill_normal_kernel, blocks_for(count / 4 + 1), kThreads, 0, out, count, first_index,
+         key);
 }
 
 }  // namespace cuvae::kernels

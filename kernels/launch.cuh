@@ -1,8 +1,14 @@
-// Launch geometry shared by the element-wise kernels.
+// Launch geometry shared by the element-wise kernels, and the one way every
+// fused kernel is launched: straight onto the stream, or through the step's
+// CUDA Graph (include/cuvae/step_graph.h) while one is captured or replayed.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
+
+#include "cuvae/cuda_check.h"
+#include "cuvae/kernels.h"
+#include "cuvae/step_graph.h"
 
 namespace cuvae::kernels {
 
@@ -13,6 +19,28 @@ constexpr int kThreads = 256;
 inline unsigned int blocks_for(size_t n) {
   const size_t blocks = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned int>(std::max<size_t>(1, std::min<size_t>(blocks, 65535)));
+}
+
+template <typename T>
+struct Exactly {
+  using type = T;
+};
+
+// kernel<<<grid, block, shared_bytes, on.stream>>>(args...), checked; the
+// arguments are converted to the kernel's parameter types first, so the
+// bytes a graph node compares and receives are exactly the parameters'.
+template <typename... Params>
+void launch(const LaunchTarget& on, void (*kernel)(Params...), dim3 grid, dim3 block,
+            size_t shared_bytes, typename Exactly<Params>::type... args) {
+  void* argv[] = {static_cast<void*>(&args)..., nullptr};
+  const size_t sizes[] = {sizeof(Params)..., 0};
+  const void* function = reinterpret_cast<const void*>(kernel);
+  if (on.graph != nullptr) {
+    on.graph->kernel(function, grid, block, shared_bytes, argv, sizes,
+                     static_cast<int>(sizeof...(Params)), on.stream);
+  } else {
+    CUVAE_CUDA_CHECK(cudaLaunchKernel(function, grid, block, argv, shared_bytes, on.stream));
+  }
 }
 
 }  // namespace cuvae::kernels

@@ -60,21 +60,18 @@ __global__ void reparameterize_kl_backward_kernel(const float* __restrict__ dz,
 
 void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
                                float* z, float* row_kl, float* row_log_ratio,
-                               cudaStream_t stream) {
+                               const LaunchTarget& on) {
   const unsigned int blocks = static_cast<unsigned int>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  reparameterize_kl_forward_kernel<<<blocks, kThreads, 0, stream>>>(encoder_out, eps, rows, latent,
-                                                                    z, row_kl, row_log_ratio);
-  CUVAE_KERNEL_CHECK();
+  launch(on, reparameterize_kl_forward_kernel, blocks, kThreads, 0, encoder_out, eps, rows, latent,
+         z, row_kl, row_log_ratio);
 }
 
 void reparameterize_kl_backward(const float* dz, const float* encoder_out, const float* eps,
                                 int rows, int latent, float kl_scale, float* d_encoder_out,
-                                cudaStream_t stream) {
+                                const LaunchTarget& on) {
   const long long count = static_cast<long long>(rows) * latent;
-  reparameterize_kl_backward_kernel<<<blocks_for(static_cast<size_t>(count)), kThreads, 0,
-                                      stream>>>(dz, encoder_out, eps, count, latent, kl_scale,
-                                                d_encoder_out);
-  CUVAE_KERNEL_CHECK();
+  launch(on, reparameterize_kl_backward_kernel, blocks_for(static_cast<size_t>(count)), kThreads, 0,
+         dz, encoder_out, eps, count, latent, kl_scale, d_encoder_out);
 }
 
 }  // namespace cuvae::kernels

@@ -1,7 +1,9 @@
 // `vae bench`. Throughput is timed on the plain backend (no synchronization
 // inside a repetition but at its end); the breakdown comes from a separate,
 // profiled run (ProfilingBackend synchronizes around every call), and the
-// GEMMs are replayed alone on the same shapes to compare with the BLAS.
+// GEMMs are replayed alone on the same shapes to compare with the BLAS, and a
+// large square SGEMM gives the backend's FP32 (or TF32) peak, so that each
+// step's time can be set against the time its FLOPs need at that peak.
 #include "cuvae/bench_command.h"
 
 #include <algorithm>
@@ -66,6 +68,7 @@ struct Result {
   int batch = 0;
   double samples_per_s = 0, step_ms = 0, gemm_ms = 0, other_ms = 0, gemm_alone_ms = 0;
   double gemm_gflops = 0;
+  double step_gflop = 0;  // the step's GEMM FLOPs
   std::map<std::string, double> op_ms;  // per step
 };
 
@@ -76,7 +79,9 @@ Result bench_one(Backend& backend, const IdxImages& images, int batch, const Ben
   r.device = backend.name();
   r.batch = batch;
   {
-    Trainer trainer(backend, config, images);
+    TrainerOptions options;
+    options.step_graph = o.cuda_graph;
+    Trainer trainer(backend, config, images, options);
     for (int s = 0; s < o.warmup_steps; ++s) trainer.step();
     backend.synchronize();
     std::vector<double> rates;
@@ -134,7 +139,31 @@ Result bench_one(Backend& backend, const IdxImages& images, int batch, const Ben
   }
   r.gemm_alone_ms = median(times);
   r.gemm_gflops = flops / (r.gemm_alone_ms * 1e-3) / 1e9;
+  r.step_gflop = flops / 1e9;
   return r;
+}
+
+// GFLOP/s of one large square SGEMM (n = 2048 on the CPU, 8192 on a GPU),
+// median of 5: the backend's attainable matrix-multiply peak.
+double square_sgemm_gflops(Backend& backend) {
+  const int n = backend.name() == "cpu" ? 2048 : 8192;
+  const size_t count = size_t(n) * n;
+  DeviceArray<float> a(backend, count), b(backend, count), c(backend, count);
+  std::vector<float> values(count);
+  for (size_t i = 0; i < count; ++i) values[i] = static_cast<float>(random_uniform(RandomKey{2, RandomStream::kInit, 0}, i)) - 0.5f;
+  backend.copy_to_device(a.get(), values.data(), count * sizeof(float));
+  backend.copy_to_device(b.get(), values.data(), count * sizeof(float));
+  auto one = [&] { backend.gemm(false, false, n, n, n, 1.0f, a.get(), n, b.get(), n, 0.0f, c.get(), n); };
+  one();
+  backend.synchronize();
+  std::vector<double> rates;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto start = Clock::now();
+    one();
+    backend.synchronize();
+    rates.push_back(2.0 * n * double(n) * n / seconds_since(start) / 1e9);
+  }
+  return median(rates);
 }
 
 }  // namespace
@@ -160,15 +189,21 @@ int run_bench_command(const BenchOptions& o) {
                          {"data", source}, {"results", nlohmann::json::array()}};
   for (const std::string& device : devices) {
     std::unique_ptr<Backend> backend = make_backend(device);
+    const bool tf32 = o.tf32 && backend->set_tf32(true);
+    const double peak = square_sgemm_gflops(*backend);
     std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
-    std::printf("%6s %12s %9s %9s %9s %7s %13s %10s\n", "batch", "samples/s", "step ms", "gemm ms",
-                "other ms", "other%", "gemm alone ms", "gemm GF/s");
+    std::printf("%s GEMMs%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
+                device == "cuda" ? (o.cuda_graph ? "; step replayed as a CUDA Graph" : "; step launched call by call") : "",
+                peak);
+    std::printf("%6s %12s %9s %9s %9s %7s %13s %10s %9s %10s\n", "batch", "samples/s", "step ms", "gemm ms",
+                "other ms", "other%", "gemm alone ms", "gemm GF/s", "floor ms", "step/floor");
     for (int batch : o.batch_sizes) {
       const Result r = bench_one(*backend, images, batch, o);
       const double profiled = r.gemm_ms + r.other_ms;
-      std::printf("%6d %12.0f %9.3f %9.3f %9.3f %6.1f%% %13.3f %10.1f\n", r.batch, r.samples_per_s,
+      const double floor_ms = r.step_gflop / peak * 1e3;
+      std::printf("%6d %12.0f %9.3f %9.3f %9.3f %6.1f%% %13.3f %10.1f %9.3f %10.2f\n", r.batch, r.samples_per_s,
                   r.step_ms, r.gemm_ms, r.other_ms, 100.0 * r.other_ms / profiled,
-                  r.gemm_alone_ms, r.gemm_gflops);
+                  r.gemm_alone_ms, r.gemm_gflops, floor_ms, r.step_ms / floor_ms);
       std::fflush(stdout);
       json["results"].push_back({{"device", device},
                                  {"description", backend->description()},
@@ -179,12 +214,17 @@ int run_bench_command(const BenchOptions& o) {
                                  {"profiled_other_ms", r.other_ms},
                                  {"gemm_alone_ms", r.gemm_alone_ms},
                                  {"gemm_alone_gflops", r.gemm_gflops},
+                                 {"step_gemm_gflop", r.step_gflop},
+                                 {"square_sgemm_gflops", peak},
+                                 {"tf32", tf32},
+                                 {"cuda_graph", device == "cuda" && o.cuda_graph},
                                  {"profiled_op_ms", r.op_ms}});
     }
   }
   std::printf("\nsamples/s: median training throughput; gemm/other ms: one step's time in GEMMs and in\n"
-              "everything else, from a profiled run (synchronized around every call); gemm alone: the\n"
-              "step's GEMM shapes replayed without the rest.\n");
+              "everything else, from a profiled run (synchronized around every call, no CUDA Graph);\n"
+              "gemm alone: the step's GEMM shapes replayed without the rest; floor: the step's GEMM\n"
+              "FLOPs at the large square SGEMM's rate; step/floor: how far the step is from it.\n");
   if (!o.json.empty()) {
     std::ofstream out(o.json);
     out << json.dump(2) << "\n";

@@ -51,6 +51,22 @@ void for_each_random_group(uint64_t first, long count, Group group) {
   if (end % 4 != 0) group(whole_end, 0, static_cast<int>(end % 4));
 }
 
+// x[r][j] = binarize(image[j], u) for image = images row order[first_position + r]
+// (or first_position + r), u = uniform element uniform_base + r * cols + j:
+// the one binarization loop behind upload_and_binarize and binarize_rows.
+void binarize_batch(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
+                    int cols, uint64_t uniform_base, const RandomKey& key, float* x) {
+  for_each_random_group(uniform_base, static_cast<long>(rows) * cols, [&](uint64_t g, int from, int to) {
+    const Philox4 block = random_block(key, g);
+    for (int lane = from; lane < to; ++lane) {
+      const uint64_t i = g * 4 + static_cast<uint64_t>(lane) - uniform_base;
+      const uint64_t r = i / static_cast<uint64_t>(cols), j = i - r * static_cast<uint64_t>(cols);
+      const uint64_t image = order != nullptr ? order[first_position + r] : first_position + r;
+      x[i] = binarize(images[image * static_cast<uint64_t>(cols) + j], uniform_from_bits(block.v[lane]));
+    }
+  });
+}
+
 // One row of the Bernoulli log-prob and its gradient. Separate, not inlined,
 // functions: GCC 12 vectorizes these loops on their own but not once inlined
 // into an OpenMP region ("control flow in loop"). The vector partial sums are
@@ -193,14 +209,11 @@ class CpuBackend final : public Backend {
 
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
                            const RandomKey& key, float* x) override {
-    const uint64_t first = first_row * static_cast<uint64_t>(cols);
-    for_each_random_group(first, static_cast<long>(rows) * cols, [&](uint64_t g, int from, int to) {
-      const Philox4 block = random_block(key, g);
-      for (int lane = from; lane < to; ++lane) {
-        const uint64_t i = g * 4 + static_cast<uint64_t>(lane) - first;
-        x[i] = binarize(host_pixels[i], uniform_from_bits(block.v[lane]));
-      }
-    });
+    binarize_batch(host_pixels, nullptr, 0, rows, cols, first_row * static_cast<uint64_t>(cols), key, x);
+  }
+  void binarize_rows(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
+                     int cols, const RandomKey& key, float* x) override {
+    binarize_batch(images, order, first_position, rows, cols, 0, key, x);
   }
 
   void fill_normal(float* out, size_t count, uint64_t first_index,

@@ -43,6 +43,12 @@ void ProfilingBackend::upload_and_binarize(const uint8_t* host_pixels, int rows,
   timed("upload_and_binarize",
         [&] { inner_.upload_and_binarize(host_pixels, rows, cols, first_row, key, x); });
 }
+void ProfilingBackend::binarize_rows(const uint8_t* images, const uint32_t* order,
+                                     uint64_t first_position, int rows, int cols,
+                                     const RandomKey& key, float* x) {
+  timed("binarize_rows",
+        [&] { inner_.binarize_rows(images, order, first_position, rows, cols, key, x); });
+}
 void ProfilingBackend::fill_normal(float* out, size_t count, uint64_t first_index,
                                    const RandomKey& key) {
   timed("fill_normal", [&] { inner_.fill_normal(out, count, first_index, key); });

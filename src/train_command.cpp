@@ -115,7 +115,18 @@ int run_train_command(TrainOptions o) {
   }
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   make_directories(o.out);
-  Trainer trainer(*backend, config, train.images);
+  if (o.tf32 && !backend->set_tf32(true)) {
+    std::cout << "note: --tf32 has no effect on the " << backend->name()
+              << " backend; its GEMMs compute in FP32\n";
+  }
+  TrainerOptions trainer_options;
+  trainer_options.data = o.resident_data == "on"    ? TrainerOptions::DataPlacement::kResident
+                         : o.resident_data == "off" ? TrainerOptions::DataPlacement::kStreamed
+                                                    : TrainerOptions::DataPlacement::kAuto;
+  trainer_options.step_graph = o.cuda_graph;
+  Trainer trainer(*backend, config, train.images, trainer_options);
+  std::cout << "step: " << trainer.describe_step() << (o.tf32 && backend->name() == "cuda" ? "; TF32 GEMMs" : "")
+            << "\n";
   VaeModel& model = trainer.model();
   std::string metrics;
   if (resuming) {

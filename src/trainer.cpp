@@ -1,5 +1,6 @@
 #include "cuvae/trainer.h"
 
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 
@@ -38,7 +39,8 @@ int checked_batch_size(const TrainConfig& config, const IdxImages& images) {
 
 }  // namespace
 
-Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images)
+Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images,
+                 const TrainerOptions& options)
     : backend_(backend),
       config_(config),
       images_(images),
@@ -50,6 +52,38 @@ Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& i
   model_.initialize(config.seed);
   const double zero = 0.0;
   backend_.copy_to_device(elbo_sum_.get(), &zero, sizeof(zero));
+  using Placement = TrainerOptions::DataPlacement;
+  if (options.data != Placement::kStreamed) {
+    try {
+      images_on_backend_ = to_device(backend_, images_.pixels);
+      if (config_.shuffle) order_on_backend_ = DeviceArray<uint32_t>(backend_, images_.count);
+    } catch (const Error& e) {
+      if (options.data == Placement::kResident) throw;
+      images_on_backend_.reset();
+      order_on_backend_.reset();
+      data_note_ = std::string(" (does not fit: ") + e.what() + ")";
+    }
+  }
+  if (options.step_graph && data_resident()) recording_ = backend_.make_step_recording();
+}
+
+std::string Trainer::describe_step() const {
+  const double mib = static_cast<double>(images_.pixels.size()) / (1 << 20);
+  char size[32];
+  std::snprintf(size, sizeof(size), "%.1f MiB", mib);
+  std::string line = data_resident() ? std::string("training images resident in ") + backend_.name() +
+                                           " memory (" + size + ")"
+                                     : std::string("training images streamed batch by batch") + data_note_;
+  if (backend_.name() == "cuda") {
+    line += recording_ ? "; step replayed as a CUDA Graph" : "; step launched call by call";
+  }
+  return line;
+}
+
+bool Trainer::update_epoch_order(int index_in_epoch) {
+  if (index_in_epoch != 0 && !order_.empty()) return false;
+  order_ = epoch_permutation(config_.seed, step_ / steps_per_epoch_, static_cast<uint32_t>(images_.count));
+  return true;
 }
 
 const uint8_t* Trainer::batch_pixels(int index_in_epoch) {
@@ -57,10 +91,7 @@ const uint8_t* Trainer::batch_pixels(int index_in_epoch) {
   const size_t first = static_cast<size_t>(index_in_epoch) * config_.batch_size;
   if (!config_.shuffle) return images_.pixels.data() + first * dim;
   // Shuffled: gather the batch's rows into one contiguous host buffer.
-  if (index_in_epoch == 0 || order_.empty()) {
-    order_ = epoch_permutation(config_.seed, step_ / steps_per_epoch_,
-                               static_cast<uint32_t>(images_.count));
-  }
+  update_epoch_order(index_in_epoch);
   gather_.resize(static_cast<size_t>(config_.batch_size) * dim);
   for (int r = 0; r < config_.batch_size; ++r) {
     std::memcpy(gather_.data() + r * dim, images_.pixels.data() + order_[first + r] * dim, dim);
@@ -72,14 +103,34 @@ void Trainer::step() {
   const int rows = config_.batch_size;
   const int index_in_epoch = static_cast<int>(step_ % static_cast<uint64_t>(steps_per_epoch_));
   const uint64_t t = step_ + 1;  // Adam's 1-based step, also the random draws' step
-  backend_.upload_and_binarize(batch_pixels(index_in_epoch), rows, config_.arch.input_dim, 0,
-                               RandomKey{config_.seed, RandomStream::kBinarize, t}, x_.get());
+  if (data_resident()) {
+    // The epoch's order goes to the backend before, not inside, the step.
+    if (config_.shuffle && update_epoch_order(index_in_epoch)) {
+      backend_.copy_to_device(order_on_backend_.get(), order_.data(), order_.size() * sizeof(uint32_t));
+    }
+    backend_.run_step(recording_.get(), [&] {
+      backend_.binarize_rows(images_on_backend_.get(), config_.shuffle ? order_on_backend_.get() : nullptr,
+                             static_cast<uint64_t>(index_in_epoch) * rows, rows, config_.arch.input_dim,
+                             RandomKey{config_.seed, RandomStream::kBinarize, t}, x_.get());
+      step_body(t);
+    });
+  } else {
+    backend_.upload_and_binarize(batch_pixels(index_in_epoch), rows, config_.arch.input_dim, 0,
+                                 RandomKey{config_.seed, RandomStream::kBinarize, t}, x_.get());
+    step_body(t);
+  }
+  step_ = t;
+  rows_since_take_ += static_cast<uint64_t>(rows);
+}
+
+// Everything after the batch is in x_: draw eps, the ELBO and its gradient,
+// the ELBO sum, Adam.
+void Trainer::step_body(uint64_t t) {
+  const int rows = config_.batch_size;
   backend_.fill_normal(eps_.get(), eps_.size(), 0, RandomKey{config_.seed, RandomStream::kEps, t});
   model_.forward_backward(x_.get(), eps_.get(), rows, true);
   backend_.accumulate_elbo(model_.row_logprob(), model_.row_kl(), rows, elbo_sum_.get());
   model_.adam_update(config_.adam, t);
-  step_ = t;
-  rows_since_take_ += static_cast<uint64_t>(rows);
 }
 
 double Trainer::elbo_sum() const {

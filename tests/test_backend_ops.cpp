@@ -126,6 +126,33 @@ TEST_P(BackendOps, UploadAndBinarizeIsExactAndOffsetAware) {
   }
 }
 
+TEST_P(BackendOps, BinarizeRowsGathersTheOrderedImagesExactly) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int images = 9, rows = 5, cols = 31;  // rows * cols not a multiple of 4
+  std::vector<uint8_t> pixels(static_cast<size_t>(images) * cols);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 53 % 256);
+  const std::vector<uint32_t> order = {8, 2, 7, 0, 5, 1, 3, 6, 4};
+  const DeviceArray<uint8_t> on_backend = to_device(*backend, pixels);
+  const DeviceArray<uint32_t> order_on_backend = to_device(*backend, order);
+  const RandomKey key{4, RandomStream::kBinarize, 9};
+  DeviceArray<float> x(*backend, static_cast<size_t>(rows) * cols);
+  for (const bool ordered : {false, true}) {
+    const uint64_t first_position = 3;
+    backend->binarize_rows(on_backend.get(), ordered ? order_on_backend.get() : nullptr, first_position,
+                           rows, cols, key, x.get());
+    const std::vector<float> got = to_host(*backend, x.get(), x.size());
+    for (int r = 0; r < rows; ++r) {
+      const uint32_t image = ordered ? order[first_position + r] : static_cast<uint32_t>(first_position + r);
+      for (int j = 0; j < cols; ++j) {
+        const size_t i = static_cast<size_t>(r) * cols + j;
+        const double u = random_uniform(key, i);  // batch-relative, as upload_and_binarize's
+        ASSERT_EQ(got[i], pixels[static_cast<size_t>(image) * cols + j] / 255.0 > u ? 1.0f : 0.0f)
+            << (ordered ? "ordered" : "in order") << ", element " << i;
+      }
+    }
+  }
+}
+
 TEST_P(BackendOps, FillNormalMatchesTheStreamAtAnyOffset) {
   CUVAE_BACKEND_OR_SKIP(backend, GetParam());
   const RandomKey key{9, RandomStream::kEps, 4};

@@ -92,6 +92,37 @@ TEST(CudaVsCpu, ForwardGradientsAndOneAdamStep) {
   EXPECT_LE(flipped, pa.size() / 1000) << "parameters whose first Adam step differs";
 }
 
+// --tf32: the GEMM inputs are rounded to 10-bit mantissas (relative 2^-11,
+// ~5e-4, per operand), so a length-784 dot product of mixed-sign terms is off
+// by a few 1e-4 of its terms' scale, and more after three layers: forward
+// values within 1e-2 of each tensor's largest magnitude, against 1e-4 in FP32.
+// The test also checks that TF32 changes the bits (else the flag did nothing).
+TEST(CudaVsCpu, Tf32ForwardWithinItsLooserTolerance) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  ASSERT_TRUE(cuda->set_tf32(true)) << "this test needs an sm_80 or newer GPU";
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> fp32 = make_backend("cuda");
+  const Architecture arch;
+  const int rows = 200;
+  VaeModel a(*cpu, arch, rows), b(*cuda, arch, rows), c(*fp32, arch, rows);
+  for (VaeModel* m : {&a, &b, &c}) m->initialize(5);
+  std::vector<uint8_t> pixels(static_cast<size_t>(rows) * arch.input_dim);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 97) % 256);
+  const RandomKey bin{5, RandomStream::kBinarize, 1}, eps{5, RandomStream::kEps, 1};
+  std::vector<std::vector<float>> logits;
+  for (auto [backend, model] : {std::pair<Backend*, VaeModel*>{cpu.get(), &a}, {cuda.get(), &b}, {fp32.get(), &c}}) {
+    DeviceArray<float> x(*backend, pixels.size()), e(*backend, static_cast<size_t>(rows) * arch.latent_dim);
+    backend->upload_and_binarize(pixels.data(), rows, arch.input_dim, 0, bin, x.get());
+    backend->fill_normal(e.get(), e.size(), 0, eps);
+    model->forward_backward(x.get(), e.get(), rows, true);
+    logits.push_back(to_host(*backend, model->logits(), pixels.size()));
+  }
+  expect_tensor_close(logits[1], logits[0], 0, pixels.size(), 1e-2, "TF32 logits");
+  expect_tensor_close(to_host(*cuda, b.row_logprob(), rows), to_host(*cpu, a.row_logprob(), rows), 0, rows, 1e-2,
+                      "TF32 row log p(x|z)");
+  EXPECT_NE(logits[1], logits[2]) << "--tf32 changed nothing: are the GEMMs really using TF32?";
+}
+
 TEST(CudaVsCpu, FiftyTrainingStepsStayTogether) {
   CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
   std::unique_ptr<Backend> cpu = make_cpu_backend();

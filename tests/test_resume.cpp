@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 
+#include "cuvae/backend.h"
 #include "cuvae/checkpoint.h"
 #include "cuvae/error.h"
 #include "cuvae/model_file.h"
@@ -71,14 +72,37 @@ TEST_F(Resume, StoppedAndResumedRunIsBitIdenticalToAnUninterruptedOne) {
   EXPECT_EQ(elbos(read_file(dir_ / "whole/metrics.csv")), elbos(read_file(dir_ / "parts/metrics.csv")));
 }
 
+// The same on the GPU, where the resumed run's step is a CUDA Graph again,
+// recorded afresh (resuming on another backend continues the run, but not
+// bit-identically: the backends round differently).
+TEST_F(Resume, OnTheGpuTooWithItsCudaGraph) {
+  std::string why_not;
+  if (!cuda_available(&why_not)) GTEST_SKIP() << "CUDA test skipped: " << why_not;
+  const std::map<std::string, std::string> gpu = {{"--device", "cuda"}};
+  auto with = [&](std::map<std::string, std::string> extra) {
+    extra.insert(gpu.begin(), gpu.end());
+    return extra;
+  };
+  expect_success(run_vae(tiny_run(data_, dir_ / "whole", with({{"--max-steps", "30"}})), dir_.path()));
+  expect_success(run_vae(tiny_run(data_, dir_ / "parts", with({{"--max-steps", "13"}})), dir_.path()));
+  const RunResult resumed = run_vae({"train", "--resume", dir_ / "parts", "--data", data_,
+                                     "--max-steps", "30", "--device", "cuda"},
+                                    dir_.path());
+  expect_success(resumed);
+  EXPECT_TRUE(contains(resumed.out, "CUDA Graph")) << resumed.out;
+  expect_same_state(load_checkpoint(dir_ / "whole/checkpoint.safetensors"),
+                    load_checkpoint(dir_ / "parts/checkpoint.safetensors"));
+}
+
 TEST_F(Resume, ResumeWithoutEpochFlagsFinishesTheOriginalRun) {
   expect_success(run_vae(tiny_run(data_, dir_ / "a", {{"--epochs", "3"}}), dir_.path()));
   expect_success(run_vae(tiny_run(data_, dir_ / "b", {{"--epochs", "3"}, {"--max-steps", "5"}}), dir_.path()));
   // b's own target was 5 steps: resuming it unchanged has nothing to do.
-  expect_success(run_vae({"train", "--resume", dir_ / "b", "--data", data_}, dir_.path()));
+  expect_success(run_vae({"train", "--resume", dir_ / "b", "--data", data_, "--device", "cpu"}, dir_.path()));
   EXPECT_EQ(load_checkpoint(dir_ / "b/checkpoint.safetensors").step, 5u);
   // With --max-steps 0 (no limit) it runs to the original 3 epochs.
-  expect_success(run_vae({"train", "--resume", dir_ / "b", "--data", data_, "--max-steps", "0"}, dir_.path()));
+  expect_success(run_vae({"train", "--resume", dir_ / "b", "--data", data_, "--max-steps", "0", "--device", "cpu"},
+                         dir_.path()));
   expect_same_state(load_checkpoint(dir_ / "a/checkpoint.safetensors"),
                     load_checkpoint(dir_ / "b/checkpoint.safetensors"));
 }
@@ -131,7 +155,8 @@ TEST_F(Resume, FirstInterruptCheckpointsAndResumesExactly) {
     // Resume to a few steps past the interruption; compare with a run that
     // went there in one go.
     const std::string target = std::to_string(stopped.step + 7);
-    expect_success(run_vae({"train", "--resume", out, "--data", data_, "--max-steps", target}, dir_.path()));
+    expect_success(run_vae({"train", "--resume", out, "--data", data_, "--max-steps", target, "--device", "cpu"},
+                           dir_.path()));
     const std::string whole = out + "-whole";
     expect_success(run_vae(tiny_run(data_, whole, {{"--epochs", "2000"}, {"--max-steps", target}}), dir_.path()));
     expect_same_state(load_checkpoint(whole + "/checkpoint.safetensors"),

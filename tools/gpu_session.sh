@@ -3,10 +3,11 @@
 # a 30-epoch training run on both backends, the benchmarks, the PyTorch
 # reference on the same GPU, and an Nsight Compute profile of training steps.
 #
-#   tools/gpu_session.sh STEP...      STEP: tests sanitize train bench torch ncu
+#   tools/gpu_session.sh STEP...      STEP: tests sanitize train bench kernels torch ncu
 #
-# Environment: SANITIZE_TOOLS, SANITIZE_TIMEOUT, TORCH_BATCHES, TORCH_MODES,
-# BENCH_DEVICE narrow a step to fit a call.
+# Environment: SANITIZE_TOOLS, SANITIZE_FILTER, SANITIZE_TIMEOUT, TRAIN_DEVICES,
+# TRAIN_SEEDS, TORCH_BATCHES, TORCH_MODES, BENCH_DEVICE, TESTS_TIMEOUT shape
+# the steps to fit a call.
 #
 # The device machine has nvcc, cuBLAS, PyTorch and ncu but none of Debian's
 # libraries, and reaches no network. So the binaries are built here (the
@@ -57,25 +58,31 @@ for s in "$@"; do
       for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck initcheck}; do
         step "compute-sanitizer --tool $tool over the CUDA tests"
         timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
-          build-gpu/cuvae_tests --gtest_filter='CudaVsCpu.*:*/BackendOps.*/1' --gtest_brief=1 2>&1 | tail -15
+          build-gpu/cuvae_tests --gtest_filter="${SANITIZE_FILTER:-CudaVsCpu.*:*/BackendOps.*/cuda}" --gtest_brief=1 2>&1 | tail -15
         echo "$tool exit: ${PIPESTATUS[0]}"
       done
       ;;
     train)
-      for dev in cuda cpu; do
-        step "30 epochs, seed 0, --device $dev"
-        build-gpu/vae train --device "$dev" --data data/mnist --out "$work/train-$dev" --epochs 30 --seed 0 \
-          | tee "$work/train-$dev.log" | grep -v '^epoch  *\([2-9]\|1[0-9]\|2[0-4]\)/'
-        build-gpu/vae eval --device "$dev" --model "$work/train-$dev/model.safetensors" --data data/mnist --k 100 \
-          | tee "$work/eval-$dev.log"
+      for dev in ${TRAIN_DEVICES:-cuda}; do
+        for seed in ${TRAIN_SEEDS:-0}; do
+          step "30 epochs, seed $seed, --device $dev"
+          build-gpu/vae train --device "$dev" --data data/mnist --out "$work/train-$dev-$seed" --epochs 30 --seed "$seed" \
+            | tee "$work/train-$dev-$seed.log" | grep -v '^epoch  *\([2-9]\|1[0-9]\|2[0-4]\)/'
+          build-gpu/vae eval --device "$dev" --model "$work/train-$dev-$seed/model.safetensors" --data data/mnist --k 100 \
+            | tee "$work/eval-$dev-$seed.log"
+        done
       done
       ;;
     bench)
-      step "vae bench: end-to-end samples/s on every backend"
-      build-gpu/vae bench --device "${BENCH_DEVICE:-all}" --data data/mnist --batch-sizes 200,1000,4096 --json "$work/vae_bench.json" \
-        | tee "$work/vae_bench.txt"
+      for variant in "" --no-cuda-graph --tf32; do
+        step "vae bench --device ${BENCH_DEVICE:-all} $variant: end-to-end samples/s"
+        build-gpu/vae bench --device "${BENCH_DEVICE:-all}" --data data/mnist --batch-sizes 200,1000,4096 $variant \
+          --json "$work/vae_bench${variant:+-${variant#--}}.json" | tee "$work/vae_bench${variant:+-${variant#--}}.txt"
+      done
+      ;;
+    kernels)
       step "vae-bench: fused CUDA kernels and GEMM shapes"
-      build-gpu/vae-bench --benchmark_filter='^cuda/' --benchmark_min_time=0.2s \
+      build-gpu/vae-bench --benchmark_filter='^cuda/' --benchmark_min_time=0.2 \
         --benchmark_out="$work/vae-bench-cuda.json" --benchmark_out_format=json 2>&1 | tee "$work/vae-bench-cuda.txt"
       ;;
     torch)
@@ -100,7 +107,7 @@ for s in "$@"; do
         python3 tools/ncu_summary.py "$work/ncu-$b.csv" || tail -5 "$work/ncu-$b.out"
       done
       ;;
-    *) echo "gpu_session: unknown step '$s' (tests sanitize train bench torch ncu)"; exit 2 ;;
+    *) echo "gpu_session: unknown step '$s' (tests sanitize train bench kernels torch ncu)"; exit 2 ;;
   esac
 done
 step "done"

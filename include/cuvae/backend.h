@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -21,6 +22,13 @@
 namespace cuvae {
 
 enum class Activation { kIdentity, kRelu };
+
+// What a backend keeps between runs of one fixed sequence of its calls (a
+// training step): the CUDA backend's CUDA Graph (step_graph.h).
+class StepRecording {
+ public:
+  virtual ~StepRecording() = default;
+};
 
 class Backend {
  public:
@@ -58,6 +66,12 @@ class Backend {
   // to the device and binarizes it.
   virtual void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols,
                                    uint64_t first_row, const RandomKey& key, float* x) = 0;
+  // The same from a data set already in backend memory: row r of x is image
+  // order[first_position + r] of `images` (image first_position + r when
+  // order is null), binarized with uniform element r * cols + j of `key`, so
+  // the bits equal upload_and_binarize's of the same rows (first_row 0).
+  virtual void binarize_rows(const uint8_t* images, const uint32_t* order, uint64_t first_position,
+                             int rows, int cols, const RandomKey& key, float* x) = 0;
   // out[i] = standard normal element (first_index + i) of `key`.
   virtual void fill_normal(float* out, size_t count, uint64_t first_index,
                            const RandomKey& key) = 0;
@@ -83,6 +97,22 @@ class Backend {
   // One Adam step over the whole flat parameter buffer.
   virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                          const AdamStep& step) = 0;
+
+  // ---- running a fixed step fast
+  // A recording for run_step, or null where the backend has nothing to
+  // record (the CPU; the CUDA backend with CUDA Graphs off).
+  virtual std::unique_ptr<StepRecording> make_step_recording() { return nullptr; }
+  // Runs `step`, which must make the same calls with the same buffers and
+  // sizes every time (only kernel arguments such as a Philox key's step may
+  // change). With a recording, the CUDA backend runs the first call as is,
+  // captures the second as a CUDA Graph and replays the graph afterwards.
+  virtual void run_step(StepRecording* recording, const std::function<void()>& step) {
+    (void)recording;
+    step();
+  }
+  // TF32 tensor-core math in the GEMMs (the CUDA backend on sm_80 and
+  // newer); false if this backend cannot do what is asked.
+  virtual bool set_tf32(bool on) { return !on; }
 };
 
 // A typed backend allocation, freed on destruction.

@@ -14,6 +14,8 @@ struct BenchOptions {
   int steps = 30;    // per repetition
   int repeats = 5;   // the median is reported
   std::string json;  // also write the results here
+  bool tf32 = false;        // TF32 GEMMs on the CUDA backend
+  bool cuda_graph = true;   // replay the step as a CUDA Graph
 };
 
 // Prints, per backend and batch size: samples/s (median of the repetitions,

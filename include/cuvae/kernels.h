@@ -3,7 +3,8 @@
 // are those of the Backend call of the same name (backend.h), and
 // tests/test_backend_ops.cpp checks each against the CPU backend.
 //
-// All launchers are asynchronous on `stream`; pointers are device pointers.
+// All launchers are asynchronous on `on.stream` (or recorded into / replayed
+// from the step's CUDA Graph, `on.graph`); pointers are device pointers.
 // Reductions use CUB's block and warp reductions, whose order is fixed, so
 // the same inputs give the same bits (no atomics).
 #pragma once
@@ -15,34 +16,48 @@
 
 #include "cuvae/backend.h"
 
+namespace cuvae {
+class StepGraph;
+}
+
 namespace cuvae::kernels {
 
+// Where a launch goes: the stream, and the step graph being captured or
+// replayed, if any.
+struct LaunchTarget {
+  cudaStream_t stream = nullptr;
+  StepGraph* graph = nullptr;
+};
+
 // kernels/binarize.cu
-void binarize(const uint8_t* pixels, int rows, int cols, uint64_t first_row, RandomKey key,
-              float* x, cudaStream_t stream);
+// Row r of x is image order[first_position + r] of `images` (or image
+// first_position + r when order is null), binarized with uniform element
+// uniform_base + r * cols + j of `key`.
+void binarize(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
+              int cols, uint64_t uniform_base, RandomKey key, float* x, const LaunchTarget& on);
 // kernels/fill_normal.cu
 void fill_normal(float* out, size_t count, uint64_t first_index, RandomKey key,
-                 cudaStream_t stream);
+                 const LaunchTarget& on);
 // kernels/bias_activation.cu
 void bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,
-                             cudaStream_t stream);
+                             const LaunchTarget& on);
 void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
-                                   Activation act, cudaStream_t stream);
+                                   Activation act, const LaunchTarget& on);
 // kernels/reparameterize_kl.cu
 void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
                                float* z, float* row_kl, float* row_log_ratio,
-                               cudaStream_t stream);
+                               const LaunchTarget& on);
 void reparameterize_kl_backward(const float* dz, const float* encoder_out, const float* eps,
                                 int rows, int latent, float kl_scale, float* d_encoder_out,
-                                cudaStream_t stream);
+                                const LaunchTarget& on);
 // kernels/bernoulli_logprob.cu
 void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, int cols,
                                 float grad_scale, float* dlogits, float* row_logprob,
-                                cudaStream_t stream);
+                                const LaunchTarget& on);
 void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows, double* accumulator,
-                     cudaStream_t stream);
+                     const LaunchTarget& on);
 // kernels/adam.cu
 void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
-               const AdamStep& step, cudaStream_t stream);
+               const AdamStep& step, const LaunchTarget& on);
 
 }  // namespace cuvae::kernels

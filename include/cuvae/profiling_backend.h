@@ -52,6 +52,9 @@ class ProfilingBackend final : public Backend {
                                      Activation act) override;
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
                            const RandomKey& key, float* x) override;
+  bool set_tf32(bool on) override { return inner_.set_tf32(on); }
+  void binarize_rows(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
+                     int cols, const RandomKey& key, float* x) override;
   void fill_normal(float* out, size_t count, uint64_t first_index, const RandomKey& key) override;
   void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
                                  float* z, float* row_kl, float* row_log_ratio) override;

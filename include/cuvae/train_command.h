@@ -21,6 +21,10 @@ struct TrainOptions {
   int image_scale = 1;
   int64_t checkpoint_every = 0;  // steps; 0: at the end of every epoch
   std::string resume;            // a run's output directory, or empty
+  // How the steps run (never what they compute, except tf32).
+  bool tf32 = false;
+  bool cuda_graph = true;
+  std::string resident_data = "auto";  // auto, on, off
 
   // Which flags were given explicitly: when resuming, those that must agree
   // with the checkpoint are checked, and --epochs and --max-steps default to

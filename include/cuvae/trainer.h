@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "cuvae/idx.h"
@@ -18,12 +20,31 @@ struct TrainConfig {
   AdamConfig adam;
 };
 
+// How a step runs; none of this changes the numbers a run computes (the
+// tests check that each combination gives the same bits).
+struct TrainerOptions {
+  // The training images in backend memory, copied once (`kAuto`: if they fit;
+  // else streamed batch by batch through upload_and_binarize).
+  enum class DataPlacement { kAuto, kResident, kStreamed };
+  DataPlacement data = DataPlacement::kAuto;
+  // Record the step once and replay it (the CUDA backend's CUDA Graph);
+  // needs the data resident.
+  bool step_graph = true;
+};
+
 class Trainer {
  public:
   // `images` must outlive the trainer. The model is initialized from the seed.
   // Throws cuvae::Error if the batch size is not in 1..images.count or the
-  // images' size differs from the architecture's input.
-  Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images);
+  // images' size differs from the architecture's input, and if the images
+  // must be resident but do not fit.
+  Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images,
+          const TrainerOptions& options = {});
+
+  // One line: where the data comes from and whether the step is replayed.
+  std::string describe_step() const;
+  bool data_resident() const { return images_on_backend_.get() != nullptr; }
+  bool step_recorded() const { return recording_ != nullptr; }
 
   // Full batches per epoch; a last partial batch is dropped (the seed's 60000
   // images in batches of 200 divide exactly).
@@ -55,6 +76,10 @@ class Trainer {
 
  private:
   const uint8_t* batch_pixels(int index_in_epoch);
+  // This epoch's image order (shuffled runs), recomputed at the epoch's first
+  // batch or after a restore; true when it was.
+  bool update_epoch_order(int index_in_epoch);
+  void step_body(uint64_t t);
 
   Backend& backend_;
   TrainConfig config_;
@@ -67,6 +92,10 @@ class Trainer {
   std::vector<uint8_t> gather_;        // a shuffled batch's pixels, contiguous
   DeviceArray<float> x_, eps_;
   DeviceArray<double> elbo_sum_;
+  DeviceArray<uint8_t> images_on_backend_;  // when resident
+  DeviceArray<uint32_t> order_on_backend_;  // resident and shuffled: order_
+  std::string data_note_;                   // why not resident, for describe_step
+  std::unique_ptr<StepRecording> recording_;
 };
 
 // A random permutation of 0..n-1 for epoch `epoch` (Fisher-Yates driven by

@@ -1,8 +1,10 @@
 // The CUDA backend: cuBLAS for the GEMMs, the fused kernels of kernels/ for
 // everything else, all on one compute stream, so a training step never waits
-// for the host. Batches come in through pinned staging buffers on a second
-// (copy) stream, double-buffered and ordered with events, so the next batch's
-// copy overlaps this batch's compute.
+// for the host. Batches come in either from the data set resident in device
+// memory (binarize_rows) or through pinned staging buffers on a second (copy)
+// stream, double-buffered and ordered with events, so the next batch's copy
+// overlaps this batch's compute (upload_and_binarize). A training step can be
+// recorded once as a CUDA Graph and replayed (run_step, step_graph.h).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -13,6 +15,7 @@
 #include "cuvae/cuda_backend.h"
 #include "cuvae/cuda_check.h"
 #include "cuvae/kernels.h"
+#include "cuvae/step_graph.h"
 
 namespace cuvae {
 
@@ -44,8 +47,12 @@ class CudaBackend final : public Backend {
     CUVAE_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     CUVAE_CUBLAS_CHECK(cublasCreate(&cublas_));
     CUVAE_CUBLAS_CHECK(cublasSetStream(cublas_, compute_));
-    // FP32 by default: no TF32 tensor-core math unless asked for.
+    // FP32 by default: no TF32 tensor-core math unless asked for (set_tf32).
     CUVAE_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    // Our own cuBLAS workspace, so that a GEMM captured into a CUDA Graph
+    // never needs to allocate (32 MiB: cuBLAS's recommendation for Hopper).
+    workspace_ = allocate(kCublasWorkspaceBytes);
+    CUVAE_CUBLAS_CHECK(cublasSetWorkspace(cublas_, workspace_, kCublasWorkspaceBytes));
     for (Staging& s : staging_) {
       CUVAE_CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
       CUVAE_CUDA_CHECK(cudaEventCreateWithFlags(&s.consumed, cudaEventDisableTiming));
@@ -63,6 +70,7 @@ class CudaBackend final : public Backend {
       cudaEventDestroy(s.consumed);
     }
     cublasDestroy(cublas_);
+    cudaFree(workspace_);
     cudaStreamDestroy(compute_);
     cudaStreamDestroy(copy_);
   }
@@ -98,23 +106,34 @@ class CudaBackend final : public Backend {
   void deallocate(void* pointer) override { cudaFree(pointer); }
 
   void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
+    not_in_a_step("copy_to_device");
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, compute_));
     // A pageable source may be reused by the caller at once: wait.
     CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
+    not_in_a_step("copy_to_host");
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, compute_));
     CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
   void copy_on_device(void* dst, const void* src, size_t bytes) override {
+    if (graph_ != nullptr && !graph_->call("cudaMemcpyAsync", call_key(dst, src, bytes))) return;
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, compute_));
   }
-  void synchronize() override { CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_)); }
+  void synchronize() override {
+    not_in_a_step("synchronize");
+    CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));
+  }
 
   void gemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
             int lda, const float* b, int ldb, float beta, float* c, int ldc) override {
     // cuBLAS is column-major. A row-major C (m x n) is a column-major C^T
     // (n x m), and C^T = op(B)^T op(A)^T: swap the operands and the sizes.
+    if (graph_ != nullptr &&
+        !graph_->call("cublasSgemm", call_key(transpose_a, transpose_b, m, n, k, alpha, a, lda, b,
+                                              ldb, beta, c, ldc, tf32_))) {
+      return;
+    }
     CUVAE_CUBLAS_CHECK(cublasSgemm(cublas_, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b,
                                    ldb, a, lda, &beta, c, ldc));
@@ -122,15 +141,16 @@ class CudaBackend final : public Backend {
 
   void bias_activation_forward(float* y, const float* bias, int rows, int cols,
                                Activation act) override {
-    kernels::bias_activation_forward(y, bias, rows, cols, act, compute_);
+    kernels::bias_activation_forward(y, bias, rows, cols, act, target());
   }
   void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
                                      Activation act) override {
-    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, compute_);
+    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, target());
   }
 
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
                            const RandomKey& key, float* x) override {
+    not_in_a_step("upload_and_binarize");
     const size_t bytes = static_cast<size_t>(rows) * cols;
     Staging& s = staging_[next_staging_];
     next_staging_ = (next_staging_ + 1) % staging_.size();
@@ -155,39 +175,96 @@ class CudaBackend final : public Backend {
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(s.device, s.host, bytes, cudaMemcpyHostToDevice, copy_));
     CUVAE_CUDA_CHECK(cudaEventRecord(s.copied, copy_));
     CUVAE_CUDA_CHECK(cudaStreamWaitEvent(compute_, s.copied, 0));
-    kernels::binarize(s.device, rows, cols, first_row, key, x, compute_);
+    kernels::binarize(s.device, nullptr, 0, rows, cols, first_row * static_cast<uint64_t>(cols), key,
+                      x, target());
     CUVAE_CUDA_CHECK(cudaEventRecord(s.consumed, compute_));
+  }
+
+  void binarize_rows(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
+                     int cols, const RandomKey& key, float* x) override {
+    kernels::binarize(images, order, first_position, rows, cols, 0, key, x, target());
   }
 
   void fill_normal(float* out, size_t count, uint64_t first_index,
                    const RandomKey& key) override {
-    kernels::fill_normal(out, count, first_index, key, compute_);
+    kernels::fill_normal(out, count, first_index, key, target());
   }
 
   void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
                                  float* z, float* row_kl, float* row_log_ratio) override {
     kernels::reparameterize_kl_forward(encoder_out, eps, rows, latent, z, row_kl, row_log_ratio,
-                                       compute_);
+                                       target());
   }
   void reparameterize_kl_backward(const float* dz, const float* encoder_out, const float* eps,
                                   int rows, int latent, float kl_scale,
                                   float* d_encoder_out) override {
     kernels::reparameterize_kl_backward(dz, encoder_out, eps, rows, latent, kl_scale,
-                                        d_encoder_out, compute_);
+                                        d_encoder_out, target());
   }
   void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, int cols,
                                   float grad_scale, float* dlogits,
                                   float* row_logprob) override {
     kernels::bernoulli_logprob_and_grad(x, logits, rows, cols, grad_scale, dlogits, row_logprob,
-                                        compute_);
+                                        target());
   }
   void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows,
                        double* accumulator) override {
-    kernels::accumulate_elbo(row_logprob, row_kl, rows, accumulator, compute_);
+    kernels::accumulate_elbo(row_logprob, row_kl, rows, accumulator, target());
   }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override {
-    kernels::adam_step(params, grads, m, v, count, step, compute_);
+    kernels::adam_step(params, grads, m, v, count, step, target());
+  }
+
+  std::unique_ptr<StepRecording> make_step_recording() override {
+    return std::make_unique<StepGraph>();
+  }
+
+  void run_step(StepRecording* recording, const std::function<void()>& step) override {
+    auto* graph = dynamic_cast<StepGraph*>(recording);
+    if (graph == nullptr) {
+      step();
+      return;
+    }
+    if (graph->instantiated()) {
+      graph_ = graph;
+      graph->begin_replay();
+      try {
+        step();
+      } catch (...) {
+        graph_ = nullptr;
+        throw;
+      }
+      graph_ = nullptr;
+      graph->end_replay(compute_);
+      return;
+    }
+    if (!graph->warmed_up) {
+      // The first run goes eagerly: whatever a call sets up on first use
+      // (cuBLAS's kernels, buffers) is then in place before the capture.
+      step();
+      graph->warmed_up = true;
+      return;
+    }
+    graph_ = graph;
+    graph->begin_capture(compute_);
+    try {
+      step();
+    } catch (...) {
+      graph_ = nullptr;
+      graph->abort_capture(compute_);
+      throw;
+    }
+    graph_ = nullptr;
+    graph->end_capture(compute_);
+    graph->launch(compute_);  // the capture recorded the step; now run it
+  }
+
+  bool set_tf32(bool on) override {
+    if (on && properties_.major < 8) return false;  // tensor-core TF32 needs sm_80+
+    CUVAE_CUBLAS_CHECK(cublasSetMathMode(cublas_, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    tf32_ = on;
+    return true;
   }
 
  private:
@@ -199,6 +276,16 @@ class CudaBackend final : public Backend {
     cudaEvent_t consumed = nullptr;  // the kernel reading `device` has finished
   };
 
+  static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
+  kernels::LaunchTarget target() const { return {compute_, graph_}; }
+  // Calls that wait for the host cannot be part of a CUDA Graph step.
+  void not_in_a_step(const char* what) const {
+    if (graph_ != nullptr) {
+      throw Error(std::string(what) + " inside a step recorded as a CUDA Graph (an internal error; --no-cuda-graph avoids it)");
+    }
+  }
+
   int device_ = 0;
   cudaDeviceProp properties_{};
   cudaStream_t compute_ = nullptr;
@@ -206,6 +293,9 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   std::array<Staging, 2> staging_{};
   size_t next_staging_ = 0;
+  void* workspace_ = nullptr;
+  StepGraph* graph_ = nullptr;  // the step being captured or replayed
+  bool tf32_ = false;
 };
 
 }  // namespace
