@@ -109,6 +109,6 @@ for s in "$@"; do
       ;;
     *) echo "gpu_session: unknown step '$s' (tests sanitize train bench kernels torch ncu)"; exit 2 ;;
   esac
+  tar czf "$OUT/results.tar.gz" -C runs gpu 2>/dev/null  # after every step: a later one may time out
 done
 step "done"
-tar czf "$OUT/results.tar.gz" -C runs gpu 2>/dev/null
