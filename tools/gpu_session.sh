@@ -109,6 +109,7 @@ for s in "$@"; do
       ;;
     *) echo "gpu_session: unknown step '$s' (tests sanitize train bench kernels torch ncu)"; exit 2 ;;
   esac
-  tar czf "$OUT/results.tar.gz" -C runs gpu 2>/dev/null  # after every step: a later one may time out
+  # After every step (a later one may time out); models and checkpoints stay behind (size).
+  tar czf "$OUT/results.tar.gz" --exclude="*.safetensors" -C runs gpu 2>/dev/null
 done
 step "done"
