@@ -22,14 +22,19 @@ __global__ void binarize_kernel(const uint8_t* __restrict__ images,
   for (unsigned long long g = blockIdx.x * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<unsigned long long>(gridDim.x) * blockDim.x) {
     const Philox4 block = random_block(key, first_group + g);
-    for (int lane = 0; lane < 4; ++lane) {
-      const long long i =
-          static_cast<long long>((first_group + g) * 4 + lane) - static_cast<long long>(uniform_base);
-      if (i < 0 || i >= count) continue;
-      const long long r = i / cols, j = i - r * cols;
-      const unsigned long long position = first_position + static_cast<unsigned long long>(r);
+    // 32-bit index arithmetic (a batch has fewer than 2^32 pixels: at most
+    // 2^20 rows of 784), one division per group; the lanes step along the row.
+    const long long first = static_cast<long long>((first_group + g) * 4) - static_cast<long long>(uniform_base);
+    const unsigned int start = first < 0 ? 0u : static_cast<unsigned int>(first);
+    unsigned int r = start / static_cast<unsigned int>(cols), j = start - r * static_cast<unsigned int>(cols);
+    for (int lane = static_cast<int>(start - first); lane < 4 && first + lane < count; ++lane) {
+      const unsigned long long position = first_position + r;
       const unsigned long long image = order != nullptr ? order[position] : position;
-      x[i] = cuvae::binarize(images[image * cols + j], uniform_from_bits(block.v[lane]));
+      x[first + lane] = cuvae::binarize(images[image * cols + j], uniform_from_bits(block.v[lane]));
+      if (++j == static_cast<unsigned int>(cols)) {
+        j = 0;
+        ++r;
+      }
     }
   }
 }

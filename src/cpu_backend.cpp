@@ -58,11 +58,16 @@ void binarize_batch(const uint8_t* images, const uint32_t* order, uint64_t first
                     int cols, uint64_t uniform_base, const RandomKey& key, float* x) {
   for_each_random_group(uniform_base, static_cast<long>(rows) * cols, [&](uint64_t g, int from, int to) {
     const Philox4 block = random_block(key, g);
-    for (int lane = from; lane < to; ++lane) {
-      const uint64_t i = g * 4 + static_cast<uint64_t>(lane) - uniform_base;
-      const uint64_t r = i / static_cast<uint64_t>(cols), j = i - r * static_cast<uint64_t>(cols);
+    // One division per group of four; the lanes then step along the row.
+    uint64_t i = g * 4 + static_cast<uint64_t>(from) - uniform_base;
+    uint64_t r = i / static_cast<uint64_t>(cols), j = i - r * static_cast<uint64_t>(cols);
+    for (int lane = from; lane < to; ++lane, ++i) {
       const uint64_t image = order != nullptr ? order[first_position + r] : first_position + r;
       x[i] = binarize(images[image * static_cast<uint64_t>(cols) + j], uniform_from_bits(block.v[lane]));
+      if (++j == static_cast<uint64_t>(cols)) {
+        j = 0;
+        ++r;
+      }
     }
   });
 }

@@ -187,6 +187,7 @@ int run_train_command(TrainOptions o) {
         std::fflush(stdout);
       }
     }
+    backend->synchronize();  // the steps run asynchronously on a GPU: time them whole
     const double seconds = earlier_seconds + seconds_since(start);
     // A run that stops mid-epoch (--max-steps) checkpoints the epoch's partial
     // state, so that a resumed run completes this epoch as if never stopped.

@@ -3,10 +3,10 @@
 # a 30-epoch training run on both backends, the benchmarks, the PyTorch
 # reference on the same GPU, and an Nsight Compute profile of training steps.
 #
-#   tools/gpu_session.sh STEP...      STEP: tests sanitize train bench kernels torch ncu
+#   tools/gpu_session.sh STEP...      STEP: tests sanitize train bench kernels torch compare ncu
 #
 # Environment: SANITIZE_TOOLS, SANITIZE_FILTER, SANITIZE_TIMEOUT, TRAIN_DEVICES,
-# TRAIN_SEEDS, TORCH_BATCHES, TORCH_MODES, BENCH_DEVICE, TESTS_TIMEOUT shape
+# TRAIN_SEEDS, TORCH_BATCHES, TORCH_MODES, BENCH_DEVICE, NCU_BATCHES, TESTS_TIMEOUT shape
 # the steps to fit a call.
 #
 # The device machine has nvcc, cuBLAS, PyTorch and ncu but none of Debian's
@@ -42,6 +42,17 @@ export CUVAE_MNIST_DIR="$root/data/mnist"
 export PYTHONUNBUFFERED=1
 
 step() { echo; echo "=== $* ($(date -u '+%H:%M:%S'))"; }
+TORCH_BATCHES="${TORCH_BATCHES:-200 1000 4096}"
+run_torch() {
+  for b in $TORCH_BATCHES; do
+    for mode in ${TORCH_MODES:-eager compile}; do
+      step "PyTorch reference on the GPU: batch $b, $mode"
+      python3 tools/torch_reference.py --device cuda --data data/mnist --epochs 4 --batch-size "$b" \
+        $([[ $mode == compile ]] && echo --compile) --json "$work/torch-$b-$mode.json" 2>&1 \
+        | tee "$work/torch-$b-$mode.log" | grep -v '^epoch  *[23] '
+    done
+  done
+}
 echo "gpu_session: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short=12 HEAD 2>/dev/null)$(git diff --quiet HEAD -- src include kernels tests tools 2>/dev/null || echo -dirty); steps: $*"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
 echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $(python3 -c 'import torch; print("torch", torch.__version__)' 2>/dev/null)"
@@ -85,19 +96,35 @@ for s in "$@"; do
       build-gpu/vae-bench --benchmark_filter='^cuda/' --benchmark_min_time=0.2 \
         --benchmark_out="$work/vae-bench-cuda.json" --benchmark_out_format=json 2>&1 | tee "$work/vae-bench-cuda.txt"
       ;;
-    torch)
-      for b in ${TORCH_BATCHES:-200 1000 4096}; do
-        for mode in ${TORCH_MODES:-eager compile}; do
-          step "PyTorch reference on the GPU: batch $b, $mode"
-          python3 tools/torch_reference.py --device cuda --data data/mnist --epochs 4 --batch-size "$b" \
-            $([[ $mode == compile ]] && echo --compile) --json "$work/torch-$b-$mode.json" 2>&1 \
-            | tee "$work/torch-$b-$mode.log" | grep -v '^epoch  *[23] '
-        done
+    torch) run_torch ;;
+    compare)
+      # PyTorch (eager and torch.compile) and cuvae on the same GPU in one
+      # call: throughput ratios at each batch size.
+      run_torch
+      for variant in "" --no-cuda-graph --tf32; do
+        step "vae bench --device cuda $variant"
+        build-gpu/vae bench --device cuda --data data/mnist --batch-sizes "${TORCH_BATCHES// /,}" $variant \
+          --json "$work/vae_bench${variant:+-${variant#--}}.json" | tee "$work/vae_bench${variant:+-${variant#--}}.txt"
       done
+      step "throughput, same GPU, same call (PyTorch: median of epochs 2-4; cuvae: median of 5 x 30 steps)"
+      python3 - "$work" ${TORCH_BATCHES} <<'PY' | tee "$work/compare.txt"
+import json, statistics, sys
+work, batches = sys.argv[1], sys.argv[2:]
+def ours(variant, batch):
+    path = f"{work}/vae_bench{variant}.json"
+    return next(r["samples_per_s"] for r in json.load(open(path))["results"] if r["batch"] == int(batch))
+def theirs(mode, batch):
+    return statistics.median(e["samples_per_s"] for e in json.load(open(f"{work}/torch-{batch}-{mode}.json"))["epochs"][1:])
+print(f"{'batch':>6} {'torch eager':>12} {'torch.compile':>14} {'cuvae':>12} {'no graph':>12} {'tf32':>12} {'vs eager':>9} {'vs compile':>11}")
+for b in batches:
+    e, c = theirs("eager", b), theirs("compile", b)
+    g, n, t = ours("", b), ours("-no-cuda-graph", b), ours("-tf32", b)
+    print(f"{b:>6} {e:12,.0f} {c:14,.0f} {g:12,.0f} {n:12,.0f} {t:12,.0f} {g / e:8.1f}x {g / c:10.1f}x")
+PY
       ;;
     ncu)
       step "Nsight Compute: the kernels of two training steps at batch 200 and 4096"
-      for b in 200 4096; do
+      for b in ${NCU_BATCHES:-200 4096}; do
         timeout 240 ncu --clock-control none --launch-skip 400 --launch-count 80 --csv --page raw \
           --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed \
           --log-file "$work/ncu-$b.csv" \
@@ -107,7 +134,7 @@ for s in "$@"; do
         python3 tools/ncu_summary.py "$work/ncu-$b.csv" || tail -5 "$work/ncu-$b.out"
       done
       ;;
-    *) echo "gpu_session: unknown step '$s' (tests sanitize train bench kernels torch ncu)"; exit 2 ;;
+    *) echo "gpu_session: unknown step '$s' (tests sanitize train bench kernels torch compare ncu)"; exit 2 ;;
   esac
   # After every step (a later one may time out); models and checkpoints stay behind (size).
   tar czf "$OUT/results.tar.gz" --exclude="*.safetensors" -C runs gpu 2>/dev/null

@@ -41,8 +41,11 @@ void fill_normal(float* out, size_t count, uint64_t first_index, RandomKey key,
 // kernels/bias_activation.cu
 void bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,
                              const LaunchTarget& on);
+// `scratch` holds bias_grad_scratch_floats(rows, cols) floats (per-chunk
+// column sums, added in a fixed order by a second kernel).
 void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
-                                   Activation act, const LaunchTarget& on);
+                                   Activation act, float* scratch, const LaunchTarget& on);
+size_t bias_grad_scratch_floats(int rows, int cols);
 // kernels/reparameterize_kl.cu
 void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
                                float* z, float* row_kl, float* row_log_ratio,

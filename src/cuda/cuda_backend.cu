@@ -71,6 +71,7 @@ class CudaBackend final : public Backend {
     }
     cublasDestroy(cublas_);
     cudaFree(workspace_);
+    cudaFree(bias_scratch_);
     cudaStreamDestroy(compute_);
     cudaStreamDestroy(copy_);
   }
@@ -145,7 +146,18 @@ class CudaBackend final : public Backend {
   }
   void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
                                      Activation act) override {
-    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, target());
+    const size_t needed = kernels::bias_grad_scratch_floats(rows, cols);
+    if (bias_scratch_floats_ < needed) {
+      // Sized by the eager first run of a step, so never inside a capture.
+      not_in_a_step("growing the bias-gradient scratch buffer");
+      CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));  // the old buffer may be in use
+      deallocate(bias_scratch_);
+      bias_scratch_ = nullptr;
+      bias_scratch_floats_ = 0;
+      bias_scratch_ = static_cast<float*>(allocate(needed * sizeof(float)));
+      bias_scratch_floats_ = needed;
+    }
+    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, bias_scratch_, target());
   }
 
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
@@ -294,6 +306,8 @@ class CudaBackend final : public Backend {
   std::array<Staging, 2> staging_{};
   size_t next_staging_ = 0;
   void* workspace_ = nullptr;
+  float* bias_scratch_ = nullptr;  // per-chunk column sums of the bias gradient
+  size_t bias_scratch_floats_ = 0;
   StepGraph* graph_ = nullptr;  // the step being captured or replayed
   bool tf32_ = false;
 };
