@@ -6,13 +6,18 @@
 // a 200-column layer ran on 7 of the H100's 132 SMs. Version 2 gave each
 // block 8 columns and 128 row lanes: 25 blocks, still 18 us a call at batch
 // 4096 under Nsight Compute (2.8% of SM throughput), 16% of the step's
-// kernel time. Version 3 (this) splits the rows too, into chunks of 128: at
-// batch 4096 and 200 columns, 7 x 32 = 224 blocks of 32 x 8 threads, each
-// warp reading 128 contiguous bytes of a row per iteration; each block writes
-// its chunk's 32 column sums to a scratch buffer, and a second kernel adds a
-// column's chunk sums in chunk order. Fixed order throughout: deterministic,
-// no atomics. (Not cub::BlockReduce: that reduces a whole block to one
-// value; here each of a block's 32 columns needs its own sum.)
+// kernel time. Version 3 split the rows too, into chunks of 128 (224 blocks
+// of 32 x 8 threads at batch 4096 and 200 columns; each block writes its
+// chunk's 32 column sums to a scratch buffer, a second kernel adds them):
+// 10.3 us a call, 5% SM throughput, too few threads in flight (a fifth of
+// the H100's) to hide memory latency. Version 4 (this) uses chunks of 32
+// rows, 896 blocks, and a warp per column in the second kernel. Each warp
+// reads 128 contiguous bytes of a row per iteration. Fixed order
+// throughout: deterministic, no atomics. (Not cub::BlockReduce for the first
+// kernel: that reduces a whole block to one value; each of a block's 32
+// columns needs its own sum.)
+#include <cub/cub.cuh>
+
 #include "cuvae/cuda_check.h"
 #include "cuvae/kernels.h"
 #include "launch.cuh"
@@ -33,7 +38,7 @@ __global__ void bias_activation_forward_kernel(float* __restrict__ y,
 
 constexpr int kColumnsPerBlock = 32;
 constexpr int kRowLanes = 8;
-constexpr int kRowsPerChunk = 128;
+constexpr int kRowsPerChunk = 32;
 
 __global__ void activation_backward_partial_sums_kernel(float* __restrict__ dy,
                                                         const float* __restrict__ y,
@@ -61,13 +66,19 @@ __global__ void activation_backward_partial_sums_kernel(float* __restrict__ dy,
   }
 }
 
+// One warp per column: lane l adds chunks l, l + 32, ..., then
+// cub::WarpReduce adds the 32 lane sums in a fixed tree.
 __global__ void sum_partials_kernel(const float* __restrict__ partials, int chunks, int cols,
                                     float* __restrict__ dbias) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
-  float total = 0.0f;
-  for (int k = 0; k < chunks; ++k) total += partials[static_cast<size_t>(k) * cols + c];
-  dbias[c] = total;
+  using WarpReduce = cub::WarpReduce<float>;
+  __shared__ typename WarpReduce::TempStorage storage[kThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c = blockIdx.x * (kThreads / 32) + warp;
+  if (c >= cols) return;  // whole warps leave together
+  float sum = 0.0f;
+  for (int k = lane; k < chunks; k += 32) sum += partials[static_cast<size_t>(k) * cols + c];
+  sum = WarpReduce(storage[warp]).Sum(sum);
+  if (lane == 0) dbias[c] = sum;
 }
 
 size_t bias_grad_scratch_floats(int rows, int cols) {
@@ -89,8 +100,9 @@ void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int 
                   static_cast<unsigned int>(chunks));
   launch(on, activation_backward_partial_sums_kernel, grid, dim3(kColumnsPerBlock, kRowLanes), 0, dy,
          y, scratch, rows, cols, act == Activation::kRelu);
-  launch(on, sum_partials_kernel, static_cast<unsigned int>((cols + kThreads - 1) / kThreads), kThreads,
-         0, scratch, chunks, cols, dbias);
+  constexpr int kWarps = kThreads / 32;
+  launch(on, sum_partials_kernel, static_cast<unsigned int>((cols + kWarps - 1) / kWarps), kThreads, 0,
+         scratch, chunks, cols, dbias);
 }
 
 }  // namespace cuvae::kernels
