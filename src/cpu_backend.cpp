@@ -51,32 +51,47 @@ void for_each_random_group(uint64_t first, long count, Group group) {
   if (end % 4 != 0) group(whole_end, 0, static_cast<int>(end % 4));
 }
 
-// x[r][j] = binarize(image[j], u) for image = images row order[first_position + r]
-// (or first_position + r), u = uniform element uniform_base + r * cols + j:
-// the one binarization loop behind upload_and_binarize and binarize_rows.
-void binarize_batch(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
-                    int cols, uint64_t uniform_base, const RandomKey& key, float* x) {
-  for_each_random_group(uniform_base, static_cast<long>(rows) * cols, [&](uint64_t g, int from, int to) {
-    const Philox4 block = random_block(key, g);
-    // One division per group of four; the lanes then step along the row.
-    uint64_t i = g * 4 + static_cast<uint64_t>(from) - uniform_base;
-    uint64_t r = i / static_cast<uint64_t>(cols), j = i - r * static_cast<uint64_t>(cols);
-    for (int lane = from; lane < to; ++lane, ++i) {
-      const uint64_t image = order != nullptr ? order[first_position + r] : first_position + r;
-      x[i] = binarize(images[image * static_cast<uint64_t>(cols) + j], uniform_from_bits(block.v[lane]));
-      if (++j == static_cast<uint64_t>(cols)) {
-        j = 0;
-        ++r;
-      }
-    }
-  });
-}
-
 // One row of the Bernoulli log-prob and its gradient. Separate, not inlined,
 // functions: GCC 12 vectorizes these loops on their own but not once inlined
 // into an OpenMP region ("control flow in loop"). The vector partial sums are
 // added in an order fixed by the binary, so results stay reproducible.
 #define CUVAE_VECTORIZED_ROW __attribute__((noinline))
+
+// x[i] = binarize(pixels[i], u_i) for i < count, u_i = uniform element
+// first + i of `key`: one contiguous run of pixels (a row of a batch). The
+// whole Philox groups in the middle are a loop GCC vectorizes across groups.
+CUVAE_VECTORIZED_ROW void binarize_span(const uint8_t* __restrict pixels, long count, uint64_t first,
+                                        const RandomKey& key, float* __restrict x) {
+  const uint64_t end = first + static_cast<uint64_t>(count);
+  const uint64_t whole_begin = std::min(end, (first + 3) / 4 * 4), whole_end = std::max(whole_begin, end / 4 * 4);
+  auto one = [&](uint64_t u) {
+    x[u - first] = binarize(pixels[u - first], uniform_from_bits(random_block(key, u / 4).v[u % 4]));
+  };
+  for (uint64_t u = first; u < whole_begin; ++u) one(u);
+  for (uint64_t g = whole_begin / 4; g < whole_end / 4; ++g) {
+    const Philox4 block = random_block(key, g);
+    for (int lane = 0; lane < 4; ++lane) {
+      const uint64_t i = g * 4 + static_cast<uint64_t>(lane) - first;
+      x[i] = binarize(pixels[i], uniform_from_bits(block.v[lane]));
+    }
+  }
+  for (uint64_t u = whole_end; u < end; ++u) one(u);
+}
+
+// Row r of x: image order[first_position + r] of `images` (or image
+// first_position + r), with uniforms from element uniform_base + r * cols:
+// the one binarization loop behind upload_and_binarize and binarize_rows.
+void binarize_batch(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
+                    int cols, uint64_t uniform_base, const RandomKey& key, float* x) {
+#pragma omp parallel for schedule(static) if (long(rows) * cols >= kParallelThreshold)
+  for (int r = 0; r < rows; ++r) {
+    const uint64_t position = first_position + static_cast<uint64_t>(r);
+    const uint64_t image = order != nullptr ? order[position] : position;
+    binarize_span(images + image * static_cast<uint64_t>(cols), cols,
+                  uniform_base + static_cast<uint64_t>(r) * static_cast<uint64_t>(cols), key,
+                  x + static_cast<size_t>(r) * static_cast<size_t>(cols));
+  }
+}
 
 CUVAE_VECTORIZED_ROW float bernoulli_row(const float* __restrict x, const float* __restrict logits, int cols,
                     float grad_scale, float* __restrict dlogits) {
