@@ -88,7 +88,11 @@ size_t bias_grad_scratch_floats(int rows, int cols) {
 void bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,
                              const LaunchTarget& on) {
   const size_t count = static_cast<size_t>(rows) * cols;
-  if (count > 0xffffffffu) throw Error("bias_activation_forward: a layer output of more than 2^32 - 1 elements");
+  // The 32-bit grid-stride index must not wrap: count + one grid's threads < 2^32.
+  if (count > 0xffffffffu - size_t{65535} * kThreads) {
+    throw Error("bias_activation_forward: a layer output of " + std::to_string(count) +
+                " elements is more than this kernel's 32-bit indices allow");
+  }
   launch(on, bias_activation_forward_kernel, blocks_for(count), kThreads, 0, y, bias,
          static_cast<unsigned int>(count), static_cast<unsigned int>(cols), act == Activation::kRelu);
 }
@@ -96,6 +100,10 @@ void bias_activation_forward(float* y, const float* bias, int rows, int cols, Ac
 void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
                                    Activation act, float* scratch, const LaunchTarget& on) {
   const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  if (chunks > 65535) {  // gridDim.y's limit
+    throw Error("activation_backward_bias_grad: " + std::to_string(rows) + " rows is more than " +
+                std::to_string(65535 * kRowsPerChunk) + ", this kernel's limit");
+  }
   const dim3 grid(static_cast<unsigned int>((cols + kColumnsPerBlock - 1) / kColumnsPerBlock),
                   static_cast<unsigned int>(chunks));
   launch(on, activation_backward_partial_sums_kernel, grid, dim3(kColumnsPerBlock, kRowLanes), 0, dy,

@@ -42,6 +42,9 @@ __global__ void binarize_kernel(const uint8_t* __restrict__ images,
 void binarize(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows,
               int cols, uint64_t uniform_base, RandomKey key, float* x, const LaunchTarget& on) {
   const size_t count = static_cast<size_t>(rows) * cols;
+  if (count > 0xffffffffu) {  // the kernel's 32-bit row and column arithmetic
+    throw Error("binarize: a batch of " + std::to_string(count) + " pixels is more than 2^32 - 1");
+  }
   launch(on, binarize_kernel, blocks_for(count / 4 + 1), kThreads, 0, images, order, first_position,
          rows, cols, uniform_base, key, x);
 }

@@ -139,8 +139,10 @@ CUVAE_VECTORIZED_ROW void reparameterize_kl_backward_row(
     float* __restrict dlog_std) {
 #pragma omp simd
   for (int j = 0; j < latent; ++j) {
-    reparameterize_kl_backward(dz[j], mean[j], log_std[j], eps[j], kl_scale, &dmean[j],
-                               &dlog_std[j]);
+    float dm, dls;  // locals, then stores: GCC 12 does not if-convert stores through the pointers
+    reparameterize_kl_backward(dz[j], mean[j], log_std[j], eps[j], kl_scale, &dm, &dls);
+    dmean[j] = dm;
+    dlog_std[j] = dls;
   }
 }
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "cuvae/hd.h"
+#include "cuvae/vae_math.h"
 
 namespace cuvae {
 
@@ -86,15 +87,17 @@ CUVAE_HD float uniform_open_zero_from_bits(uint32_t bits) {
 
 // Four standard normals from one block by Box-Muller:
 // r = sqrt(-2 log u1), z0 = r cos(2 pi u2), z1 = r sin(2 pi u2), twice.
+// log and sin/cos are vae_math.h's: branch-free polynomials on the host (so
+// that fill_normal's loop vectorizes), logf and sincospif on the device.
 CUVAE_HD void normals_from_block(const Philox4& block, float out[4]) {
-  constexpr float kTwoPi = 6.28318530717958647692f;
   for (int pair = 0; pair < 2; ++pair) {
     const float u1 = uniform_open_zero_from_bits(block.v[2 * pair]);
     const float u2 = uniform_from_bits(block.v[2 * pair + 1]);
-    const float r = sqrtf(-2.0f * logf(u1));
-    const float theta = kTwoPi * u2;
-    out[2 * pair] = r * cosf(theta);
-    out[2 * pair + 1] = r * sinf(theta);
+    const float r = sqrtf(-2.0f * log_positive(u1));
+    float sine, cosine;
+    sincos_turns(u2, &sine, &cosine);
+    out[2 * pair] = r * cosine;
+    out[2 * pair + 1] = r * sine;
   }
 }
 

@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuvae/backend.h"
@@ -82,9 +83,12 @@ class StepGraph final : public StepRecording {
   cudaGraphExec_t exec_ = nullptr;
 };
 
-// Serializes trivially copyable values into a call's key.
+// Serializes values into a call's key. Scalars and pointers only: a struct's
+// padding bytes would make equal calls compare unequal.
 template <typename... Values>
 std::vector<unsigned char> call_key(const Values&... values) {
+  static_assert(((std::is_arithmetic_v<Values> || std::is_pointer_v<Values>) && ...),
+                "call_key takes scalars and pointers (no padding bytes)");
   std::vector<unsigned char> key((sizeof(Values) + ... + 0));
   size_t at = 0;
   ((std::memcpy(key.data() + at, &values, sizeof(Values)), at += sizeof(Values)), ...);

@@ -78,39 +78,51 @@ CUVAE_HD float exp_nonpositive(float x) { return exp_clamped(x); }
 // |x| < 1/2 (truncation error < 3e-10 relative), else expm1(x) - x, which
 // loses no more than a factor 2.5 of expm1's error there.
 CUVAE_HD float expm1_minus_identity(float x) {
+#if defined(__CUDA_ARCH__)
+  const float s = x;
+#else
+  // The series is used only for |x| < 1/2; clamped there, it stays finite for
+  // any x, which the blend below needs (0 * inf would be NaN).
+  const float s = x < -0.5f ? -0.5f : (x > 0.5f ? 0.5f : x);
+#endif
   float p = 1.0f / 362880.0f;
-  p = p * x + 1.0f / 40320.0f;
-  p = p * x + 1.0f / 5040.0f;
-  p = p * x + 1.0f / 720.0f;
-  p = p * x + 1.0f / 120.0f;
-  p = p * x + 1.0f / 24.0f;
-  p = p * x + 1.0f / 6.0f;
-  p = p * x + 0.5f;
-  const float series = p * x * x;
+  p = p * s + 1.0f / 40320.0f;
+  p = p * s + 1.0f / 5040.0f;
+  p = p * s + 1.0f / 720.0f;
+  p = p * s + 1.0f / 120.0f;
+  p = p * s + 1.0f / 24.0f;
+  p = p * s + 1.0f / 6.0f;
+  p = p * s + 0.5f;
+  const float series = p * s * s;
 #if defined(__CUDA_ARCH__)
   const float direct = expm1f(fminf(x, 88.3762f)) - x;  // clamped as on the host
+  return fabsf(x) < 0.5f ? series : direct;
 #else
   const float direct = (exp_clamped(x) - 1.0f) - x;
+  // An arithmetic blend with weights 0 and 1 (exact), not `?:`: GCC 12 turns
+  // a select between this polynomial and exp_clamped into a branch, and a
+  // loop with a branch does not vectorize ("control flow in loop").
+  const float small = fabsf(x) < 0.5f ? 1.0f : 0.0f;
+  return small * series + (1.0f - small) * direct;
 #endif
-  return fabsf(x) < 0.5f ? series : direct;
 }
 
 // expm1(x) = exp(x) - 1, accurate near 0 (through the series above).
 CUVAE_HD float expm1_accurate(float x) { return x + expm1_minus_identity(x); }
 
-// log1p(e) for e in [0, 1]. log(u) with u = 1 + e rounded, times the
-// correction e / (u - 1), which restores the bits of e lost in rounding u
-// (D. Goldberg, "What every computer scientist should know about
-// floating-point arithmetic", 1991, theorem 4); log1p(e) = e when u == 1.
-CUVAE_HD float log1p_unit(float e) {
+// log(u) for a normal float u > 0 (Cephes' logf: u = 2^k m, m in
+// [sqrt(1/2), sqrt(2)), log(m) by a polynomial in m - 1; branch-free so that
+// loops over it vectorize). On the device, logf.
+CUVAE_HD float log_positive(float u) {
 #if defined(__CUDA_ARCH__)
-  return log1pf(e);
+  return logf(u);
 #else
-  const float u = 1.0f + e;
-  // log(u) = k ln2 + log(m), m = u or u/2 in [sqrt(1/2), sqrt(2)).
-  const bool halve = u > 1.41421356237f;
-  const float m = halve ? 0.5f * u : u;
-  const float k = halve ? 1.0f : 0.0f;
+  uint32_t bits;
+  memcpy(&bits, &u, sizeof bits);
+  const float mantissa = detail::float_from_bits((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  const bool halve = mantissa > 1.41421356237f;
+  const float m = halve ? 0.5f * mantissa : mantissa;
+  const float k = static_cast<float>(static_cast<int>((bits >> 23) & 0xffu) - 127 + (halve ? 1 : 0));
   const float x = m - 1.0f;
   const float z = x * x;
   float p = 7.0376836292e-2f;
@@ -123,11 +135,49 @@ CUVAE_HD float log1p_unit(float e) {
   p = p * x - 2.4999993993e-1f;
   p = p * x + 3.3333331174e-1f;
   float y = x * z * p;
-  y += k * -2.12194440e-4f;
+  y += k * -2.12194440e-4f;  // ln2 in two parts, as in exp_clamped
   y += -0.5f * z;
-  const float log_u = (x + y) + k * 0.693359375f;
+  return (x + y) + k * 0.693359375f;
+#endif
+}
+
+// log1p(e) for e in [0, 1]. log(u) with u = 1 + e rounded, times the
+// correction e / (u - 1), which restores the bits of e lost in rounding u
+// (D. Goldberg, "What every computer scientist should know about
+// floating-point arithmetic", 1991, theorem 4); log1p(e) = e when u == 1.
+CUVAE_HD float log1p_unit(float e) {
+#if defined(__CUDA_ARCH__)
+  return log1pf(e);
+#else
+  const float u = 1.0f + e;
   const float correction = e / (u - 1.0f);  // inf or nan when u == 1: not selected then
-  return u == 1.0f ? e : log_u * correction;
+  return u == 1.0f ? e : log_positive(u) * correction;
+#endif
+}
+
+// sin(2 pi t) and cos(2 pi t) for t in [0, 1) (Box-Muller's angle, in
+// turns): 4t = q + f with q an integer and |f| <= 1/2, both exact, so the
+// angle is q quarter turns plus a = f pi/2 in [-pi/4, pi/4], where Cephes'
+// sinf and cosf polynomials hold to about an ulp; then rotate by q quarter
+// turns. Branch-free, so loops over it vectorize. On the device, sinf and
+// cosf of 2 pi t (as verified on a GPU; sincospif would be more exact).
+CUVAE_HD void sincos_turns(float t, float* sine, float* cosine) {
+#if defined(__CUDA_ARCH__)
+  const float theta = 6.28318530717958647692f * t;
+  *sine = sinf(theta);
+  *cosine = cosf(theta);
+#else
+  const float four_t = 4.0f * t;
+  const int q = static_cast<int>(four_t + 0.5f);
+  const float a = (four_t - static_cast<float>(q)) * 1.57079632679489662f;
+  const float z = a * a;
+  const float sa = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * a + a;
+  const float ca =
+      ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
+      0.5f * z + 1.0f;
+  const int quarter = q & 3;
+  *cosine = quarter == 0 ? ca : quarter == 1 ? -sa : quarter == 2 ? -ca : sa;
+  *sine = quarter == 0 ? sa : quarter == 1 ? ca : quarter == 2 ? -sa : -ca;
 #endif
 }
 

@@ -91,6 +91,9 @@ class CudaBackend final : public Backend {
   }
 
   void* allocate(size_t bytes) override {
+    // A step's graph runs after the step's calls return: memory allocated or
+    // freed inside them would be gone (or not yet there) when the graph runs.
+    not_in_a_step("allocate");
     void* p = nullptr;
     const cudaError_t status = cudaMalloc(&p, bytes);
     if (status != cudaSuccess) {
@@ -104,7 +107,10 @@ class CudaBackend final : public Backend {
     }
     return p;
   }
-  void deallocate(void* pointer) override { cudaFree(pointer); }
+  void deallocate(void* pointer) override {
+    not_in_a_step("deallocate");
+    cudaFree(pointer);
+  }
 
   void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
     not_in_a_step("copy_to_device");
@@ -258,8 +264,8 @@ class CudaBackend final : public Backend {
       graph->warmed_up = true;
       return;
     }
-    graph_ = graph;
     graph->begin_capture(compute_);
+    graph_ = graph;  // only once capturing: a failed begin leaves the backend as it was
     try {
       step();
     } catch (...) {

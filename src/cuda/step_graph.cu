@@ -22,7 +22,14 @@ void StepGraph::begin_capture(cudaStream_t stream) {
 void StepGraph::end_capture(cudaStream_t stream) {
   capturing_ = false;
   CUVAE_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
-  CUVAE_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+  const cudaError_t status = cudaGraphInstantiate(&exec_, graph_, 0);
+  if (status != cudaSuccess) {
+    cudaGraphDestroy(graph_);  // a later capture starts clean
+    graph_ = nullptr;
+    exec_ = nullptr;
+    calls_.clear();
+    CUVAE_CUDA_CHECK(status);
+  }
 }
 
 void StepGraph::abort_capture(cudaStream_t stream) noexcept {
