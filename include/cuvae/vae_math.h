@@ -110,19 +110,11 @@ CUVAE_HD float expm1_minus_identity(float x) {
 // expm1(x) = exp(x) - 1, accurate near 0 (through the series above).
 CUVAE_HD float expm1_accurate(float x) { return x + expm1_minus_identity(x); }
 
-// log(u) for a normal float u > 0 (Cephes' logf: u = 2^k m, m in
-// [sqrt(1/2), sqrt(2)), log(m) by a polynomial in m - 1; branch-free so that
-// loops over it vectorize). On the device, logf.
-CUVAE_HD float log_positive(float u) {
-#if defined(__CUDA_ARCH__)
-  return logf(u);
-#else
-  uint32_t bits;
-  memcpy(&bits, &u, sizeof bits);
-  const float mantissa = detail::float_from_bits((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
-  const bool halve = mantissa > 1.41421356237f;
-  const float m = halve ? 0.5f * mantissa : mantissa;
-  const float k = static_cast<float>(static_cast<int>((bits >> 23) & 0xffu) - 127 + (halve ? 1 : 0));
+namespace detail {
+
+// log(2^k m) for m in [sqrt(1/2), sqrt(2)): Cephes' logf polynomial in
+// x = m - 1, with ln2 in two parts (as in exp_clamped). Host only.
+inline float log_reduced(float m, float k) {
   const float x = m - 1.0f;
   const float z = x * x;
   float p = 7.0376836292e-2f;
@@ -135,9 +127,26 @@ CUVAE_HD float log_positive(float u) {
   p = p * x - 2.4999993993e-1f;
   p = p * x + 3.3333331174e-1f;
   float y = x * z * p;
-  y += k * -2.12194440e-4f;  // ln2 in two parts, as in exp_clamped
+  y += k * -2.12194440e-4f;
   y += -0.5f * z;
   return (x + y) + k * 0.693359375f;
+}
+
+}  // namespace detail
+
+// log(u) for a normal float u > 0: u = 2^k m with m in [sqrt(1/2), sqrt(2))
+// read off u's bits, then detail::log_reduced; branch-free, so loops over it
+// vectorize. On the device, logf.
+CUVAE_HD float log_positive(float u) {
+#if defined(__CUDA_ARCH__)
+  return logf(u);
+#else
+  uint32_t bits;
+  memcpy(&bits, &u, sizeof bits);
+  const float mantissa = detail::float_from_bits((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  const bool halve = mantissa > 1.41421356237f;
+  const float k = static_cast<float>(static_cast<int>((bits >> 23) & 0xffu) - 127 + (halve ? 1 : 0));
+  return detail::log_reduced(halve ? 0.5f * mantissa : mantissa, k);
 #endif
 }
 
@@ -150,8 +159,11 @@ CUVAE_HD float log1p_unit(float e) {
   return log1pf(e);
 #else
   const float u = 1.0f + e;
+  // u in [1, 2]: m = u or u/2, no need to read the exponent's bits.
+  const bool halve = u > 1.41421356237f;
+  const float log_u = detail::log_reduced(halve ? 0.5f * u : u, halve ? 1.0f : 0.0f);
   const float correction = e / (u - 1.0f);  // inf or nan when u == 1: not selected then
-  return u == 1.0f ? e : log_positive(u) * correction;
+  return u == 1.0f ? e : log_u * correction;
 #endif
 }
 
