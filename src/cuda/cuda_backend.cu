@@ -245,15 +245,11 @@ class CudaBackend final : public Backend {
       return;
     }
     if (graph->instantiated()) {
-      graph_ = graph;
       graph->begin_replay();
-      try {
+      {
+        const ActiveStep active(graph_, graph);
         step();
-      } catch (...) {
-        graph_ = nullptr;
-        throw;
       }
-      graph_ = nullptr;
       graph->end_replay(compute_);
       return;
     }
@@ -264,16 +260,14 @@ class CudaBackend final : public Backend {
       graph->warmed_up = true;
       return;
     }
-    graph->begin_capture(compute_);
-    graph_ = graph;  // only once capturing: a failed begin leaves the backend as it was
+    graph->begin_capture(compute_);  // before ActiveStep: a failed begin leaves graph_ unset
     try {
+      const ActiveStep active(graph_, graph);
       step();
     } catch (...) {
-      graph_ = nullptr;
       graph->abort_capture(compute_);
       throw;
     }
-    graph_ = nullptr;
     graph->end_capture(compute_);
     graph->launch(compute_);  // the capture recorded the step; now run it
   }
@@ -295,6 +289,19 @@ class CudaBackend final : public Backend {
   };
 
   static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
+  // graph_ names the step being captured or replayed for exactly as long as
+  // the step's calls run, exceptions included.
+  class ActiveStep {
+   public:
+    ActiveStep(StepGraph*& slot, StepGraph* graph) : slot_(slot) { slot_ = graph; }
+    ~ActiveStep() { slot_ = nullptr; }
+    ActiveStep(const ActiveStep&) = delete;
+    ActiveStep& operator=(const ActiveStep&) = delete;
+
+   private:
+    StepGraph*& slot_;
+  };
 
   kernels::LaunchTarget target() const { return {compute_, graph_}; }
   // Calls that wait for the host cannot be part of a CUDA Graph step.
