@@ -9,6 +9,22 @@
 
 namespace cuvae {
 
+void Backend::dense_forward(const float* x, const float* w, const float* b, int rows, int in,
+                            int out, Activation act, float* y, void* mask) {
+  (void)mask;  // the unfused layer reads its own output in the backward pass
+  gemm(false, false, rows, out, in, 1.0f, x, in, w, out, 0.0f, y, out);
+  bias_activation_forward(y, b, rows, out, act);
+}
+
+void Backend::dense_backward_input(const float* da, const float* w, int rows, int in, int out,
+                                   const float* x, const void* x_mask, Activation x_act,
+                                   float* dx, float* x_dbias) {
+  (void)x_mask;
+  // dx = da W^T (rows x out times out x in).
+  gemm(false, true, rows, in, out, 1.0f, da, out, w, out, 0.0f, dx, in);
+  activation_backward_bias_grad(dx, x, x_dbias, rows, in, x_act);
+}
+
 bool cuda_available(std::string* why_not) {
 #if CUVAE_HAVE_CUDA
   return cuda_device_present(why_not);

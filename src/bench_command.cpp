@@ -190,9 +190,11 @@ int run_bench_command(const BenchOptions& o) {
   for (const std::string& device : devices) {
     std::unique_ptr<Backend> backend = make_backend(device);
     const bool tf32 = o.tf32 && backend->set_tf32(true);
+    const bool epilogues = o.gemm_epilogues && backend->set_gemm_epilogues(true);
     const double peak = square_sgemm_gflops(*backend);
     std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
-    std::printf("%s GEMMs%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
+    std::printf("%s GEMMs%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
+                epilogues ? " with cuBLASLt epilogues" : "",
                 device == "cuda" ? (o.cuda_graph ? "; step replayed as a CUDA Graph" : "; step launched call by call") : "",
                 peak);
     std::printf("%6s %12s %9s %9s %9s %7s %13s %10s %7s %9s %10s\n", "batch", "samples/s", "step ms", "gemm ms",
@@ -210,6 +212,7 @@ int run_bench_command(const BenchOptions& o) {
                   r.samples_per_s, r.step_ms, r.gemm_ms, r.other_ms, 100.0 * r.other_ms / profiled,
                   r.gemm_alone_ms, r.gemm_gflops, rest_text, floor_ms, r.step_ms / floor_ms);
       std::fflush(stdout);
+      const DenseFusionCounts fusion = backend->dense_fusion_counts();
       json["results"].push_back({{"device", device},
                                  {"description", backend->description()},
                                  {"batch", r.batch},
@@ -223,12 +226,21 @@ int run_bench_command(const BenchOptions& o) {
                                  {"rest_share", rest},
                                  {"square_sgemm_gflops", peak},
                                  {"tf32", tf32},
+                                 {"gemm_epilogues", epilogues},
                                  {"cuda_graph", device == "cuda" && o.cuda_graph},
-                                 {"profiled_op_ms", r.op_ms}});
+                                 {"profiled_op_ms", r.op_ms},
+                                 {"dense_calls_fused", fusion.fused},
+                                 {"dense_calls_unfused", fusion.unfused}});
+    }
+    if (epilogues) {
+      const DenseFusionCounts fusion = backend->dense_fusion_counts();
+      std::printf("cuBLASLt epilogues: %ld dense-layer calls fused, %ld left to the unfused path\n",
+                  fusion.fused, fusion.unfused);
     }
   }
   std::printf("\nsamples/s: median training throughput; gemm/other ms: one step's time in GEMMs and in\n"
-              "everything else, from a profiled run (synchronized around every call, no CUDA Graph);\n"
+              "everything else, from a profiled run (synchronized around every call, no CUDA Graph,\n"
+              "no cuBLASLt epilogues);\n"
               "gemm alone: the step's GEMM shapes replayed without the rest; rest%%: 1 - gemm alone / step,\n"
               "the share of the real (unprofiled) step that is not GEMM time; floor: the step's GEMM\n"
               "FLOPs at the large square SGEMM's rate; step/floor: how far the step is from it.\n");

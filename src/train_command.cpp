@@ -119,14 +119,19 @@ int run_train_command(TrainOptions o) {
     std::cout << "note: --tf32 has no effect on the " << backend->name()
               << " backend; its GEMMs compute in FP32\n";
   }
+  if (o.gemm_epilogues && !backend->set_gemm_epilogues(true)) {
+    std::cout << "note: --gemm-epilogues has no effect on the " << backend->name()
+              << " backend; it has no cuBLASLt\n";
+  }
   TrainerOptions trainer_options;
   trainer_options.data = o.resident_data == "on"    ? TrainerOptions::DataPlacement::kResident
                          : o.resident_data == "off" ? TrainerOptions::DataPlacement::kStreamed
                                                     : TrainerOptions::DataPlacement::kAuto;
   trainer_options.step_graph = o.cuda_graph;
   Trainer trainer(*backend, config, train.images, trainer_options);
-  std::cout << "step: " << trainer.describe_step() << (o.tf32 && backend->name() == "cuda" ? "; TF32 GEMMs" : "")
-            << "\n";
+  const bool cuda = backend->name() == "cuda";
+  std::cout << "step: " << trainer.describe_step() << (o.tf32 && cuda ? "; TF32 GEMMs" : "")
+            << (o.gemm_epilogues && cuda ? "; cuBLASLt epilogues" : "") << "\n";
   VaeModel& model = trainer.model();
   std::string metrics;
   if (resuming) {

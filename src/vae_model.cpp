@@ -131,6 +131,9 @@ Mlp::Mlp(Backend& backend, std::vector<DenseLayer> layers, int max_rows)
   int max_width = 0;
   for (const DenseLayer& layer : layers_) {
     outputs_.emplace_back(backend_, static_cast<size_t>(max_rows) * layer.out);
+    masks_.emplace_back(backend_, layer.activation == Activation::kRelu
+                                      ? backend_.activation_mask_bytes(max_rows, layer.out)
+                                      : 0);
     max_width = std::max({max_width, layer.in, layer.out});
   }
   for (DeviceArray<float>& buffer : scratch_) {
@@ -143,11 +146,9 @@ float* Mlp::forward(const float* params, const float* input, int rows) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     const DenseLayer& layer = layers_[i];
     float* y = outputs_[i].get();
-    // y = x W (B x in times in x out), then y = act(y + b).
-    backend_.gemm(false, false, rows, layer.out, layer.in, 1.0f, x, layer.in,
-                  params + layer.weight_offset, layer.out, 0.0f, y, layer.out);
-    backend_.bias_activation_forward(y, params + layer.bias_offset, rows, layer.out,
-                                     layer.activation);
+    // y = act(x W + b): B x in times in x out.
+    backend_.dense_forward(x, params + layer.weight_offset, params + layer.bias_offset, rows,
+                           layer.in, layer.out, layer.activation, y, masks_[i].get());
     x = y;
   }
   return outputs_.back().get();
@@ -155,23 +156,34 @@ float* Mlp::forward(const float* params, const float* input, int rows) {
 
 void Mlp::backward(const float* params, float* grads, const float* input, float* d_output,
                    int rows, float* d_input) {
-  float* dy = d_output;
+  // The top layer: dA = dY * act'(Y); db = column sums of dA. Below it each
+  // layer's dA and db come with the dX of the layer above
+  // (dense_backward_input).
+  const DenseLayer& top = layers_.back();
+  backend_.activation_backward_bias_grad(d_output, outputs_.back().get(), grads + top.bias_offset,
+                                         rows, top.out, top.activation);
+  float* da = d_output;
   for (size_t i = layers_.size(); i-- > 0;) {
     const DenseLayer& layer = layers_[i];
+    const float* w = params + layer.weight_offset;
     const float* x = i == 0 ? input : outputs_[i - 1].get();
-    // dA = dY * act'(Y); db = column sums of dA.
-    backend_.activation_backward_bias_grad(dy, outputs_[i].get(), grads + layer.bias_offset, rows,
-                                           layer.out, layer.activation);
     // dW = X^T dA (in x out).
-    backend_.gemm(true, false, layer.in, layer.out, rows, 1.0f, x, layer.in, dy, layer.out, 0.0f,
+    backend_.gemm(true, false, layer.in, layer.out, rows, 1.0f, x, layer.in, da, layer.out, 0.0f,
                   grads + layer.weight_offset, layer.out);
-    // dX = dA W^T (B x in), into the scratch buffer dy is not in.
-    float* dx = i == 0 ? d_input : (dy == scratch_[0].get() ? scratch_[1].get() : scratch_[0].get());
-    if (dx != nullptr) {
-      backend_.gemm(false, true, rows, layer.in, layer.out, 1.0f, dy, layer.out,
-                    params + layer.weight_offset, layer.out, 0.0f, dx, layer.in);
+    if (i == 0) {
+      // dX = dA W^T (B x in): the network's input has no activation or bias.
+      if (d_input != nullptr) {
+        backend_.gemm(false, true, rows, layer.in, layer.out, 1.0f, da, layer.out, w, layer.out,
+                      0.0f, d_input, layer.in);
+      }
+      break;
     }
-    dy = dx;
+    // The layer below's dA, into the scratch buffer da is not in.
+    float* da_below = da == scratch_[0].get() ? scratch_[1].get() : scratch_[0].get();
+    const DenseLayer& below = layers_[i - 1];
+    backend_.dense_backward_input(da, w, rows, layer.in, layer.out, x, masks_[i - 1].get(),
+                                  below.activation, da_below, grads + below.bias_offset);
+    da = da_below;
   }
 }
 

@@ -280,6 +280,7 @@ TEST(CliTrain, StepOptionsAreAcceptedAndSaidOnTheStepLine) {
                               dir.path());
   std::vector<std::string> args = train_args(shared().data, dir / "out2", {{"--device", "cpu"}});
   args.push_back("--tf32");
+  args.push_back("--gemm-epilogues");
   args.push_back("--no-cuda-graph");
   const RunResult tf32 = run_vae(args, dir.path());
   expect_success(r);
@@ -287,6 +288,7 @@ TEST(CliTrain, StepOptionsAreAcceptedAndSaidOnTheStepLine) {
   EXPECT_TRUE(contains(r.out, "step: training images streamed batch by batch")) << r.out;
   EXPECT_TRUE(contains(tf32.out, "step: training images resident in cpu memory")) << tf32.out;
   EXPECT_TRUE(contains(tf32.out, "note: --tf32 has no effect on the cpu backend")) << tf32.out;
+  EXPECT_TRUE(contains(tf32.out, "note: --gemm-epilogues has no effect on the cpu backend")) << tf32.out;
   expect_one_line_error(run_vae(train_args(shared().data, dir / "out3", {{"--resident-data", "maybe"}}),
                                 dir.path()),
                         {"--resident-data"}, {"maybe", "not in", "auto"});

@@ -48,8 +48,10 @@ void expect_tensor_close(const std::vector<float>& cuda, const std::vector<float
   std::printf("  %-28s worst |cuda - cpu| %.3g = %.3f of tolerance\n", what.c_str(), worst, worst / tolerance);
 }
 
-TEST(CudaVsCpu, ForwardGradientsAndOneAdamStep) {
-  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+// The model on the CPU and on `cuda` (as configured by the caller) on the
+// same parameters, inputs and noise: forward values within 1e-4, gradients
+// within 1e-3, one Adam step.
+void expect_forward_gradients_and_adam_step_match(Backend* cuda) {
   std::unique_ptr<Backend> cpu = make_cpu_backend();
   const Architecture arch;  // the seed's
   const int rows = 200;
@@ -92,6 +94,25 @@ TEST(CudaVsCpu, ForwardGradientsAndOneAdamStep) {
   EXPECT_LE(flipped, pa.size() / 1000) << "parameters whose first Adam step differs";
 }
 
+TEST(CudaVsCpu, ForwardGradientsAndOneAdamStep) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  expect_forward_gradients_and_adam_step_match(cuda.get());
+}
+
+// --gemm-epilogues: the same FP32 products and sums in another order (the
+// bias inside the GEMM's accumulator, the bias gradient reduced by
+// cuBLASLt), so the same tolerances; and every dense-layer call fused.
+TEST(CudaVsCpu, GemmEpiloguesWithinTheFp32Tolerances) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  ASSERT_TRUE(cuda->set_gemm_epilogues(true));
+  expect_forward_gradients_and_adam_step_match(cuda.get());
+  const DenseFusionCounts counts = cuda->dense_fusion_counts();
+  std::printf("  %ld dense-layer calls fused by cuBLASLt, %ld not\n", counts.fused, counts.unfused);
+  // 6 layers forward, 4 ReLU inputs backward.
+  EXPECT_EQ(counts.fused, 10);
+  EXPECT_EQ(counts.unfused, 0);
+}
+
 // --tf32: the GEMM inputs are rounded to 10-bit mantissas (relative 2^-11,
 // ~5e-4, per operand), so a length-784 dot product of mixed-sign terms is off
 // by a few 1e-4 of its terms' scale, and more after three layers: forward
@@ -123,8 +144,9 @@ TEST(CudaVsCpu, Tf32ForwardWithinItsLooserTolerance) {
   EXPECT_NE(logits[1], logits[2]) << "--tf32 changed nothing: are the GEMMs really using TF32?";
 }
 
-TEST(CudaVsCpu, FiftyTrainingStepsStayTogether) {
-  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+// 50 steps from the same start on the CPU and on `cuda` (as configured by
+// the caller, with its CUDA Graph): the trajectories stay together.
+void expect_fifty_training_steps_together(Backend* cuda) {
   std::unique_ptr<Backend> cpu = make_cpu_backend();
   IdxImages images;
   images.count = 1000;
@@ -152,6 +174,18 @@ TEST(CudaVsCpu, FiftyTrainingStepsStayTogether) {
   std::printf("  ELBO cpu %.4f cuda %.4f; |p_cuda - p_cpu| / |p_cpu - p_0| = %.4f\n", elbo_a, elbo_b,
               std::sqrt(diff / moved));
   EXPECT_LT(std::sqrt(diff / moved), 0.02);
+}
+
+TEST(CudaVsCpu, FiftyTrainingStepsStayTogether) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  expect_fifty_training_steps_together(cuda.get());
+}
+
+TEST(CudaVsCpu, FiftyTrainingStepsStayTogetherWithGemmEpilogues) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  ASSERT_TRUE(cuda->set_gemm_epilogues(true));
+  expect_fifty_training_steps_together(cuda.get());
+  EXPECT_GT(cuda->dense_fusion_counts().fused, 0);
 }
 
 TEST(CudaVsCpu, SameSeedSameBitsOnTheGpu) {

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cuvae/cpu_backend.h"
 #include "cuvae/idx.h"
@@ -56,13 +58,15 @@ TEST(Determinism, SameSeedGivesBitIdenticalParameters) {
 // the same bits, on every backend.
 TEST(Determinism, DataPlacementAndStepGraphDoNotChangeTheBits) {
   const IdxImages images = synthetic_images(300);
-  for (const std::string device : {"cpu", "cuda"}) {
+  for (const auto& [device, epilogues] : std::vector<std::pair<std::string, bool>>{
+           {"cpu", false}, {"cuda", false}, {"cuda", true}}) {
     std::string why_not;
     if (device == "cuda" && !cuda_available(&why_not)) {
       std::printf("  cuda: skipped (%s)\n", why_not.c_str());
       continue;
     }
     std::unique_ptr<Backend> backend = make_backend(device);
+    ASSERT_TRUE(backend->set_gemm_epilogues(epilogues));
     for (const bool shuffle : {false, true}) {
       TrainConfig config;
       config.arch.hidden = {32};

@@ -6,8 +6,9 @@
 #   tools/gpu_session.sh STEP...      STEP: tests sanitize train bench kernels torch compare ncu
 #
 # Environment: SANITIZE_TOOLS, SANITIZE_FILTER, SANITIZE_TIMEOUT, TRAIN_DEVICES,
-# TRAIN_SEEDS, TORCH_BATCHES, TORCH_MODES, BENCH_DEVICE, NCU_BATCHES, TESTS_TIMEOUT shape
-# the steps to fit a call.
+# TRAIN_SEEDS, TRAIN_FLAGS (extra `vae train` flags for train and ncu, e.g.
+# --gemm-epilogues), TORCH_BATCHES, TORCH_MODES, BENCH_DEVICE, NCU_BATCHES,
+# TESTS_TIMEOUT shape the steps to fit a call.
 #
 # The device machine has nvcc, cuBLAS, PyTorch and ncu but none of Debian's
 # libraries, and reaches no network. So the binaries are built here (the
@@ -42,6 +43,8 @@ export CUVAE_MNIST_DIR="$root/data/mnist"
 export PYTHONUNBUFFERED=1
 
 step() { echo; echo "=== $* ($(date -u '+%H:%M:%S'))"; }
+# "--tf32 --gemm-epilogues" -> vae_bench-tf32-gemm-epilogues ("" -> vae_bench)
+bench_name() { local v="${1//--/}"; v="${v// /-}"; echo "vae_bench${v:+-$v}"; }
 TORCH_BATCHES="${TORCH_BATCHES:-200 1000 4096}"
 run_torch() {
   for b in $TORCH_BATCHES; do
@@ -76,8 +79,8 @@ for s in "$@"; do
     train)
       for dev in ${TRAIN_DEVICES:-cuda}; do
         for seed in ${TRAIN_SEEDS:-0}; do
-          step "30 epochs, seed $seed, --device $dev"
-          build-gpu/vae train --device "$dev" --data data/mnist --out "$work/train-$dev-$seed" --epochs 30 --seed "$seed" \
+          step "30 epochs, seed $seed, --device $dev ${TRAIN_FLAGS:-}"
+          build-gpu/vae train --device "$dev" --data data/mnist --out "$work/train-$dev-$seed" --epochs 30 --seed "$seed" ${TRAIN_FLAGS:-} \
             | tee "$work/train-$dev-$seed.log" | grep -v '^epoch  *\([2-9]\|1[0-9]\|2[0-4]\)/'
           build-gpu/vae eval --device "$dev" --model "$work/train-$dev-$seed/model.safetensors" --data data/mnist --k 100 \
             | tee "$work/eval-$dev-$seed.log"
@@ -85,10 +88,10 @@ for s in "$@"; do
       done
       ;;
     bench)
-      for variant in "" --no-cuda-graph --tf32; do
+      for variant in "" --no-cuda-graph --tf32 --gemm-epilogues "--tf32 --gemm-epilogues"; do
         step "vae bench --device ${BENCH_DEVICE:-all} $variant: end-to-end samples/s"
         build-gpu/vae bench --device "${BENCH_DEVICE:-all}" --data data/mnist --batch-sizes 200,1000,4096 $variant \
-          --json "$work/vae_bench${variant:+-${variant#--}}.json" | tee "$work/vae_bench${variant:+-${variant#--}}.txt"
+          --json "$work/$(bench_name "$variant").json" | tee "$work/$(bench_name "$variant").txt"
       done
       ;;
     kernels)
@@ -101,10 +104,10 @@ for s in "$@"; do
       # PyTorch (eager and torch.compile) and cuvae on the same GPU in one
       # call: throughput ratios at each batch size.
       run_torch
-      for variant in "" --no-cuda-graph --tf32; do
+      for variant in "" --no-cuda-graph --tf32 --gemm-epilogues; do
         step "vae bench --device cuda $variant"
         build-gpu/vae bench --device cuda --data data/mnist --batch-sizes "${TORCH_BATCHES// /,}" $variant \
-          --json "$work/vae_bench${variant:+-${variant#--}}.json" | tee "$work/vae_bench${variant:+-${variant#--}}.txt"
+          --json "$work/$(bench_name "$variant").json" | tee "$work/$(bench_name "$variant").txt"
       done
       step "throughput, same GPU, same call (PyTorch: median of epochs 2-4; cuvae: median of 5 x 30 steps)"
       python3 - "$work" ${TORCH_BATCHES} <<'PY' | tee "$work/compare.txt"
@@ -115,11 +118,11 @@ def ours(variant, batch):
     return next(r["samples_per_s"] for r in json.load(open(path))["results"] if r["batch"] == int(batch))
 def theirs(mode, batch):
     return statistics.median(e["samples_per_s"] for e in json.load(open(f"{work}/torch-{batch}-{mode}.json"))["epochs"][1:])
-print(f"{'batch':>6} {'torch eager':>12} {'torch.compile':>14} {'cuvae':>12} {'no graph':>12} {'tf32':>12} {'vs eager':>9} {'vs compile':>11}")
+print(f"{'batch':>6} {'torch eager':>12} {'torch.compile':>14} {'cuvae':>12} {'no graph':>12} {'tf32':>12} {'epilogues':>12} {'vs eager':>9} {'vs compile':>11}")
 for b in batches:
     e, c = theirs("eager", b), theirs("compile", b)
-    g, n, t = ours("", b), ours("-no-cuda-graph", b), ours("-tf32", b)
-    print(f"{b:>6} {e:12,.0f} {c:14,.0f} {g:12,.0f} {n:12,.0f} {t:12,.0f} {g / e:8.1f}x {g / c:10.1f}x")
+    g, n, t, l = ours("", b), ours("-no-cuda-graph", b), ours("-tf32", b), ours("-gemm-epilogues", b)
+    print(f"{b:>6} {e:12,.0f} {c:14,.0f} {g:12,.0f} {n:12,.0f} {t:12,.0f} {l:12,.0f} {g / e:8.1f}x {g / c:10.1f}x")
 PY
       ;;
     ncu)
@@ -128,7 +131,7 @@ PY
         timeout 240 ncu --clock-control none --launch-skip 400 --launch-count 80 --csv --page raw \
           --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed \
           --log-file "$work/ncu-$b.csv" \
-          build-gpu/vae train --device cuda --data data/mnist --out "$work/ncu-train-$b" --max-steps 40 --batch-size "$b" \
+          build-gpu/vae train --device cuda --data data/mnist --out "$work/ncu-train-$b" --max-steps 40 --batch-size "$b" ${TRAIN_FLAGS:-} \
           > "$work/ncu-$b.out" 2>&1
         echo "ncu batch $b exit: $?"
         python3 tools/ncu_summary.py "$work/ncu-$b.csv" || tail -5 "$work/ncu-$b.out"

@@ -30,6 +30,13 @@ class StepRecording {
   virtual ~StepRecording() = default;
 };
 
+// How many dense-layer calls (dense_forward, dense_backward_input) a backend
+// ran as one fused GEMM, and how many as a GEMM and a separate pass.
+struct DenseFusionCounts {
+  long fused = 0;
+  long unfused = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -59,6 +66,29 @@ class Backend {
   // dbias[c] = sum_r dy[r][c]: the layer's backward epilogue.
   virtual void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows,
                                              int cols, Activation act) = 0;
+
+  // ---- whole dense layers (what the model calls; a backend may fuse them)
+  // y = act(x W + b): x is rows x in, W in x out, y rows x out. `mask` is
+  // activation_mask_bytes(rows, out) bytes of backend memory (null when
+  // that is 0) where a backend may keep what the layer's backward needs of
+  // the activation. By default: gemm, then bias_activation_forward.
+  virtual void dense_forward(const float* x, const float* w, const float* b, int rows, int in,
+                             int out, Activation act, float* y, void* mask);
+  // The backward pass through a layer's input, given da = dloss/d(x W + b)
+  // (rows x out): dx = (da W^T) * x_act'(x) (rows x in), then x_dbias[c] =
+  // sum_r dx[r][c], where x, with x_mask, is the output of the dense_forward
+  // before it (activation x_act) and x_dbias that layer's bias gradient. By
+  // default: gemm, then activation_backward_bias_grad.
+  virtual void dense_backward_input(const float* da, const float* w, int rows, int in, int out,
+                                    const float* x, const void* x_mask, Activation x_act,
+                                    float* dx, float* x_dbias);
+  // Bytes of a dense layer's activation mask for rows x cols outputs (0 when
+  // the backend keeps none).
+  virtual size_t activation_mask_bytes(int rows, int cols) const {
+    (void)rows;
+    (void)cols;
+    return 0;
+  }
 
   // ---- the VAE's fused operations (per-element math in vae_math.h)
   // x[r][j] = binarize(host_pixels[r][j], u), u = uniform element
@@ -113,6 +143,13 @@ class Backend {
   // TF32 tensor-core math in the GEMMs (the CUDA backend on sm_80 and
   // newer); false if this backend cannot do what is asked.
   virtual bool set_tf32(bool on) { return !on; }
+  // Dense layers as cuBLASLt GEMMs with fused epilogues (bias + ReLU forward,
+  // ReLU gradient + bias gradient backward) where cuBLASLt has them for the
+  // shape (the CUDA backend); false if this backend cannot do what is asked.
+  // Set before the model is made: it changes activation_mask_bytes.
+  virtual bool set_gemm_epilogues(bool on) { return !on; }
+  // Since the backend was made; all zero where set_gemm_epilogues is off.
+  virtual DenseFusionCounts dense_fusion_counts() const { return {}; }
 };
 
 // A typed backend allocation, freed on destruction.
@@ -120,10 +157,11 @@ template <typename T>
 class DeviceArray {
  public:
   DeviceArray() = default;
+  // An empty array holds no allocation: get() is null.
   DeviceArray(Backend& backend, size_t count)
       : backend_(&backend),
         count_(count),
-        data_(static_cast<T*>(backend.allocate(count * sizeof(T)))) {}
+        data_(count == 0 ? nullptr : static_cast<T*>(backend.allocate(count * sizeof(T)))) {}
   ~DeviceArray() { reset(); }
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;

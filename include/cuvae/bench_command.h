@@ -15,6 +15,7 @@ struct BenchOptions {
   int repeats = 5;   // the median is reported
   std::string json;  // also write the results here
   bool tf32 = false;        // TF32 GEMMs on the CUDA backend
+  bool gemm_epilogues = false;  // dense layers with cuBLASLt epilogues (CUDA)
   bool cuda_graph = true;   // replay the step as a CUDA Graph
 };
 

@@ -23,6 +23,7 @@ struct TrainOptions {
   std::string resume;            // a run's output directory, or empty
   // How the steps run (never what they compute, except tf32).
   bool tf32 = false;
+  bool gemm_epilogues = false;  // cuBLASLt epilogues (CUDA); changes summation order
   bool cuda_graph = true;
   std::string resident_data = "auto";  // auto, on, off
 

@@ -81,6 +81,7 @@ class Mlp {
   std::vector<DenseLayer> layers_;
   int max_rows_;
   std::vector<DeviceArray<float>> outputs_;
+  std::vector<DeviceArray<unsigned char>> masks_;  // per layer; empty on most backends
   DeviceArray<float> scratch_[2];
 };
 

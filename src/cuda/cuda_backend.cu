@@ -15,6 +15,7 @@
 #include "cuvae/cuda_backend.h"
 #include "cuvae/cuda_check.h"
 #include "cuvae/kernels.h"
+#include "cuvae/lt_dense.h"
 #include "cuvae/step_graph.h"
 
 namespace cuvae {
@@ -53,6 +54,8 @@ class CudaBackend final : public Backend {
     // never needs to allocate (32 MiB: cuBLAS's recommendation for Hopper).
     workspace_ = allocate(kCublasWorkspaceBytes);
     CUVAE_CUBLAS_CHECK(cublasSetWorkspace(cublas_, workspace_, kCublasWorkspaceBytes));
+    // cuBLASLt shares it: both run on the compute stream, one after another.
+    lt_ = std::make_unique<LtDense>(compute_, workspace_, kCublasWorkspaceBytes);
     for (Staging& s : staging_) {
       CUVAE_CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
       CUVAE_CUDA_CHECK(cudaEventCreateWithFlags(&s.consumed, cudaEventDisableTiming));
@@ -69,6 +72,7 @@ class CudaBackend final : public Backend {
       cudaEventDestroy(s.copied);
       cudaEventDestroy(s.consumed);
     }
+    lt_.reset();
     cublasDestroy(cublas_);
     cudaFree(workspace_);
     cudaFree(bias_scratch_);
@@ -144,6 +148,24 @@ class CudaBackend final : public Backend {
     CUVAE_CUBLAS_CHECK(cublasSgemm(cublas_, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b,
                                    ldb, a, lda, &beta, c, ldc));
+  }
+
+  void dense_forward(const float* x, const float* w, const float* b, int rows, int in, int out,
+                     Activation act, float* y, void* mask) override {
+    if (gemm_epilogues_ && lt_->forward(x, w, b, rows, in, out, act, y, mask, graph_)) return;
+    Backend::dense_forward(x, w, b, rows, in, out, act, y, mask);
+  }
+  void dense_backward_input(const float* da, const float* w, int rows, int in, int out,
+                            const float* x, const void* x_mask, Activation x_act, float* dx,
+                            float* x_dbias) override {
+    if (gemm_epilogues_ && x_act == Activation::kRelu &&
+        lt_->backward_input(da, w, rows, in, out, x_mask, dx, x_dbias, graph_)) {
+      return;
+    }
+    Backend::dense_backward_input(da, w, rows, in, out, x, x_mask, x_act, dx, x_dbias);
+  }
+  size_t activation_mask_bytes(int rows, int cols) const override {
+    return gemm_epilogues_ ? LtDense::mask_bytes(rows, cols) : 0;
   }
 
   void bias_activation_forward(float* y, const float* bias, int rows, int cols,
@@ -276,8 +298,16 @@ class CudaBackend final : public Backend {
     if (on && properties_.major < 8) return false;  // tensor-core TF32 needs sm_80+
     CUVAE_CUBLAS_CHECK(cublasSetMathMode(cublas_, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     tf32_ = on;
+    lt_->set_tf32(on);
     return true;
   }
+  bool set_gemm_epilogues(bool on) override {
+    not_in_a_step("set_gemm_epilogues");
+    lt_->forget_masks();  // a mask from before an off-and-on may be stale
+    gemm_epilogues_ = on;
+    return true;
+  }
+  DenseFusionCounts dense_fusion_counts() const override { return lt_->counts(); }
 
  private:
   struct Staging {
@@ -323,6 +353,8 @@ class CudaBackend final : public Backend {
   size_t bias_scratch_floats_ = 0;
   StepGraph* graph_ = nullptr;  // the step being captured or replayed
   bool tf32_ = false;
+  std::unique_ptr<LtDense> lt_;  // dense layers with cuBLASLt epilogues
+  bool gemm_epilogues_ = false;
 };
 
 }  // namespace
