@@ -241,7 +241,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--data", bench.data, "MNIST directory (generated images when absent)")->capture_default_str();
   bench_cmd->add_option("--device", bench.device, "all (every available backend), cpu or cuda")->check(CLI::IsMember({"all", "cpu", "cuda"}))->capture_default_str();
   bench_cmd->add_option("--batch-sizes", bench_batches, "Batch sizes, comma-separated")->capture_default_str();
-  bench_cmd->add_option("--warmup", bench.warmup_steps, "Warm-up steps, not timed")->check(integer_in(0, 100000))->capture_default_str();
+  bench_cmd->add_option("--warmup", bench.warmup_steps, "Warm-up steps, not timed (a CUDA Graph step's two set-up runs come before them)")->check(integer_in(0, 100000))->capture_default_str();
   bench_cmd->add_option("--steps", bench.steps, "Steps per timed repetition")->check(integer_in(1, 100000))->capture_default_str();
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions; the median is reported")->check(integer_in(1, 1000))->capture_default_str();
   bench_cmd->add_option("--json", bench.json, "Also write the results as JSON to this file");
