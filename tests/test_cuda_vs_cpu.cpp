@@ -108,9 +108,11 @@ TEST(CudaVsCpu, GemmEpiloguesWithinTheFp32Tolerances) {
   expect_forward_gradients_and_adam_step_match(cuda.get());
   const DenseFusionCounts counts = cuda->dense_fusion_counts();
   std::printf("  %ld dense-layer calls fused by cuBLASLt, %ld not\n", counts.fused, counts.unfused);
-  // 6 layers forward, 4 ReLU inputs backward.
-  EXPECT_EQ(counts.fused, 10);
-  EXPECT_EQ(counts.unfused, 0);
+  // 6 layers forward, 4 ReLU inputs backward. A call cuBLASLt has no FP32
+  // algorithm for runs unfused (correct, and said by vae bench); none fused
+  // would mean the flag does nothing.
+  EXPECT_EQ(counts.fused + counts.unfused, 10);
+  EXPECT_GT(counts.fused, 0);
 }
 
 // --tf32: the GEMM inputs are rounded to 10-bit mantissas (relative 2^-11,

@@ -15,8 +15,9 @@
 // mask_ld(out) bits apart (cuBLASLt wants a multiple of 128).
 //
 // Where cuBLASLt has no algorithm for a shape (its heuristic says
-// NOT_SUPPORTED), the calls return false and the backend runs the unfused
-// layer; the ReLU mask is then marked as not written, so a fused backward is
+// NOT_SUPPORTED, or the algorithm refuses to run in a step's eager first
+// run), or the bias is less than 16-byte aligned, the calls return false and
+// the backend runs the unfused layer; the ReLU mask is then marked as not written, so a fused backward is
 // never fed a stale one. Plans (descriptors and the heuristic's algorithm)
 // are made once per shape, epilogue and pointer alignment, so a step's calls
 // repeat exactly (a CUDA Graph replays them) and the same seed gives the same
@@ -62,8 +63,9 @@ class LtDense {
   bool backward_input(const float* da, const float* w, int rows, int in, int out,
                       const void* x_mask, float* dx, float* x_dbias, StepGraph* graph);
 
-  // From now on, no mask counts as written by a fused forward.
+  // From now on, no mask (or this one) counts as written by a fused forward.
   void forget_masks() { written_masks_.clear(); }
+  void forget_mask(const void* mask) { written_masks_.erase(mask); }
 
   // Calls done fused and calls left to the unfused layer, since construction.
   DenseFusionCounts counts() const { return counts_; }
@@ -82,10 +84,14 @@ class LtDense {
     cublasLtEpilogue_t epilogue;
     int64_t aux_ld;  // 0: no aux
   };
-  const Plan& plan(const Shape& shape, const void* a, const void* b, const void* d,
-                   const void* bias, const void* aux);
-  void run(const Plan& plan, const void* a, const void* b, void* d, const void* bias,
-           const void* aux, StepGraph* graph, const std::vector<unsigned char>& key);
+  // The plan for a shape and these pointers' alignments, made on first use.
+  Plan& plan(const Shape& shape, const void* a, const void* b, const void* d, const void* bias,
+             const void* aux);
+  void destroy_and_erase(const std::vector<unsigned char>& key) noexcept;
+  // The matmul (or, replaying a graph, its check). False: cuBLASLt refused
+  // the plan's algorithm outside a graph; the plan is then unsupported.
+  bool run(Plan& plan, const void* a, const void* b, void* d, const void* bias, const void* aux,
+           StepGraph* graph, const std::vector<unsigned char>& key);
 
   cudaStream_t stream_;
   void* workspace_;

@@ -113,6 +113,7 @@ class CudaBackend final : public Backend {
   }
   void deallocate(void* pointer) override {
     not_in_a_step("deallocate");
+    if (lt_) lt_->forget_mask(pointer);  // the address may come back as another buffer
     cudaFree(pointer);
   }
 

@@ -37,16 +37,11 @@ LtDense::LtDense(cudaStream_t stream, void* workspace, size_t workspace_bytes)
 }
 
 LtDense::~LtDense() {
-  for (auto& [key, plan] : plans_) {
-    if (plan.op != nullptr) cublasLtMatmulDescDestroy(plan.op);
-    if (plan.a != nullptr) cublasLtMatrixLayoutDestroy(plan.a);
-    if (plan.b != nullptr) cublasLtMatrixLayoutDestroy(plan.b);
-    if (plan.d != nullptr) cublasLtMatrixLayoutDestroy(plan.d);
-  }
+  while (!plans_.empty()) destroy_and_erase(plans_.begin()->first);
   cublasLtDestroy(handle_);
 }
 
-const LtDense::Plan& LtDense::plan(const Shape& s, const void* a, const void* b, const void* d,
+LtDense::Plan& LtDense::plan(const Shape& s, const void* a, const void* b, const void* d,
                                    const void* bias, const void* aux) {
   const std::vector<unsigned char> key =
       call_key(s.transpose_a, s.m, s.n, s.k, s.lda, s.ldb, s.ldd, static_cast<int>(s.epilogue),
@@ -54,7 +49,16 @@ const LtDense::Plan& LtDense::plan(const Shape& s, const void* a, const void* b,
                alignment_of(bias), alignment_of(aux));
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second;
-  Plan& p = plans_[key];  // destroyed with the others, even if a call below throws
+  Plan& p = plans_[key];
+  // Made once: a plan whose set-up threw is not kept (its descriptors go).
+  struct EraseUnlessDone {
+    LtDense& self;
+    const std::vector<unsigned char>& key;
+    bool done = false;
+    ~EraseUnlessDone() {
+      if (!done) self.destroy_and_erase(key);
+    }
+  } guard{*this, key};
 
   CUVAE_CUBLAS_CHECK(cublasLtMatmulDescCreate(
       &p.op, tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -94,25 +98,50 @@ const LtDense::Plan& LtDense::plan(const Shape& s, const void* a, const void* b,
     throw;
   }
   cublasLtMatmulPreferenceDestroy(preference);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found_count == 0)) {
-    p.supported = false;
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED ||
+      (status == CUBLAS_STATUS_SUCCESS && (found_count == 0 || result.state != CUBLAS_STATUS_SUCCESS))) {
+    p.supported = false;  // the result's other fields are only valid with state SUCCESS
+    guard.done = true;
     return p;
   }
   CUVAE_CUBLAS_CHECK(status);
   p.algo = result.algo;
   p.supported = true;
+  guard.done = true;
   return p;
 }
 
-void LtDense::run(const Plan& p, const void* a, const void* b, void* d, const void* bias,
+void LtDense::destroy_and_erase(const std::vector<unsigned char>& key) noexcept {
+  auto found = plans_.find(key);
+  if (found == plans_.end()) return;
+  Plan& p = found->second;
+  if (p.op != nullptr) cublasLtMatmulDescDestroy(p.op);
+  if (p.a != nullptr) cublasLtMatrixLayoutDestroy(p.a);
+  if (p.b != nullptr) cublasLtMatrixLayoutDestroy(p.b);
+  if (p.d != nullptr) cublasLtMatrixLayoutDestroy(p.d);
+  plans_.erase(found);
+}
+
+bool LtDense::run(Plan& p, const void* a, const void* b, void* d, const void* bias,
                   const void* aux, StepGraph* graph, const std::vector<unsigned char>& key) {
   // A replayed step checks the call against the recording instead of making it.
-  if (graph != nullptr && !graph->call("cublasLtMatmul", key)) return;
+  if (graph != nullptr && !graph->call("cublasLtMatmul", key)) return true;
   set(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   if (aux != nullptr) set(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
   const float one = 1.0f, zero = 0.0f;
-  CUVAE_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &one, a, p.a, b, p.b, &zero, d, p.d, d, p.d,
-                                    &p.algo, workspace_, workspace_bytes_, stream_));
+  const cublasStatus_t status = cublasLtMatmul(handle_, p.op, &one, a, p.a, b, p.b, &zero, d, p.d,
+                                               d, p.d, &p.algo, workspace_, workspace_bytes_, stream_);
+  // The heuristic's algorithm is not guaranteed to run (cuBLAS docs on
+  // cublasLtMatmulAlgoCheck): outside a CUDA Graph (so in a step's eager
+  // first run, before any capture) the layer then goes unfused, now and
+  // from then on. Inside a capture the call must not change: it throws.
+  if (graph == nullptr &&
+      (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_ARCH_MISMATCH)) {
+    p.supported = false;
+    return false;
+  }
+  CUVAE_CUBLAS_CHECK(status);
+  return true;
 }
 
 bool LtDense::forward(const float* x, const float* w, const float* b, int rows, int in, int out,
@@ -127,13 +156,19 @@ bool LtDense::forward(const float* x, const float* w, const float* b, int rows, 
                               : CUBLASLT_EPILOGUE_BIAS,
                     with_mask ? mask_ld(out) : 0};
   const void* aux = with_mask ? mask : nullptr;
-  const Plan& p = plan(shape, w, x, y, b, aux);
-  if (!p.supported) {
+  // Below 16 bytes the bias may meet kernels that assume it (pytorch#194497,
+  // a misaligned-address fault), and there is no preference to say so.
+  if (alignment_of(b) < 16) {
     ++counts_.unfused;
     return false;
   }
-  run(p, w, x, y, b, aux, graph,
-      call_key(0, rows, in, out, static_cast<int>(shape.epilogue), tf32_, x, w, b, y, aux));
+  Plan& p = plan(shape, w, x, y, b, aux);
+  if (!p.supported ||
+      !run(p, w, x, y, b, aux, graph,
+           call_key(0, rows, in, out, static_cast<int>(shape.epilogue), tf32_, x, w, b, y, aux))) {
+    ++counts_.unfused;
+    return false;
+  }
   if (with_mask) written_masks_[mask] = {rows, out};
   ++counts_.fused;
   return true;
@@ -143,7 +178,7 @@ bool LtDense::backward_input(const float* da, const float* w, int rows, int in, 
                              const void* x_mask, float* dx, float* x_dbias, StepGraph* graph) {
   const auto written = written_masks_.find(x_mask);
   if (x_mask == nullptr || written == written_masks_.end() ||
-      written->second != std::pair<int, int>{rows, in}) {
+      written->second != std::pair<int, int>{rows, in} || alignment_of(x_dbias) < 16) {
     ++counts_.unfused;
     return false;
   }
@@ -151,14 +186,14 @@ bool LtDense::backward_input(const float* da, const float* w, int rows, int in, 
   // dA^T (out x rows, ldb = out); the ReLU gradient and the bias gradient
   // (length m = in, summed over the n = rows columns) in the epilogue.
   const Shape shape{true, in, rows, out, out, out, in, CUBLASLT_EPILOGUE_DRELU_BGRAD, mask_ld(in)};
-  const Plan& p = plan(shape, w, da, dx, x_dbias, x_mask);
-  if (!p.supported) {
+  Plan& p = plan(shape, w, da, dx, x_dbias, x_mask);
+  if (!p.supported ||
+      !run(p, w, da, dx, x_dbias, x_mask, graph,
+           call_key(1, rows, in, out, static_cast<int>(shape.epilogue), tf32_, da, w, x_mask, dx,
+                    x_dbias))) {
     ++counts_.unfused;
     return false;
   }
-  run(p, w, da, dx, x_dbias, x_mask, graph,
-      call_key(1, rows, in, out, static_cast<int>(shape.epilogue), tf32_, da, w, x_mask, dx,
-               x_dbias));
   ++counts_.fused;
   return true;
 }
