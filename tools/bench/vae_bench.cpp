@@ -425,6 +425,33 @@ void bm_fill_normal(benchmark::State& state, Target* t, int rows, bool fused) {
   report_bytes(state, *t, fused ? 4.0 * n : 12.0 * n, seconds);
 }
 
+// fill_normal's Philox blocks alone, on the CPU: drawn as fill_normal draws
+// them, in chunks of 256 blocks into a 4 KiB buffer that stays in L1, so no
+// memory traffic. Against fill_normal's time it says how much of that is the
+// generator's arithmetic, which no memory system can speed up: where the
+// two are close, fill_normal's bw_frac measures compute, not bandwidth.
+void bm_fill_normal_philox_only(benchmark::State& state, Target* t, int rows) {
+  const size_t count = static_cast<size_t>(rows) * kArch.latent_dim;
+  constexpr long kChunk = 256;
+  const long chunks = static_cast<long>(count / 4 + kChunk - 1) / kChunk;
+  const long groups = static_cast<long>(count / 4);
+  const cuvae::RandomKey key{0, cuvae::RandomStream::kEps, 1};
+  const double seconds = time_loop(state, *t, [&] {
+#pragma omp parallel for schedule(static) if (groups * 4 >= 16384)
+    for (long c = 0; c < chunks; ++c) {
+      alignas(64) uint32_t bits[4 * kChunk];
+      const long first = c * kChunk, n = std::min(kChunk, groups - first);
+      for (long g = 0; g < n; ++g) {
+        const cuvae::Philox4 block = cuvae::random_block(key, static_cast<uint64_t>(first + g));
+        for (int lane = 0; lane < 4; ++lane) bits[4 * g + lane] = block.v[lane];
+      }
+      benchmark::DoNotOptimize(bits);
+    }
+  });
+  state.counters["ns_per_block"] = benchmark::Counter(
+      1e9 * seconds / static_cast<double>(state.iterations()) / static_cast<double>(groups));
+}
+
 void bm_reparam_kl_fwd(benchmark::State& state, Target* t, int rows, bool fused) {
   Backend& b = *t->backend;
   const int latent = kArch.latent_dim;
@@ -627,6 +654,12 @@ void register_target(Target* t) {
         RowsOp op = fn;
         add(t, name, [t, op, rows, fused](benchmark::State& s) { op(s, t, rows, fused); });
       }
+    }
+  }
+  if (!t->device) {
+    for (int rows : kBatches) {
+      add(t, "fill_normal/philox_only/" + std::to_string(rows),
+          [t, rows](benchmark::State& s) { bm_fill_normal_philox_only(s, t, rows); });
     }
   }
   const std::string params = std::to_string(cuvae::ParameterLayout(kArch).size());
