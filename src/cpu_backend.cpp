@@ -36,6 +36,27 @@ constexpr long kParallelThreshold = 16384;
 // added in an order fixed by the binary, so results stay reproducible.
 #define CUVAE_VECTORIZED_ROW __attribute__((noinline))
 
+// Rows per chunk of activation_backward_bias_grad's column sums.
+constexpr int kBiasChunkRows = 32;
+
+// dy = act'(y) dy (ReLU: dy where y > 0, else 0) and sums += dy: one row.
+CUVAE_VECTORIZED_ROW void mask_and_add_row(float* __restrict dy, const float* __restrict y, int cols,
+                                           bool is_relu, float* __restrict sums) {
+  if (is_relu) {
+    for (int c = 0; c < cols; ++c) {
+      dy[c] = relu_backward(dy[c], y[c]);
+      sums[c] += dy[c];
+    }
+  } else {
+    for (int c = 0; c < cols; ++c) sums[c] += dy[c];
+  }
+}
+
+// sums += row.
+CUVAE_VECTORIZED_ROW void add_row(const float* __restrict row, int cols, float* __restrict sums) {
+  for (int c = 0; c < cols; ++c) sums[c] += row[c];
+}
+
 // A counter-based draw of elements [first, first + count) comes in Philox
 // blocks of four: element e is lane e % 4 of block e / 4. Calls
 // partial(g, from, to) for the lanes [from, to) of a block at either end that
@@ -231,26 +252,28 @@ class CpuBackend final : public Backend {
 
   void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
                                      Activation act) override {
+    // By fixed chunks of rows, whatever the thread count: each chunk's rows
+    // get the ReLU mask and are summed into the chunk's own column sums, in
+    // one pass; then dbias[c] = the chunks' sums added in chunk order. So no
+    // cache line is written by two threads (splitting the columns between
+    // threads instead made this 6x slower when the two threads ran on
+    // separate cores: 782 vs 126 us at batch 4096 on the development VM),
+    // and dbias does not depend on the thread count.
     const bool is_relu = act == Activation::kRelu;
-    // Threads split the columns; each sums its columns over the rows in row
-    // order, so dbias does not depend on the thread count.
-#pragma omp parallel if (long(rows) * cols >= kParallelThreshold)
-    {
-      const int threads = omp_get_num_threads();
-      const int t = omp_get_thread_num();
-      const int c0 = static_cast<int>(static_cast<long>(cols) * t / threads);
-      const int c1 = static_cast<int>(static_cast<long>(cols) * (t + 1) / threads);
-      std::fill(dbias + c0, dbias + c1, 0.0f);
-      for (int r = 0; r < rows; ++r) {
-        float* drow = dy + static_cast<size_t>(r) * cols;
-        const float* yrow = y + static_cast<size_t>(r) * cols;
-        for (int c = c0; c < c1; ++c) {
-          const float d = is_relu ? relu_backward(drow[c], yrow[c]) : drow[c];
-          drow[c] = d;
-          dbias[c] += d;
-        }
+    const int chunks = (rows + kBiasChunkRows - 1) / kBiasChunkRows;
+    bias_chunk_sums_.resize(static_cast<size_t>(chunks) * cols);
+    float* chunk_sums = bias_chunk_sums_.data();
+#pragma omp parallel for schedule(static) if (long(rows) * cols >= kParallelThreshold)
+    for (int k = 0; k < chunks; ++k) {
+      float* sums = chunk_sums + static_cast<size_t>(k) * cols;
+      std::fill(sums, sums + cols, 0.0f);
+      for (int r = k * kBiasChunkRows; r < std::min(rows, (k + 1) * kBiasChunkRows); ++r) {
+        mask_and_add_row(dy + static_cast<size_t>(r) * cols, y + static_cast<size_t>(r) * cols, cols,
+                         is_relu, sums);
       }
     }
+    std::copy(chunk_sums, chunk_sums + cols, dbias);
+    for (int k = 1; k < chunks; ++k) add_row(chunk_sums + static_cast<size_t>(k) * cols, cols, dbias);
   }
 
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
@@ -325,6 +348,9 @@ class CpuBackend final : public Backend {
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
     for (long i = 0; i < n; ++i) cuvae::adam_step(&params[i], &m[i], &v[i], grads[i], step);
   }
+
+ private:
+  std::vector<float> bias_chunk_sums_;  // activation_backward_bias_grad's per-chunk column sums
 };
 
 }  // namespace

@@ -101,7 +101,7 @@ TEST(CudaVsCpu, ForwardGradientsAndOneAdamStep) {
 
 // --gemm-epilogues: the same FP32 products and sums in another order (the
 // bias inside the GEMM's accumulator, the bias gradient reduced by
-// cuBLASLt), so the same tolerances; and every dense-layer call fused.
+// cuBLASLt), so the same tolerances; and the flag must fuse something.
 TEST(CudaVsCpu, GemmEpiloguesWithinTheFp32Tolerances) {
   CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
   ASSERT_TRUE(cuda->set_gemm_epilogues(true));

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <vector>
 
 namespace cuvae::bench::unfused {
 
@@ -31,19 +32,23 @@ void relu_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, 
   const long n = static_cast<long>(rows) * cols;
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
   for (long i = 0; i < n; ++i) dy[i] = relu_backward(dy[i], y[i]);
-    // Column sums split by columns across threads, in row order, as the
-    // backend does (deterministic whatever the thread count).
-#pragma omp parallel if (n >= kParallelThreshold)
-  {
-    const int threads = omp_get_num_threads();
-    const int t = omp_get_thread_num();
-    const int c0 = static_cast<int>(static_cast<long>(cols) * t / threads);
-    const int c1 = static_cast<int>(static_cast<long>(cols) * (t + 1) / threads);
-    std::fill(dbias + c0, dbias + c1, 0.0f);
-    for (int r = 0; r < rows; ++r) {
+  // Column sums as the backend takes them (by chunks of 32 rows, then the
+  // chunks' sums in chunk order: deterministic whatever the thread count),
+  // but in a pass of their own.
+  constexpr int kChunkRows = 32;
+  const int chunks = (rows + kChunkRows - 1) / kChunkRows;
+  std::vector<float> chunk_sums(static_cast<size_t>(chunks) * cols, 0.0f);
+#pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
+  for (int k = 0; k < chunks; ++k) {
+    float* sums = chunk_sums.data() + static_cast<size_t>(k) * cols;
+    for (int r = k * kChunkRows; r < std::min(rows, (k + 1) * kChunkRows); ++r) {
       const float* drow = dy + static_cast<size_t>(r) * cols;
-      for (int c = c0; c < c1; ++c) dbias[c] += drow[c];
+      for (int c = 0; c < cols; ++c) sums[c] += drow[c];
     }
+  }
+  std::copy(chunk_sums.begin(), chunk_sums.begin() + cols, dbias);
+  for (int k = 1; k < chunks; ++k) {
+    for (int c = 0; c < cols; ++c) dbias[c] += chunk_sums[static_cast<size_t>(k) * cols + c];
   }
 }
 
