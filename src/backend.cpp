@@ -1,6 +1,8 @@
 // Choosing a backend: "auto", "cpu" or "cuda".
 #include "cuvae/backend.h"
 
+#include <chrono>
+
 #include "cuvae/cpu_backend.h"
 #include "cuvae/error.h"
 #if CUVAE_HAVE_CUDA
@@ -23,6 +25,14 @@ void Backend::dense_backward_input(const float* da, const float* w, int rows, in
   // dx = da W^T (rows x out times out x in).
   gemm(false, true, rows, in, out, 1.0f, da, out, w, out, 0.0f, dx, in);
   activation_backward_bias_grad(dx, x, x_dbias, rows, in, x_act);
+}
+
+double Backend::device_seconds(const std::function<void()>& work) {
+  synchronize();
+  const auto start = std::chrono::steady_clock::now();
+  work();
+  synchronize();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 bool cuda_available(std::string* why_not) {

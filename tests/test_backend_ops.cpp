@@ -16,7 +16,9 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <vector>
 
 #include "backend_fixture.h"
@@ -391,6 +393,22 @@ TEST_P(BackendOps, AdamStepMatchesDoubleFormula) {
   }
   // got - p0 is exact to float rounding of p (~6e-8 |p|), ~1e-4 of an update.
   expect_all_close(update, expected_update, 1e-3, 2e-7, "adam parameter update");
+}
+
+// device_seconds (vae-bench's clock): 20 ms of host sleep between the two
+// marks reads as at least 20 ms on every backend (a CUDA event is recorded
+// when the stream reaches it: the start at once, the stop after the sleep),
+// and a device copy comes out positive and finite.
+TEST_P(BackendOps, DeviceSecondsMeasuresTheWorkBetweenItsMarks) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const double slept = backend->device_seconds([] { std::this_thread::sleep_for(std::chrono::milliseconds(20)); });
+  EXPECT_GE(slept, 0.0195);
+  EXPECT_LT(slept, 5.0);
+  DeviceArray<float> a(*backend, size_t{1} << 22), b(*backend, size_t{1} << 22);
+  const double copied = backend->device_seconds([&] { backend->copy_on_device(b.get(), a.get(), a.size() * sizeof(float)); });
+  EXPECT_GT(copied, 0.0);
+  EXPECT_LT(copied, 5.0);
+  std::printf("  20 ms sleep: %.2f ms; 16 MiB copy: %.3f ms\n", 1e3 * slept, 1e3 * copied);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda"),

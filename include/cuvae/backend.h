@@ -140,6 +140,11 @@ class Backend {
     (void)recording;
     step();
   }
+  // Runs `work` and returns the seconds it took where it runs: on the CUDA
+  // backend between two CUDA events on its stream (the device's time, with
+  // any gaps between launches, without the host's wait for the result), on
+  // the CPU the host's clock. For benchmarks; not inside a recorded step.
+  virtual double device_seconds(const std::function<void()>& work);
   // TF32 tensor-core math in the GEMMs (the CUDA backend on sm_80 and
   // newer); false if this backend cannot do what is asked.
   virtual bool set_tf32(bool on) { return !on; }

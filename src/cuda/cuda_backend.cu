@@ -60,6 +60,8 @@ class CudaBackend final : public Backend {
       CUVAE_CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
       CUVAE_CUDA_CHECK(cudaEventCreateWithFlags(&s.consumed, cudaEventDisableTiming));
     }
+    CUVAE_CUDA_CHECK(cudaEventCreate(&timing_start_));
+    CUVAE_CUDA_CHECK(cudaEventCreate(&timing_stop_));
   }
 
   ~CudaBackend() override {
@@ -72,6 +74,8 @@ class CudaBackend final : public Backend {
       cudaEventDestroy(s.copied);
       cudaEventDestroy(s.consumed);
     }
+    cudaEventDestroy(timing_start_);
+    cudaEventDestroy(timing_stop_);
     lt_.reset();
     cublasDestroy(cublas_);
     cudaFree(workspace_);
@@ -257,6 +261,17 @@ class CudaBackend final : public Backend {
     kernels::adam_step(params, grads, m, v, count, step, target());
   }
 
+  double device_seconds(const std::function<void()>& work) override {
+    not_in_a_step("device_seconds");
+    CUVAE_CUDA_CHECK(cudaEventRecord(timing_start_, compute_));
+    work();
+    CUVAE_CUDA_CHECK(cudaEventRecord(timing_stop_, compute_));
+    CUVAE_CUDA_CHECK(cudaEventSynchronize(timing_stop_));
+    float milliseconds = 0.0f;
+    CUVAE_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, timing_start_, timing_stop_));
+    return 1e-3 * milliseconds;
+  }
+
   std::unique_ptr<StepRecording> make_step_recording() override {
     return std::make_unique<StepGraph>();
   }
@@ -355,6 +370,7 @@ class CudaBackend final : public Backend {
   StepGraph* graph_ = nullptr;  // the step being captured or replayed
   bool tf32_ = false;
   std::unique_ptr<LtDense> lt_;  // dense layers with cuBLASLt epilogues
+  cudaEvent_t timing_start_ = nullptr, timing_stop_ = nullptr;  // device_seconds
   bool gemm_epilogues_ = false;
 };
 
