@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <set>
 
@@ -115,6 +117,29 @@ TEST(VaeMath, ExpAndExpm1MinusIdentityAreAccurate) {
   std::printf("  worst relative error: exp %.3g, expm1(x) - x %.3g\n", worst_exp, worst_expm1);
   EXPECT_LT(worst_exp, 2.5e-7);
   EXPECT_LT(worst_expm1, 6e-7);
+}
+
+// exp_nonpositive is exp_clamped with fewer operations for x <= 0: the same
+// bits for every 101st float in [-100, 0] (the clamp's region and the subnormal
+// boundary included), -0, and NaN (clamped, as exp_clamped does).
+TEST(VaeMath, ExpNonpositiveIsExpClampedBitForBit) {
+  auto bits = [](float v) {
+    uint32_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return b;
+  };
+  long checked = 0, differing = 0;
+  for (uint32_t b = 0x80000000u; b <= 0xC2C80000u; b += 101) {  // -0 to -100, every 101st float
+    float x;
+    std::memcpy(&x, &b, sizeof x);
+    differing += bits(exp_nonpositive(x)) != bits(exp_clamped(x));
+    ++checked;
+  }
+  for (float x : {-0.0f, 0.0f, -87.3365f, -87.33655f, -87.0f, -86.5f, -0.5f, -1e-30f, std::nanf("")}) {
+    differing += bits(exp_nonpositive(x)) != bits(exp_clamped(x));
+    ++checked;
+  }
+  EXPECT_EQ(differing, 0) << "of " << checked;
 }
 
 TEST(VaeMath, SigmoidMatchesDoubleIncludingExtremes) {
