@@ -38,6 +38,20 @@ CUVAE_HD float float_from_bits(uint32_t bits) {
   return value;
 }
 
+// exp(r) for x = n ln2 + r, |r| <= ln2/2: r from x and n with ln2 in two
+// parts (the first exact in n ln2), then Cephes' degree-7 polynomial.
+CUVAE_HD float exp_of_remainder(float x, int n) {
+  const float nf = static_cast<float>(n);
+  const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r * r + r + 1.0f;
+}
+
 }  // namespace detail
 
 // exp(x) with x clamped to [-87.3, 88.3]: below, exp would be a denormal
@@ -54,15 +68,7 @@ CUVAE_HD float exp_clamped(float x) {
   // (int conversion vectorizes where floorf may not).
   const float t = x * 1.44269504088896341f;
   const int n = static_cast<int>(t + (t >= 0.0f ? 0.5f : -0.5f));
-  const float nf = static_cast<float>(n);
-  const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;  // ln2 in two parts
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float exp_r = p * r * r + r + 1.0f;
+  const float exp_r = detail::exp_of_remainder(x, n);
   // * 2^n in two factors, each a normal float for n in [-126, 128]
   // (an arithmetic shift, not n / 2: the vectorized division by 2 of a
   // signed int costs a sign correction; either split gives the same bits).
@@ -85,16 +91,7 @@ CUVAE_HD float exp_nonpositive(float x) {
   x = x > -87.3365f ? x : -87.3365f;
   const float t = x * 1.44269504088896341f;
   const int n = static_cast<int>(t - 0.5f);
-  const float nf = static_cast<float>(n);
-  const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float exp_r = p * r * r + r + 1.0f;
-  return exp_r * detail::float_from_bits(static_cast<uint32_t>(n + 127) << 23);
+  return detail::exp_of_remainder(x, n) * detail::float_from_bits(static_cast<uint32_t>(n + 127) << 23);
 #endif
 }
 
