@@ -14,11 +14,14 @@
 //    n * 2^-24 * sum|terms| in the worst case; we allow 2n * 6e-8 * sum|terms|.
 //  - binarization: exact (a comparison of exactly computed values).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "backend_fixture.h"
@@ -253,8 +256,9 @@ TEST_P(BackendOps, BinarizeRowsGathersTheOrderedImagesExactly) {
 TEST_P(BackendOps, FillNormalMatchesTheStreamAtAnyOffset) {
   CUVAE_BACKEND_OR_SKIP(backend, GetParam());
   const RandomKey key{9, RandomStream::kEps, 4};
-  for (uint64_t first : {0ull, 3ull, 1001ull}) {
-    const size_t n = 1027;
+  // The last case spans many of the CPU's 256-block chunks, on its threads,
+  // with a partial block at either end and a partial last chunk.
+  for (const auto& [first, n] : std::vector<std::pair<uint64_t, size_t>>{{0, 1027}, {3, 1027}, {1001, 1027}, {5, 70003}}) {
     DeviceArray<float> out(*backend, n);
     backend->fill_normal(out.get(), n, first, key);
     std::vector<double> expected(n);
@@ -393,6 +397,32 @@ TEST_P(BackendOps, AdamStepMatchesDoubleFormula) {
   }
   // got - p0 is exact to float rounding of p (~6e-8 |p|), ~1e-4 of an update.
   expect_all_close(update, expected_update, 1e-3, 2e-7, "adam parameter update");
+}
+
+// The CPU's bias gradient sums fixed chunks of rows in a fixed order: the
+// same bits on 1, 2 and 3 threads (rows not a multiple of the chunk, above
+// the size where the loop goes parallel).
+TEST(CpuBackend, BiasGradientBitsDoNotDependOnTheThreadCount) {
+  std::unique_ptr<Backend> cpu = make_backend("cpu");
+  const int rows = 1001, cols = 200;
+  const std::vector<float> y = normals(static_cast<size_t>(rows) * cols, 4), dy0 = normals(y.size(), 5);
+  const int threads_before = omp_get_max_threads();
+  std::vector<std::vector<float>> results;
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    auto dy = to_device(*cpu, dy0);
+    auto yd = to_device(*cpu, y);
+    DeviceArray<float> db(*cpu, cols);
+    cpu->activation_backward_bias_grad(dy.get(), yd.get(), db.get(), rows, cols, Activation::kRelu);
+    results.push_back(to_host(*cpu, db.get(), cols));
+  }
+  omp_set_num_threads(threads_before);
+  EXPECT_EQ(0, std::memcmp(results[0].data(), results[1].data(), cols * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(results[0].data(), results[2].data(), cols * sizeof(float)));
+  // And no rows: a zero gradient, whatever the buffer held.
+  auto db = to_device(*cpu, std::vector<float>(cols, 7.0f));
+  cpu->activation_backward_bias_grad(nullptr, nullptr, db.get(), 0, cols, Activation::kRelu);
+  EXPECT_EQ(to_host(*cpu, db.get(), cols), std::vector<float>(cols, 0.0f));
 }
 
 // device_seconds (vae-bench's clock): 20 ms of host sleep between the two

@@ -37,7 +37,7 @@ void relu_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, 
   // but in a pass of their own.
   constexpr int kChunkRows = 32;
   const int chunks = (rows + kChunkRows - 1) / kChunkRows;
-  std::vector<float> chunk_sums(static_cast<size_t>(chunks) * cols, 0.0f);
+  std::vector<float> chunk_sums(static_cast<size_t>(std::max(chunks, 1)) * cols, 0.0f);  // rows 0: zeros
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
   for (int k = 0; k < chunks; ++k) {
     float* sums = chunk_sums.data() + static_cast<size_t>(k) * cols;
