@@ -42,7 +42,7 @@ LtDense::~LtDense() {
 }
 
 LtDense::Plan& LtDense::plan(const Shape& s, const void* a, const void* b, const void* d,
-                                   const void* bias, const void* aux) {
+                             const void* bias, const void* aux) {
   const std::vector<unsigned char> key =
       call_key(s.transpose_a, s.m, s.n, s.k, s.lda, s.ldb, s.ldd, static_cast<int>(s.epilogue),
                s.aux_ld, tf32_, alignment_of(a), alignment_of(b), alignment_of(d),

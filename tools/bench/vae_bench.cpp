@@ -66,8 +66,9 @@
 // the op recorded once as a CUDA Graph (as a training step is), between two
 // CUDA events on the backend's stream (Backend::device_seconds), over the
 // number of calls: the device's time, with one host launch gap per 100 calls
-// instead of one per call, which would exceed the run time of the small ops. The upload benchmark (binarize) cannot be
-// recorded (it waits for the host) and is timed the same way, unrecorded.
+// instead of one per call, which would exceed the run time of the small ops.
+// The upload benchmark (binarize) cannot be recorded (it waits for the host)
+// and is timed the same way, unrecorded.
 // Nothing CUDA-specific is compiled here; CUDA benchmarks are registered
 // only when cuvae::cuda_available() says a device is there.
 #include <benchmark/benchmark.h>
