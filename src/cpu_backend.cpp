@@ -189,6 +189,7 @@ CUVAE_VECTORIZED_ROW void reparameterize_kl_backward_row(
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
+  bool memory_is_host() const override { return true; }
 
   std::string description() const override {
     // openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP.

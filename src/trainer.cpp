@@ -53,10 +53,13 @@ Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& i
   const double zero = 0.0;
   backend_.copy_to_device(elbo_sum_.get(), &zero, sizeof(zero));
   using Placement = TrainerOptions::DataPlacement;
-  if (options.data != Placement::kStreamed) {
+  if (options.data != Placement::kStreamed && backend_.memory_is_host()) {
+    resident_images_ = images_.pixels.data();
+  } else if (options.data != Placement::kStreamed) {
     try {
       images_on_backend_ = to_device(backend_, images_.pixels);
       if (config_.shuffle) order_on_backend_ = DeviceArray<uint32_t>(backend_, images_.count);
+      resident_images_ = images_on_backend_.get();
     } catch (const Error& e) {
       if (options.data == Placement::kResident) throw;
       images_on_backend_.reset();
@@ -71,9 +74,12 @@ std::string Trainer::describe_step() const {
   const double mib = static_cast<double>(images_.pixels.size()) / (1 << 20);
   char size[32];
   std::snprintf(size, sizeof(size), "%.1f MiB", mib);
-  std::string line = data_resident() ? std::string("training images resident in ") + backend_.name() +
-                                           " memory (" + size + ")"
-                                     : std::string("training images streamed batch by batch") + data_note_;
+  std::string line =
+      !data_resident()              ? std::string("training images streamed batch by batch") + data_note_
+      : images_on_backend_.get() ? std::string("training images resident in ") + backend_.name() +
+                                       " memory (" + size + ")"
+                                 : std::string("training images read in place from host memory (") +
+                                       size + ")";
   if (backend_.name() == "cuda") {
     line += recording_ ? "; step replayed as a CUDA Graph" : "; step launched call by call";
   }
@@ -105,11 +111,14 @@ void Trainer::step() {
   const uint64_t t = step_ + 1;  // Adam's 1-based step, also the random draws' step
   if (data_resident()) {
     // The epoch's order goes to the backend before, not inside, the step.
-    if (config_.shuffle && update_epoch_order(index_in_epoch)) {
+    if (config_.shuffle && update_epoch_order(index_in_epoch) && order_on_backend_.get()) {
       backend_.copy_to_device(order_on_backend_.get(), order_.data(), order_.size() * sizeof(uint32_t));
     }
+    const uint32_t* order = !config_.shuffle          ? nullptr
+                            : order_on_backend_.get() ? order_on_backend_.get()
+                                                      : order_.data();
     backend_.run_step(recording_.get(), [&] {
-      backend_.binarize_rows(images_on_backend_.get(), config_.shuffle ? order_on_backend_.get() : nullptr,
+      backend_.binarize_rows(resident_images_, order,
                              static_cast<uint64_t>(index_in_epoch) * rows, rows, config_.arch.input_dim,
                              RandomKey{config_.seed, RandomStream::kBinarize, t}, x_.get());
       step_body(t);

@@ -286,7 +286,7 @@ TEST(CliTrain, StepOptionsAreAcceptedAndSaidOnTheStepLine) {
   expect_success(r);
   expect_success(tf32);
   EXPECT_TRUE(contains(r.out, "step: training images streamed batch by batch")) << r.out;
-  EXPECT_TRUE(contains(tf32.out, "step: training images resident in cpu memory")) << tf32.out;
+  EXPECT_TRUE(contains(tf32.out, "step: training images read in place from host memory")) << tf32.out;
   EXPECT_TRUE(contains(tf32.out, "note: --tf32 has no effect on the cpu backend")) << tf32.out;
   EXPECT_TRUE(contains(tf32.out, "note: --gemm-epilogues has no effect on the cpu backend")) << tf32.out;
   expect_one_line_error(run_vae(train_args(shared().data, dir / "out3", {{"--resident-data", "maybe"}}),

@@ -45,6 +45,9 @@ class Backend {
   virtual std::string name() const = 0;
   // One line for the start-up banner: threads and BLAS, or the device.
   virtual std::string description() const = 0;
+  // True when backend memory is host memory (the CPU), so host data can be
+  // handed to the backend's operations as it is, without a copy.
+  virtual bool memory_is_host() const { return false; }
 
   // ---- memory
   virtual void* allocate(size_t bytes) = 0;

@@ -5,6 +5,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdio>
 #include <string>
 
 #include "cuvae/error.h"
@@ -14,6 +16,17 @@ namespace cuvae {
 [[noreturn]] inline void throw_cuda_error(const char* call, const char* file, int line,
                                           const std::string& what) {
   throw Error(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " + what);
+}
+
+// For calls that release resources (destructors, deallocate), which must
+// not throw: the first failure in the process is printed as one warning line
+// (it is usually an earlier asynchronous error surfacing; later ones would
+// repeat it).
+inline void warn_cuda_error_once(const char* call, const char* file, int line, cudaError_t status) {
+  static std::atomic<bool> warned{false};
+  if (warned.exchange(true)) return;
+  std::fprintf(stderr, "cuvae: warning: %s failed at %s:%d: %s: %s\n", call, file, line,
+               cudaGetErrorName(status), cudaGetErrorString(status));
 }
 
 }  // namespace cuvae
@@ -36,6 +49,14 @@ namespace cuvae {
                                 std::string(cublasGetStatusName(cuvae_status_)) + ": " + \
                                     cublasGetStatusString(cuvae_status_));              \
     }                                                                                   \
+  } while (0)
+
+#define CUVAE_CUDA_WARN(call)                                                     \
+  do {                                                                           \
+    const cudaError_t cuvae_status_ = (call);                                    \
+    if (cuvae_status_ != cudaSuccess) {                                          \
+      ::cuvae::warn_cuda_error_once(#call, __FILE__, __LINE__, cuvae_status_);   \
+    }                                                                            \
   } while (0)
 
 // After a kernel launch: launch-configuration errors surface here.

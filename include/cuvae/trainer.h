@@ -24,7 +24,8 @@ struct TrainConfig {
 // tests check that each combination gives the same bits).
 struct TrainerOptions {
   // The training images in backend memory, copied once (`kAuto`: if they fit;
-  // else streamed batch by batch through upload_and_binarize).
+  // else streamed batch by batch through upload_and_binarize). A backend
+  // whose memory is host memory reads them in place, with no copy.
   enum class DataPlacement { kAuto, kResident, kStreamed };
   DataPlacement data = DataPlacement::kAuto;
   // Record the step once and replay it (the CUDA backend's CUDA Graph);
@@ -43,7 +44,7 @@ class Trainer {
 
   // One line: where the data comes from and whether the step is replayed.
   std::string describe_step() const;
-  bool data_resident() const { return images_on_backend_.get() != nullptr; }
+  bool data_resident() const { return resident_images_ != nullptr; }
   bool step_recorded() const { return recording_ != nullptr; }
 
   // Full batches per epoch; a last partial batch is dropped (the seed's 60000
@@ -92,8 +93,12 @@ class Trainer {
   std::vector<uint8_t> gather_;        // a shuffled batch's pixels, contiguous
   DeviceArray<float> x_, eps_;
   DeviceArray<double> elbo_sum_;
-  DeviceArray<uint8_t> images_on_backend_;  // when resident
-  DeviceArray<uint32_t> order_on_backend_;  // resident and shuffled: order_
+  // Resident: the images the step reads, in backend memory: the copy
+  // images_on_backend_, or images_.pixels itself where backend memory is
+  // host memory. Likewise the order: order_on_backend_ or order_.
+  const uint8_t* resident_images_ = nullptr;
+  DeviceArray<uint8_t> images_on_backend_;
+  DeviceArray<uint32_t> order_on_backend_;
   std::string data_note_;                   // why not resident, for describe_step
   std::unique_ptr<StepRecording> recording_;
 };

@@ -65,33 +65,33 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
-    // Errors while tearing down cannot be reported; release what we can.
-    cudaStreamSynchronize(compute_);
-    cudaStreamSynchronize(copy_);
+    // Tearing down cannot throw: a failure is a warning, and the rest is still released.
+    CUVAE_CUDA_WARN(cudaStreamSynchronize(compute_));
+    CUVAE_CUDA_WARN(cudaStreamSynchronize(copy_));
     for (Staging& s : staging_) {
-      cudaFreeHost(s.host);
-      cudaFree(s.device);
-      cudaEventDestroy(s.copied);
-      cudaEventDestroy(s.consumed);
+      CUVAE_CUDA_WARN(cudaFreeHost(s.host));
+      CUVAE_CUDA_WARN(cudaFree(s.device));
+      CUVAE_CUDA_WARN(cudaEventDestroy(s.copied));
+      CUVAE_CUDA_WARN(cudaEventDestroy(s.consumed));
     }
-    cudaEventDestroy(timing_start_);
-    cudaEventDestroy(timing_stop_);
+    CUVAE_CUDA_WARN(cudaEventDestroy(timing_start_));
+    CUVAE_CUDA_WARN(cudaEventDestroy(timing_stop_));
     lt_.reset();
-    cublasDestroy(cublas_);
-    cudaFree(workspace_);
-    cudaFree(bias_scratch_);
-    cudaStreamDestroy(compute_);
-    cudaStreamDestroy(copy_);
+    cublasDestroy(cublas_);  // its status has no cudaError_t; nothing to do on failure
+    CUVAE_CUDA_WARN(cudaFree(workspace_));
+    CUVAE_CUDA_WARN(cudaFree(bias_scratch_));
+    CUVAE_CUDA_WARN(cudaStreamDestroy(compute_));
+    CUVAE_CUDA_WARN(cudaStreamDestroy(copy_));
   }
 
   std::string name() const override { return "cuda"; }
 
   std::string description() const override {
     size_t free_bytes = 0, total_bytes = 0;
-    cudaMemGetInfo(&free_bytes, &total_bytes);
+    CUVAE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     int runtime = 0, driver = 0;
-    cudaRuntimeGetVersion(&runtime);
-    cudaDriverGetVersion(&driver);
+    CUVAE_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+    CUVAE_CUDA_CHECK(cudaDriverGetVersion(&driver));
     return std::string("CUDA device ") + std::to_string(device_) + ": " + properties_.name +
            ", sm_" + std::to_string(properties_.major) + std::to_string(properties_.minor) + ", " +
            std::to_string(total_bytes >> 20) + " MiB, runtime " + std::to_string(runtime) +
@@ -118,7 +118,7 @@ class CudaBackend final : public Backend {
   void deallocate(void* pointer) override {
     not_in_a_step("deallocate");
     if (lt_) lt_->forget_mask(pointer);  // the address may come back as another buffer
-    cudaFree(pointer);
+    CUVAE_CUDA_WARN(cudaFree(pointer));  // called from destructors: must not throw
   }
 
   void copy_to_device(void* dst, const void* host_src, size_t bytes) override {

@@ -7,8 +7,8 @@
 namespace cuvae {
 
 StepGraph::~StepGraph() {
-  if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
-  if (graph_ != nullptr) cudaGraphDestroy(graph_);
+  if (exec_ != nullptr) CUVAE_CUDA_WARN(cudaGraphExecDestroy(exec_));
+  if (graph_ != nullptr) CUVAE_CUDA_WARN(cudaGraphDestroy(graph_));
 }
 
 void StepGraph::begin_capture(cudaStream_t stream) {
