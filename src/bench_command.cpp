@@ -41,9 +41,8 @@ std::string cpu_model() {
 }
 
 
-// MNIST's training images if they are in `dir`, else random ones. Only the
-// CPU's binarization depends on the pixels (it draws no uniforms for pixels
-// of 0 or 255, most of MNIST's), so random images are its slowest case.
+// MNIST's training images if they are in `dir`, else random ones (throughput
+// does not depend on the pixels).
 IdxImages bench_images(const std::string& dir, int needed, std::string* source) {
   try {
     IdxImages images = load_mnist_split(dir, true).images;

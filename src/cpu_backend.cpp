@@ -98,12 +98,8 @@ CUVAE_VECTORIZED_ROW void normals_from_blocks(const RandomKey& key, uint64_t g0,
 }
 
 // x[i] = binarize(pixels[i], u_i) for i < count, u_i = uniform element
-// first + i of `key`: one contiguous run of pixels (a row of a batch).
-// Philox dominates the cost, so the whole blocks in the middle go by chunks:
-// each pixel first gets binarize(p, 0), exact where p is 0 or 255; then only
-// the blocks holding another value are drawn (28% of MNIST's), in a loop GCC
-// vectorizes across the chunk's listed blocks, and their pixels redone with
-// their uniforms. Same bits as drawing every block.
+// first + i of `key`: one contiguous run of pixels (a row of a batch). The
+// whole Philox groups in the middle are a loop GCC vectorizes across groups.
 CUVAE_VECTORIZED_ROW void binarize_span(const uint8_t* __restrict pixels, long count, uint64_t first,
                                         const RandomKey& key, float* __restrict x) {
   const uint64_t end = first + static_cast<uint64_t>(count);
@@ -112,31 +108,11 @@ CUVAE_VECTORIZED_ROW void binarize_span(const uint8_t* __restrict pixels, long c
     x[u - first] = binarize(pixels[u - first], uniform_from_bits(random_block(key, u / 4).v[u % 4]));
   };
   for (uint64_t u = first; u < whole_begin; ++u) one(u);
-  alignas(64) uint32_t drawn[kRandomChunk];
-  alignas(64) uint32_t bits[4 * kRandomChunk];
-  for (uint64_t g0 = whole_begin / 4; g0 < whole_end / 4; g0 += kRandomChunk) {
-    const long n = std::min<long>(kRandomChunk, static_cast<long>(whole_end / 4 - g0));
-    const uint8_t* p = pixels + (g0 * 4 - first);
-    float* xg = x + (g0 * 4 - first);
-    long listed = 0;
-    for (long g = 0; g < n; ++g) {
-      bool needs = false;
-      for (int lane = 0; lane < 4; ++lane) {
-        xg[4 * g + lane] = binarize(p[4 * g + lane], 0.0f);
-        needs |= binarize_needs_uniform(p[4 * g + lane]);
-      }
-      drawn[listed] = static_cast<uint32_t>(g);
-      listed += needs;
-    }
-    for (long k = 0; k < listed; ++k) {
-      const Philox4 block = random_block(key, g0 + drawn[k]);
-      for (int lane = 0; lane < 4; ++lane) bits[4 * k + lane] = block.v[lane];
-    }
-    for (long k = 0; k < listed; ++k) {
-      for (int lane = 0; lane < 4; ++lane) {
-        const uint32_t i = 4 * drawn[k] + static_cast<uint32_t>(lane);
-        xg[i] = binarize(p[i], uniform_from_bits(bits[4 * k + lane]));
-      }
+  for (uint64_t g = whole_begin / 4; g < whole_end / 4; ++g) {
+    const Philox4 block = random_block(key, g);
+    for (int lane = 0; lane < 4; ++lane) {
+      const uint64_t i = g * 4 + static_cast<uint64_t>(lane) - first;
+      x[i] = binarize(pixels[i], uniform_from_bits(block.v[lane]));
     }
   }
   for (uint64_t u = whole_end; u < end; ++u) one(u);

@@ -233,20 +233,6 @@ TEST(VaeMath, BinarizeIsExactAtTheEnds) {
   EXPECT_EQ(binarize(127, 0.5f), 0.0f);   // 0.498
 }
 
-// Backends skip drawing uniforms where binarize_needs_uniform is false: there
-// the result must be the same for every u in [0, 1), the ends included.
-TEST(VaeMath, BinarizeNeedsAUniformExceptAtTheEnds) {
-  for (int p = 0; p < 256; ++p) {
-    const uint8_t pixel = static_cast<uint8_t>(p);
-    EXPECT_EQ(binarize_needs_uniform(pixel), p != 0 && p != 255) << p;
-    if (!binarize_needs_uniform(pixel)) {
-      EXPECT_EQ(binarize(pixel, 0.0f), binarize(pixel, 0.99999994f)) << p;
-    } else {
-      EXPECT_NE(binarize(pixel, 0.0f), binarize(pixel, 0.99999994f)) << p;
-    }
-  }
-}
-
 TEST(VaeMath, BinarizationFrequencyMatchesPixelIntensity) {
   const RandomKey key{7, RandomStream::kBinarize, 3};
   for (int pixel : {1, 64, 200}) {

@@ -282,12 +282,6 @@ CUVAE_HD float binarize(uint8_t pixel, float u) {
   return static_cast<float>(pixel) / 255.0f > u ? 1.0f : 0.0f;
 }
 
-// Whether binarize(pixel, u) depends on u: not for p = 0 or 255 (u < 1), so
-// a backend may skip drawing their uniforms (81% of MNIST's pixels are 0).
-CUVAE_HD bool binarize_needs_uniform(uint8_t pixel) {
-  return static_cast<uint8_t>(pixel - 1u) < 254u;
-}
-
 // ReLU and its derivative expressed through its output (y > 0 iff a > 0), so
 // the backward pass needs only the stored activations.
 CUVAE_HD float relu(float a) { return positive_part(a); }
