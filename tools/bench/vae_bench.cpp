@@ -6,7 +6,6 @@
 //   build/vae-bench                                  # everything, ~1-2 minutes on 2 cores
 //   build/vae-bench --benchmark_filter='cpu/bernoulli'
 //   build/vae-bench --benchmark_format=json > bench.json
-//   build/vae-bench --data=DIR     # MNIST for binarize_mnist (default data/mnist)
 //
 // Names are BACKEND/OP/VARIANT/ROWS, e.g. cpu/bernoulli/fused/4096 and
 // cpu/bernoulli/unfused/4096, so that each fused/unfused pair sorts together.
@@ -14,11 +13,7 @@
 // (input 784, hidden 200, latent 50) for batches of 200, 1000 and 4096 rows:
 //   bias_relu       bias_activation_forward (ReLU), rows x 200
 //   relu_bwd_bias   activation_backward_bias_grad (ReLU), rows x 200
-//   binarize        upload_and_binarize, rows x 784, on pixels spread evenly
-//                   over 0..255 (the CPU's worst case: see binarize_mnist)
-//   binarize_mnist  the same on MNIST's first training images (when --data
-//                   has them): the CPU draws no uniforms for pixels of 0 or
-//                   255, 81% of MNIST's
+//   binarize        upload_and_binarize, rows x 784
 //   fill_normal     fill_normal, rows x 50 (the reparameterization noise)
 //   reparam_kl_fwd  reparameterize_kl_forward, rows x 50 (with the log-ratio
 //                   output, as training computes it)
@@ -40,7 +35,7 @@
 //                   unfused: bias pass 4 (2N + cols), ReLU pass 4 (2N)
 //   relu_bwd_bias   fused: read dy, y; write dy, dbias = 4 (3N + cols)
 //                   unfused: mask pass 4 (3N), column-sum pass 4 (N + cols)
-//   binarize(_mnist) fused: read N pixel bytes, write x = 5N
+//   binarize        fused: read N pixel bytes, write x = 5N
 //                   unfused: random-bits pass 4N, binarize pass N + 4N + 4N
 //   fill_normal     fused: write out = 4N (generating is compute, not traffic)
 //                   unfused: random-bits pass 4N, Box-Muller pass 8N
@@ -88,7 +83,6 @@
 #include <exception>
 #include <fstream>
 #include <functional>
-#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -97,8 +91,6 @@
 #include "cuvae/backend.h"
 #include "cuvae/build_info.h"
 #include "cuvae/cpu_backend.h"
-#include "cuvae/error.h"
-#include "cuvae/idx.h"
 #include "cuvae/philox.h"
 #include "cuvae/vae_math.h"
 #include "cuvae/vae_model.h"
@@ -137,7 +129,6 @@ struct Target {
 
 std::vector<std::unique_ptr<Target>> g_targets;
 const cuvae::Architecture kArch;  // the seed's: 784-200-200-(50+50) | 50-200-200-784
-std::vector<uint8_t> g_mnist_pixels;  // --data's training images, or empty
 
 // ---------------------------------------------------------------------------
 // Data
@@ -404,33 +395,26 @@ void bm_relu_bwd_bias(benchmark::State& state, Target* t, int rows, bool fused) 
   report_bytes(state, *t, 4.0 * (fused ? 3.0 * n + cols : 4.0 * n + cols), seconds);
 }
 
-void binarize_case(benchmark::State& state, Target* t, int rows, bool fused, const uint8_t* pixels) {
+void bm_binarize(benchmark::State& state, Target* t, int rows, bool fused) {
   Backend& b = *t->backend;
   const int cols = kArch.input_dim;
   const size_t count = static_cast<size_t>(rows) * cols;
   const double n = static_cast<double>(count);
+  std::vector<uint8_t> pixels(count);  // host memory, as the trainer's dataset
+  for (size_t i = 0; i < count; ++i) pixels[i] = static_cast<uint8_t>((i * 2654435761u) >> 24);
   auto x = zeros<float>(b, count);
   std::unique_ptr<DeviceArray<uint32_t>> bits;
   if (!fused) bits = std::make_unique<DeviceArray<uint32_t>>(b, count);
   const cuvae::RandomKey key{0, cuvae::RandomStream::kBinarize, 1};
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
-      b.upload_and_binarize(pixels, rows, cols, 0, key, x.get());
+      b.upload_and_binarize(pixels.data(), rows, cols, 0, key, x.get());
     } else {
-      cuvae::bench::unfused::upload_and_binarize(pixels, rows, cols, 0, key, bits->get(), x.get());
+      cuvae::bench::unfused::upload_and_binarize(pixels.data(), rows, cols, 0, key, bits->get(),
+                                                 x.get());
     }
   }, /*recordable=*/false);
   report_bytes(state, *t, fused ? 5.0 * n : 13.0 * n, seconds);
-}
-
-void bm_binarize(benchmark::State& state, Target* t, int rows, bool fused) {
-  std::vector<uint8_t> pixels(static_cast<size_t>(rows) * kArch.input_dim);  // host memory, as the trainer's dataset
-  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 2654435761u) >> 24);
-  binarize_case(state, t, rows, fused, pixels.data());
-}
-
-void bm_binarize_mnist(benchmark::State& state, Target* t, int rows, bool fused) {
-  binarize_case(state, t, rows, fused, g_mnist_pixels.data());
 }
 
 void bm_fill_normal(benchmark::State& state, Target* t, int rows, bool fused) {
@@ -666,14 +650,12 @@ void register_target(Target* t) {
       {"bias_relu", bm_bias_relu},
       {"relu_bwd_bias", bm_relu_bwd_bias},
       {"binarize", bm_binarize},
-      {"binarize_mnist", bm_binarize_mnist},
       {"fill_normal", bm_fill_normal},
       {"reparam_kl_fwd", bm_reparam_kl_fwd},
       {"reparam_kl_bwd", bm_reparam_kl_bwd},
       {"bernoulli", bm_bernoulli},
   };
   for (const auto& [op_name, fn] : ops) {
-    if (fn == bm_binarize_mnist && g_mnist_pixels.empty()) continue;
     for (int rows : kBatches) {
       for (bool fused : {true, false}) {
         if (!fused && t->device) continue;  // the unfused passes are CPU code
@@ -753,8 +735,7 @@ void print_help() {
   std::printf(
       "vae-bench: microbenchmarks of cuvae's fused operations (fused vs unfused), its GEMM\n"
       "shapes, and the machine's copy bandwidth and square-SGEMM throughput.\n"
-      "Default --benchmark_min_time is %s s. --data=DIR: MNIST for binarize_mnist (default\n"
-      "data/mnist). Google Benchmark's flags:\n",
+      "Default --benchmark_min_time is %s s. Google Benchmark's flags:\n",
       kDefaultMinTime);
   benchmark::PrintDefaultHelp();
 }
@@ -763,17 +744,9 @@ void print_help() {
 
 int main(int argc, char** argv) {
   // Our default minimum time goes first, so that one given on the command
-  // line (parsed after it) wins. --data=DIR is ours, and taken out.
+  // line (parsed after it) wins.
   std::string min_time_flag = std::string("--benchmark_min_time=") + kDefaultMinTime;
-  std::string data_dir = "data/mnist";
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (i > 0 && std::strncmp(argv[i], "--data=", 7) == 0) {
-      data_dir = argv[i] + 7;
-    } else {
-      args.push_back(argv[i]);
-    }
-  }
+  std::vector<char*> args(argv, argv + argc);
   args.insert(args.begin() + 1, min_time_flag.data());
   int args_count = static_cast<int>(args.size());
   args.push_back(nullptr);
@@ -826,16 +799,6 @@ int main(int argc, char** argv) {
     }
     if (g_targets.size() == 1) {
       std::fprintf(stderr, "vae-bench: CUDA benchmarks not registered: %s\n", why_not.c_str());
-    }
-    const size_t mnist_needed = static_cast<size_t>(kBatches[std::size(kBatches) - 1]) * kArch.input_dim;
-    try {
-      g_mnist_pixels = cuvae::load_mnist_split(data_dir, true).images.pixels;
-      if (g_mnist_pixels.size() < mnist_needed) throw cuvae::Error("fewer images than the largest batch");
-      g_mnist_pixels.resize(mnist_needed);
-    } catch (const cuvae::Error& e) {
-      g_mnist_pixels.clear();
-      std::fprintf(stderr, "vae-bench: binarize_mnist not registered: no MNIST training images in %s (%s)\n",
-                   data_dir.c_str(), e.what());
     }
 
     for (const auto& target : g_targets) register_target(target.get());
