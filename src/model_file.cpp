@@ -1,6 +1,8 @@
 #include "cuvae/model_file.h"
 
+#include <cmath>
 #include <cstring>
+#include <unordered_map>
 
 #include "cuvae/error.h"
 #include "cuvae/safetensors.h"
@@ -67,18 +69,27 @@ ModelFile load_model(const std::string& path) {
     throw Error(path + ": " + e.what());
   }
   const ParameterLayout layout(model.arch);
-  model.params.assign(layout.size(), 0.0f);
-  size_t expected_tensors = 0;
+  // Every tensor is found and its shape checked before the parameters are
+  // allocated, so a small file that claims a huge architecture fails at once;
+  // names are looked up in a map, since a file may have many layers.
+  std::unordered_map<std::string, const Tensor*> by_name;
+  for (const Tensor& tensor : file.tensors) by_name.emplace(tensor.name, &tensor);
+  struct Part {
+    const Tensor* tensor;
+    size_t offset;
+  };
+  std::vector<Part> parts;
   for (const DenseLayer& layer : layout.all_layers()) {
     const struct {
       std::string name;
       std::vector<int64_t> shape;
       size_t offset;
-    } parts[2] = {{layer.name + ".weight", {layer.in, layer.out}, layer.weight_offset},
-                  {layer.name + ".bias", {layer.out}, layer.bias_offset}};
-    for (const auto& part : parts) {
-      const Tensor* tensor = file.find(part.name);
-      if (tensor == nullptr) throw Error(path + ": tensor '" + part.name + "' is missing");
+    } expected[2] = {{layer.name + ".weight", {layer.in, layer.out}, layer.weight_offset},
+                     {layer.name + ".bias", {layer.out}, layer.bias_offset}};
+    for (const auto& part : expected) {
+      const auto found = by_name.find(part.name);
+      if (found == by_name.end()) throw Error(path + ": tensor '" + part.name + "' is missing");
+      const Tensor* tensor = found->second;
       if (tensor->shape != part.shape) {
         std::string got, want;
         for (int64_t d : tensor->shape) got += (got.empty() ? "" : ",") + std::to_string(d);
@@ -86,15 +97,24 @@ ModelFile load_model(const std::string& path) {
         throw Error(path + ": tensor '" + part.name + "' has shape [" + got +
                     "] but the architecture " + model.arch.describe() + " needs [" + want + "]");
       }
-      std::memcpy(model.params.data() + part.offset, tensor->data.data(),
-                  tensor->data.size() * sizeof(float));
-      ++expected_tensors;
+      for (size_t i = 0; i < tensor->data.size(); ++i) {
+        if (!std::isfinite(tensor->data[i])) {
+          throw Error(path + ": tensor '" + part.name + "' has a non-finite value (" +
+                      std::to_string(tensor->data[i]) + ") at index " + std::to_string(i));
+        }
+      }
+      parts.push_back({tensor, part.offset});
     }
   }
-  if (file.tensors.size() != expected_tensors) {
+  if (file.tensors.size() != parts.size()) {
     throw Error(path + ": has " + std::to_string(file.tensors.size()) +
                 " tensors but the architecture " + model.arch.describe() + " has " +
-                std::to_string(expected_tensors));
+                std::to_string(parts.size()));
+  }
+  model.params.assign(layout.size(), 0.0f);
+  for (const Part& part : parts) {
+    std::memcpy(model.params.data() + part.offset, part.tensor->data.data(),
+                part.tensor->data.size() * sizeof(float));
   }
   return model;
 }

@@ -118,6 +118,53 @@ class Fd {
   int fd_;
 };
 
+// The first key that appears twice in one object, by a SAX pass over the
+// header. (nlohmann's parser callback could see keys too, but its callback
+// parser scans the enclosing object at every object's end: quadratic in the
+// tensors, 21 s to read a model of 80,004 here.)
+class DuplicateKeyFinder final : public json::json_sax_t {
+ public:
+  bool found = false;
+  std::string duplicate;
+
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    keys_.emplace_back();
+    return true;
+  }
+  bool key(string_t& name) override {
+    if (!keys_.back().insert(name).second && !found) {
+      found = true;
+      duplicate = name;
+    }
+    return true;
+  }
+  bool end_object() override {
+    keys_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    keys_.emplace_back();  // an array's objects push their own
+    return true;
+  }
+  bool end_array() override {
+    keys_.pop_back();
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;  // the header parsed once already; not reached
+  }
+
+ private:
+  std::vector<std::set<std::string>> keys_;  // per open object (or array)
+};
+
 class Reader {
  public:
   explicit Reader(const std::string& path) : path_(path) {}
@@ -145,37 +192,15 @@ class Reader {
   // Parses the header, rejecting duplicate keys: nlohmann keeps the last of
   // them silently, but two tensors with one name make the file ambiguous.
   json parse_header(const std::string& text) const {
-    std::vector<std::set<std::string>> keys_per_object;
-    std::string duplicate;
-    bool has_duplicate = false;
-    const json::parser_callback_t callback = [&](int /*depth*/, json::parse_event_t event,
-                                                 json& parsed) {
-      switch (event) {
-        case json::parse_event_t::object_start:
-          keys_per_object.emplace_back();
-          break;
-        case json::parse_event_t::object_end:
-          if (!keys_per_object.empty()) keys_per_object.pop_back();
-          break;
-        case json::parse_event_t::key:
-          if (!keys_per_object.empty() && parsed.is_string() &&
-              !keys_per_object.back().insert(parsed.get<std::string>()).second && !has_duplicate) {
-            has_duplicate = true;
-            duplicate = parsed.get<std::string>();
-          }
-          break;
-        default:
-          break;
-      }
-      return true;
-    };
     json header;
     try {
-      header = json::parse(text, callback);
+      header = json::parse(text);
     } catch (const json::exception& e) {
       fail("header is not valid JSON: " + one_line(e.what()));
     }
-    if (has_duplicate) fail("header has the key " + quote(duplicate) + " more than once");
+    DuplicateKeyFinder finder;
+    json::sax_parse(text, &finder);
+    if (finder.found) fail("header has the key " + quote(finder.duplicate) + " more than once");
     return header;
   }
 

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <string>
 
 #include "cuvae/error.h"
@@ -92,6 +93,30 @@ TEST_F(ModelFileTest, MissingTensorExtraTensorAndWrongFormatAreRejected) {
   bad_hidden.metadata["hidden"] = "6,x";
   write_safetensors(path, bad_hidden);
   expect_rejected(path, "hidden");
+}
+
+TEST_F(ModelFileTest, NonFiniteParametersAreRejected) {
+  const std::string path = dir_ + "/m.safetensors";
+  save_model(path, arch_, params_, {});
+  const SafetensorsFile file = read_safetensors(path);
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    SafetensorsFile edited = file;
+    edited.tensors[3].data[1] = bad;
+    write_safetensors(path, edited);
+    expect_rejected(path, "'" + edited.tensors[3].name + "' has a non-finite value");
+  }
+}
+
+// A small file claiming layers of 65536 x 65536 (51 GB of parameters) and
+// holding no tensors: refused for the missing tensor, before any of that is
+// allocated (which would fail or exhaust the machine).
+TEST_F(ModelFileTest, AHugeClaimedArchitectureWithoutItsTensorsFailsBeforeAllocating) {
+  const std::string path = dir_ + "/m.safetensors";
+  SafetensorsFile file;
+  file.metadata = {{"format", "cuvae-vae/1"}, {"input_dim", "784"}, {"hidden", "65536,65536,65536,65536"},
+                   {"latent_dim", "50"}};
+  write_safetensors(path, file);
+  expect_rejected(path, "tensor 'encoder.0.weight' is missing");
 }
 
 TEST_F(ModelFileTest, SavingTheWrongParameterCountThrows) {

@@ -266,6 +266,26 @@ TEST_F(SafetensorsTest, RejectsDuplicateNames) {
   expect_read_error(path("f"), "more than once");
 }
 
+// Inside nested objects too; and one key in sibling objects (each tensor's
+// "dtype", objects in an array) is not a duplicate.
+TEST_F(SafetensorsTest, RejectsDuplicateKeysAtAnyDepthOnly) {
+  write_bytes(path("f"), make_file(R"({"__metadata__":{"a":"1","b":"2","a":"3"},)"
+                                   R"("x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                                   f32_bytes({1})));
+  expect_read_error(path("f"), "\"a\" more than once");
+  write_bytes(path("f"), make_file(R"({"x":{"dtype":"F32","shape":[1],"dtype":"F32","data_offsets":[0,4]}})",
+                                   f32_bytes({1})));
+  expect_read_error(path("f"), "\"dtype\" more than once");
+  write_bytes(path("f"), make_file(R"({"x":{"dtype":"F32","shape":[{"k":1},{"k":2}],"data_offsets":[0,4]}})",
+                                   f32_bytes({1})));
+  try {
+    cuvae::read_safetensors(path("f"));
+    ADD_FAILURE() << "a shape of objects accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("more than once"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(SafetensorsTest, RejectsBadShapes) {
   const std::vector<std::string> shapes = {"[-1]", "[2.0]", "[\"2\"]", "2",
                                            "[18446744073709551615]"};
