@@ -2,8 +2,11 @@
 
 #include <zlib.h>
 
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 
 #include "cuvae/error.h"
 #include "cuvae/safetensors.h"
@@ -27,26 +30,38 @@ const std::string& field(const std::string& path, const SafetensorsFile& file,
   return it->second;
 }
 
-uint64_t unsigned_field(const std::string& path, const SafetensorsFile& file,
-                        const std::string& key) {
+// A field written by save_checkpoint, read back no wider than the range its
+// flag allows: a hand-edited or corrupt value is refused, not wrapped.
+uint64_t unsigned_field(const std::string& path, const SafetensorsFile& file, const std::string& key,
+                        uint64_t lo = 0, uint64_t hi = std::numeric_limits<uint64_t>::max()) {
   const std::string& text = field(path, file, key);
   char* end = nullptr;
+  errno = 0;
   const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || text[0] == '-') {
-    throw Error(path + ": checkpoint metadata '" + key + "' is not a non-negative integer");
+  if (text.empty() || *end != '\0' || text[0] == '-' || text[0] == '+' || text[0] == ' ' || errno == ERANGE ||
+      value < lo || value > hi) {
+    throw Error(path + ": checkpoint metadata '" + key + "' is '" + text + "', not an integer in [" +
+                std::to_string(lo) + ", " + std::to_string(hi) + "]");
   }
   return value;
 }
 
-double double_field(const std::string& path, const SafetensorsFile& file, const std::string& key) {
+// A finite double; `valid` says what else it must be, `what` in words.
+double double_field(const std::string& path, const SafetensorsFile& file, const std::string& key,
+                    bool (*valid)(double), const char* what) {
   const std::string& text = field(path, file, key);
   char* end = nullptr;
   const double value = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0') {
-    throw Error(path + ": checkpoint metadata '" + key + "' is not a number");
+  if (text.empty() || *end != '\0' || !std::isfinite(value) || !valid(value)) {
+    throw Error(path + ": checkpoint metadata '" + key + "' is '" + text + "', not " + what);
   }
   return value;
 }
+
+bool any_finite(double) { return true; }
+bool nonnegative(double v) { return v >= 0.0; }
+bool positive_normal(double v) { return v > 0.0 && std::isnormal(static_cast<float>(v)); }
+bool in_unit_interval(double v) { return v >= 0.0 && v < 1.0; }
 
 std::vector<float> tensor(const std::string& path, const SafetensorsFile& file,
                           const std::string& name, size_t size) {
@@ -110,28 +125,29 @@ TrainState load_checkpoint(const std::string& path) {
   }
   TrainState s;
   Architecture& arch = s.config.arch;
-  arch.input_dim = static_cast<int>(unsigned_field(path, file, "input_dim"));
-  arch.latent_dim = static_cast<int>(unsigned_field(path, file, "latent_dim"));
+  arch.input_dim = static_cast<int>(unsigned_field(path, file, "input_dim", 1, Architecture::kMaxWidth));
+  arch.latent_dim = static_cast<int>(unsigned_field(path, file, "latent_dim", 1, Architecture::kMaxWidth));
   arch.hidden = parse_widths(field(path, file, "hidden"), path + ": checkpoint metadata 'hidden'");
   try {
     arch.validate();
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
-  s.config.batch_size = static_cast<int>(unsigned_field(path, file, "batch_size"));
+  s.config.batch_size = static_cast<int>(unsigned_field(path, file, "batch_size", 1, TrainConfig::kMaxBatchSize));
   s.config.seed = unsigned_field(path, file, "seed");
-  s.config.shuffle = unsigned_field(path, file, "shuffle") != 0;
-  s.config.adam.lr = double_field(path, file, "lr");
-  s.config.adam.beta1 = double_field(path, file, "beta1");
-  s.config.adam.beta2 = double_field(path, file, "beta2");
-  s.config.adam.eps = double_field(path, file, "eps");
+  s.config.shuffle = unsigned_field(path, file, "shuffle", 0, 1) != 0;
+  s.config.adam.lr = double_field(path, file, "lr", positive_normal, "a positive normal number");
+  s.config.adam.beta1 = double_field(path, file, "beta1", in_unit_interval, "in [0, 1)");
+  s.config.adam.beta2 = double_field(path, file, "beta2", in_unit_interval, "in [0, 1)");
+  s.config.adam.eps = double_field(path, file, "eps", positive_normal, "a positive normal number");
   s.data_fingerprint = field(path, file, "data");
   s.step = unsigned_field(path, file, "step");
-  s.epochs = static_cast<int>(unsigned_field(path, file, "epochs"));
-  s.max_steps = static_cast<int64_t>(unsigned_field(path, file, "max_steps"));
-  s.epoch_elbo_sum = double_field(path, file, "epoch_elbo_sum");
+  s.epochs = static_cast<int>(unsigned_field(path, file, "epochs", 1, TrainConfig::kMaxEpochs));
+  s.max_steps = static_cast<int64_t>(
+      unsigned_field(path, file, "max_steps", 0, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+  s.epoch_elbo_sum = double_field(path, file, "epoch_elbo_sum", any_finite, "a finite number");
   s.epoch_rows = unsigned_field(path, file, "epoch_rows");
-  s.epoch_seconds = double_field(path, file, "epoch_seconds");
+  s.epoch_seconds = double_field(path, file, "epoch_seconds", nonnegative, "a finite number >= 0");
   s.metrics_csv = field(path, file, "metrics_csv");
   const size_t n = ParameterLayout(arch).size();
   s.params = tensor(path, file, "params", n);

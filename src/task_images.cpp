@@ -1,5 +1,6 @@
 #include "cuvae/task_images.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "cuvae/error.h"
@@ -21,14 +22,14 @@ std::vector<float> probabilities(Backend& backend, const float* logits, int rows
   return p;
 }
 
-void require_test_images(const IdxImages& test, int needed, int dim) {
+void require_test_images(const IdxImages& test, int needed, int dim, const std::string& what = "the test set") {
   if (test.count < needed) {
-    throw Error("the test set has " + std::to_string(test.count) + " images; the images need " +
+    throw Error(what + ": " + std::to_string(test.count) + " images, and the task images need " +
                 std::to_string(needed));
   }
   if (test.pixels_per_image() != dim) {
-    throw Error("test images have " + std::to_string(test.pixels_per_image()) +
-                " pixels but the model expects " + std::to_string(dim));
+    throw Error(what + ": images of " + std::to_string(test.pixels_per_image()) +
+                " pixels, but the model expects " + std::to_string(dim));
   }
 }
 
@@ -45,6 +46,11 @@ int square_side(int pixels) {
 }
 
 }  // namespace
+
+void check_task_image_inputs(const IdxImages& test, int input_dim, const std::string& what) {
+  square_side(input_dim);
+  require_test_images(test, std::max(kReconstructions, 2 * kInterpolations), input_dim, what);
+}
 
 std::vector<std::string> write_prior_samples(VaeModel& model, const std::string& out_dir,
                                              uint64_t seed, const GridOptions& grid) {

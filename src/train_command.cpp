@@ -5,11 +5,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <vector>
@@ -43,6 +45,14 @@ TrainConfig config_from_flags(const TrainOptions& o) {
   return config;
 }
 
+// The shortest text that reads back as `value` (0.001 and 0.00100000001 stay
+// apart, where std::to_string prints both as 0.001000).
+std::string shortest(double value) {
+  char text[32];
+  const std::to_chars_result result = std::to_chars(text, text + sizeof text, value);
+  return std::string(text, result.ptr);
+}
+
 // A resumed run keeps its checkpoint's configuration; flags given explicitly
 // must agree with it.
 void check_resume_flags(const TrainOptions& o, const TrainConfig& c, const std::string& path) {
@@ -58,11 +68,35 @@ void check_resume_flags(const TrainOptions& o, const TrainConfig& c, const std::
     refuse("--latent-dim", std::to_string(o.latent_dim), std::to_string(c.arch.latent_dim));
   if (o.given_hidden && parse_widths(o.hidden, "--hidden") != c.arch.hidden)
     refuse("--hidden", o.hidden, format_widths(c.arch.hidden));
-  if (o.given_lr && o.lr != c.adam.lr)
-    refuse("--lr", std::to_string(o.lr), std::to_string(c.adam.lr));
+  if (o.given_lr && o.lr != c.adam.lr) refuse("--lr", shortest(o.lr), shortest(c.adam.lr));
   if (o.given_seed && o.seed != c.seed)
     refuse("--seed", std::to_string(o.seed), std::to_string(c.seed));
   if (o.given_shuffle && o.shuffle != c.shuffle) refuse("--shuffle", "", "no shuffling");
+}
+
+// The checkpoint's progress against this run's length, once the steps per
+// epoch are known (they depend on the data and the batch size).
+void check_resumed_progress(const TrainState& r, const std::string& path, int steps_per_epoch,
+                            int64_t total_steps) {
+  if (r.step > static_cast<uint64_t>(total_steps)) {
+    throw Error("--resume: " + path + " is at step " + std::to_string(r.step) + ", past the " +
+                std::to_string(total_steps) + " steps that --epochs and --max-steps give this run: "
+                "nothing is left to train (give more --epochs or a larger --max-steps)");
+  }
+  const uint64_t rows = (r.step % static_cast<uint64_t>(steps_per_epoch)) * static_cast<uint64_t>(r.config.batch_size);
+  if (r.epoch_rows != rows) {
+    throw Error(path + ": checkpoint metadata 'epoch_rows' is " + std::to_string(r.epoch_rows) +
+                ", but step " + std::to_string(r.step) + " at " + std::to_string(steps_per_epoch) +
+                " steps per epoch of " + std::to_string(r.config.batch_size) + " means " + std::to_string(rows));
+  }
+}
+
+// After SIGINT or SIGTERM: what was saved and how to go on; 128 + the signal.
+int report_interrupt(int signal_number, const std::string& state, const TrainOptions& o) {
+  std::fflush(stdout);
+  std::cerr << "vae: interrupted by " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM") << " " << state
+            << "; resume with: vae train --resume " << o.out << " --data " << o.data << "\n";
+  return 128 + signal_number;
 }
 
 TrainState snapshot(Trainer& trainer, const TrainOptions& o, const TrainConfig& config,
@@ -108,6 +142,7 @@ int run_train_command(TrainOptions o) {
 
   const MnistSplit train = load_mnist_split(o.data, true);
   const MnistSplit test = load_mnist_split(o.data, false);
+  check_task_image_inputs(test.images, config.arch.input_dim, "the test images in " + o.data);
   const std::string fingerprint = data_fingerprint(train.images);
   if (resuming && fingerprint != resumed.data_fingerprint) {
     throw Error("--resume: the training images in " + o.data + " (" + fingerprint +
@@ -150,6 +185,7 @@ int run_train_command(TrainOptions o) {
             << config.adam.lr << ", seed " << config.seed
             << (config.shuffle ? ", shuffled" : ", dataset order") << "\n";
   if (resuming) {
+    check_resumed_progress(resumed, o.resume + "/checkpoint.safetensors", steps_per_epoch, total_steps);
     std::cout << "resuming from " << o.resume << "/checkpoint.safetensors at step "
               << resumed.step << "\n";
   }
@@ -172,13 +208,10 @@ int run_train_command(TrainOptions o) {
         save_checkpoint(checkpoint_path, snapshot(trainer, o, config, fingerprint,
                                                   earlier_seconds + seconds_since(start), metrics));
         if (live) std::printf("\n");
-        std::fflush(stdout);
-        std::cerr << "vae: interrupted by " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM")
-                  << " at step " << trainer.steps_done() << " of " << total_steps
-                  << "; checkpoint written to " << checkpoint_path
-                  << "; resume with: vae train --resume " << o.out << " --data " << o.data
-                  << "\n";
-        return 128 + signal_number;
+        return report_interrupt(signal_number,
+                                "at step " + std::to_string(trainer.steps_done()) + " of " +
+                                    std::to_string(total_steps) + "; checkpoint written to " + checkpoint_path,
+                                o);
       }
       if (o.checkpoint_every > 0 && !epoch_ends &&
           trainer.steps_done() % static_cast<uint64_t>(o.checkpoint_every) == 0) {
@@ -238,10 +271,20 @@ int run_train_command(TrainOptions o) {
   GridOptions grid;
   grid.scale = o.image_scale;
   std::vector<std::string> written = {model_path, o.out + "/metrics.csv", checkpoint_path};
-  for (const auto& paths :
-       {write_prior_samples(images_model, o.out, config.seed, grid),
-        write_reconstructions(images_model, test.images, o.out, config.seed, grid),
-        write_interpolations(images_model, test.images, o.out, config.seed, grid)}) {
+  // A signal after the last step stops before the next set of images; a
+  // resumed run has no steps left and writes them all.
+  const std::function<std::vector<std::string>()> writers[] = {
+      [&] { return write_prior_samples(images_model, o.out, config.seed, grid); },
+      [&] { return write_reconstructions(images_model, test.images, o.out, config.seed, grid); },
+      [&] { return write_interpolations(images_model, test.images, o.out, config.seed, grid); }};
+  for (const auto& write : writers) {
+    if (const int signal_number = stop_requested()) {
+      return report_interrupt(signal_number,
+                              "after the last step; " + model_path + " and " + checkpoint_path +
+                                  " are written, the task images not all",
+                              o);
+    }
+    const std::vector<std::string> paths = write();
     written.insert(written.end(), paths.begin(), paths.end());
   }
   std::cout << "wrote";

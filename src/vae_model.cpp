@@ -49,7 +49,6 @@ bool Architecture::operator==(const Architecture& other) const {
 }
 
 void Architecture::validate() const {
-  constexpr int kMaxWidth = 65536;
   auto check = [](int width, const std::string& what) {
     if (width < 1 || width > kMaxWidth) {
       throw Error(what + " must be between 1 and " + std::to_string(kMaxWidth) + ", got " +

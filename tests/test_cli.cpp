@@ -311,6 +311,17 @@ TEST_F(CliData, MissingLabelsFile) {
   expect_one_line_error(train(), {kTestLabels}, {"not found", "no such", "missing"});
 }
 
+// Too few test images for the task images: said before the first step,
+// with nothing written (it used to surface after all the training).
+TEST_F(CliData, TooFewTestImagesRefusedBeforeTraining) {
+  write_dataset(data());
+  write_file(data() + "/" + kTestImages, idx_images(5));
+  write_file(data() + "/t10k-labels-idx1-ubyte", idx_labels(5));
+  const RunResult r = train();
+  expect_one_line_error(r, {"test images in " + data()}, {"5 images, and the task images need 10"});
+  EXPECT_FALSE(fs::exists(fs::path(dir / "out") / "model.safetensors")) << describe(r);
+}
+
 TEST_F(CliData, TruncatedImagesFile) {
   write_dataset(data());
   const std::string path = data() + "/" + kTrainImages;

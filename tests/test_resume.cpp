@@ -10,6 +10,7 @@
 #include "cuvae/checkpoint.h"
 #include "cuvae/error.h"
 #include "cuvae/model_file.h"
+#include "cuvae/safetensors.h"
 #include "vae_process.h"
 
 namespace cuvae {
@@ -129,6 +130,61 @@ TEST_F(Resume, DisagreeingFlagsAndOtherDataAreRefused) {
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_TRUE(contains(missing.err, "no checkpoint")) << describe(missing);
   expect_same_state(before, load_checkpoint(dir_ / "run/checkpoint.safetensors"));
+}
+
+// Each checkpoint field read back only within its flag's range, whatever its
+// digits: a hand-edited or corrupt value is refused, naming the field.
+TEST_F(Resume, CheckpointFieldsOutOfRangeAreRefused) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "3"}}), dir_.path()));
+  const std::string path = dir_ / "run/checkpoint.safetensors";
+  const SafetensorsFile good = read_safetensors(path);
+  const std::string edited = dir_ / "edited.safetensors";
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"batch_size", "4294967346"}, {"batch_size", "0"}, {"input_dim", "4294968080"},
+           {"latent_dim", "4294967299"}, {"epochs", "2147483648"}, {"epochs", "4294967295"},
+           {"max_steps", "18446744073709551615"}, {"seed", "18446744073709551616"}, {"step", "-1"},
+           {"shuffle", "7"}, {"lr", "nan"}, {"lr", "-1"}, {"lr", "inf"}, {"lr", "1e-999"}, {"lr", "1e-320"},
+           {"beta1", "2"}, {"beta1", "nan"}, {"beta2", "-5"}, {"eps", "0"}, {"eps", "nan"},
+           {"epoch_elbo_sum", "nan"}, {"epoch_seconds", "nan"}, {"epoch_seconds", "-1"}}) {
+    SafetensorsFile file = good;
+    file.metadata[key] = value;
+    write_safetensors(edited, file);
+    try {
+      load_checkpoint(edited);
+      ADD_FAILURE() << key << "=" << value << " accepted";
+    } catch (const Error& e) {
+      EXPECT_TRUE(contains(e.what(), "'" + key + "' is '" + value + "'")) << e.what();
+    }
+  }
+  EXPECT_NO_THROW(load_checkpoint(path));
+}
+
+// The progress a checkpoint records must fit the run it continues.
+TEST_F(Resume, ProgressPastTheRunOrInconsistentIsRefused) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--epochs", "3"}, {"--max-steps", "19"}}), dir_.path()));
+  const std::string path = dir_ / "run/checkpoint.safetensors";
+  // 19 steps done; 1 epoch is 8: nothing left, said, and nothing changed.
+  const RunResult fewer = run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--epochs", "1"}, dir_.path());
+  EXPECT_NE(fewer.exit_code, 0) << describe(fewer);
+  EXPECT_TRUE(contains(fewer.err, "at step 19, past the 8 steps") && contains(fewer.err, "nothing is left"))
+      << describe(fewer);
+  const RunResult lower = run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--max-steps", "10"}, dir_.path());
+  EXPECT_NE(lower.exit_code, 0) << describe(lower);
+  EXPECT_TRUE(contains(lower.err, "nothing is left")) << describe(lower);
+  const SafetensorsFile good = read_safetensors(path);
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"step", "999999999"}, {"step", "18446744073709551615"}, {"epoch_rows", "18446744073709551615"},
+           {"epoch_rows", "100"}}) {
+    SafetensorsFile file = good;
+    file.metadata[key] = value;
+    write_safetensors(path, file);
+    const RunResult r = run_vae({"train", "--resume", dir_ / "run", "--data", data_}, dir_.path());
+    EXPECT_NE(r.exit_code, 0) << key << "=" << value << ": " << describe(r);
+    EXPECT_TRUE(contains(r.err, key == "step" ? "nothing is left" : "'epoch_rows' is " + value)) << describe(r);
+  }
+  write_safetensors(path, good);
+  expect_success(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--max-steps", "0"}, dir_.path()));
+  EXPECT_EQ(load_checkpoint(path).step, 24u);
 }
 
 // Waits until `path` exists (the child is past start-up), up to 60 s.

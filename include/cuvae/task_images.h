@@ -20,6 +20,12 @@ namespace cuvae {
 // Images need batches of 25 rows: the model's max_rows must be >= 25.
 constexpr int kTaskImageRows = 25;
 
+// Throws cuvae::Error, naming `what` (e.g. "the test images in DIR"), when
+// the images below cannot be made from `test` for a model of `input_dim`
+// pixels: too few test images, another image size, a size not square.
+// Training checks this before its first step.
+void check_task_image_inputs(const IdxImages& test, int input_dim, const std::string& what);
+
 // Each writes its PNG(s) atomically into out_dir and returns the paths.
 std::vector<std::string> write_prior_samples(VaeModel& model, const std::string& out_dir,
                                              uint64_t seed, const GridOptions& grid);

@@ -13,6 +13,9 @@
 namespace cuvae {
 
 struct TrainConfig {
+  // The largest --batch-size and --epochs (and their checkpoint fields).
+  static constexpr int kMaxBatchSize = 1 << 20;
+  static constexpr int kMaxEpochs = 1000000;
   Architecture arch;
   int batch_size = 200;
   uint64_t seed = 0;

@@ -29,9 +29,10 @@ struct Architecture {
   std::string describe() const;             // "784-200-200-(50+50) | 50-200-200-784"
   bool operator==(const Architecture& other) const;
   bool operator!=(const Architecture& other) const { return !(*this == other); }
-  // Throws cuvae::Error unless every width is in 1..65536 and there is at
-  // least one hidden layer.
+  // Throws cuvae::Error unless every width is in 1..kMaxWidth and there is
+  // at least one hidden layer.
   void validate() const;
+  static constexpr int kMaxWidth = 65536;
 };
 
 // "200,200" -> {200, 200}; throws cuvae::Error naming `what` on anything else.
