@@ -290,6 +290,13 @@ int run_train_command(TrainOptions o) {
   std::cout << "wrote";
   for (const std::string& path : written) std::cout << " " << path;
   std::cout << "\n";
+  if (const int signal_number = stop_requested()) {
+    // Too late to stop anything, but the caller asked: exit as interrupted.
+    std::fflush(stdout);
+    std::cerr << "vae: interrupted by " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM")
+              << " as the run ended; every file above is whole\n";
+    return 128 + signal_number;
+  }
   return 0;
 }
 
