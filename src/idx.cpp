@@ -1,5 +1,6 @@
 #include "cuvae/idx.h"
 
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <system_error>
 
 #include "cuvae/error.h"
+#include "cuvae/input_file.h"
 
 namespace cuvae {
 
@@ -27,68 +29,131 @@ constexpr uint32_t kMaxImageSide = 4096;
 // so a lying header cannot make us allocate memory the file does not back.
 constexpr size_t kChunkBytes = size_t{1} << 20;
 
-// A gzFile opened for reading, closed on scope exit. zlib reads plain files
-// "transparently", so this handles compressed and uncompressed IDX alike.
+// An IDX file opened for reading, plain or gzip (detected by the magic bytes
+// 1f 8b, not by name). We inflate ourselves rather than use gzread(), which
+// silently skips garbage after the gzip stream.
 class GzReader {
  public:
-  explicit GzReader(const std::string& path) : path_(path) {
-    std::error_code ec;
-    if (std::filesystem::is_directory(path, ec)) {
-      throw Error(path + ": cannot read: is a directory, not a file");
+  explicit GzReader(const std::string& path)
+      : path_(path), in_(kInputBytes), fd_(open_regular_file(path)) {
+    try {
+      while (in_len_ < 2 && !eof_) fill(in_len_);
+      if (in_len_ >= 2 && in_[0] == 0x1f && in_[1] == 0x8b) {
+        const int ret = inflateInit2(&strm_, 15 + 16);  // gzip wrapper only
+        if (ret != Z_OK) {
+          throw Error(path_ + ": cannot read: " + (ret == Z_MEM_ERROR ? "out of memory" : "zlib failed"));
+        }
+        gzip_ = true;
+        strm_.next_in = in_.data();
+        strm_.avail_in = static_cast<uInt>(in_len_);
+      }
+    } catch (...) {
+      ::close(fd_);
+      throw;
     }
-    errno = 0;
-    file_ = gzopen(path.c_str(), "rb");
-    if (file_ == nullptr) {
-      // gzopen leaves errno from open(2); errno 0 means zlib ran out of memory.
-      const int saved = errno;
-      throw Error(path + ": cannot open: " +
-                  (saved != 0 ? std::strerror(saved) : "out of memory"));
-    }
-    gzbuffer(file_, 256 * 1024);
   }
   ~GzReader() {
-    if (file_ != nullptr) gzclose(file_);
+    if (gzip_) inflateEnd(&strm_);
+    ::close(fd_);
   }
   GzReader(const GzReader&) = delete;
   GzReader& operator=(const GzReader&) = delete;
 
   // Reads up to `n` bytes into `buf`, stopping early only at end of input.
-  // Returns the number of bytes read; throws on an I/O or decompression error.
+  // Returns the number of bytes read; throws on an I/O or decompression
+  // error, or on bytes after the end of the gzip stream.
   size_t read(void* buf, size_t n) {
-    auto* out = static_cast<unsigned char*>(buf);
+    return gzip_ ? inflate_into(static_cast<unsigned char*>(buf), n)
+                 : copy_into(static_cast<unsigned char*>(buf), n);
+  }
+
+  // True once the input ended in the middle of the gzip stream (a short
+  // read, not an error, so the caller's message can say why).
+  bool stream_truncated() const { return truncated_; }
+
+ private:
+  static constexpr size_t kInputBytes = 256 * 1024;
+
+  // Reads more of the file into in_ from `at`; sets eof_ at end of file.
+  void fill(size_t at) {
+    for (;;) {
+      const ssize_t r = ::read(fd_, in_.data() + at, in_.size() - at);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) throw Error(path_ + ": read error: " + std::strerror(errno));
+      if (r == 0) eof_ = true;
+      in_len_ = at + static_cast<size_t>(r);
+      in_pos_ = 0;
+      return;
+    }
+  }
+
+  size_t copy_into(unsigned char* out, size_t n) {
     size_t got = 0;
     while (got < n) {
-      const size_t want = std::min(n - got, kChunkBytes);
-      errno = 0;
-      const int r = gzread(file_, out + got, static_cast<unsigned>(want));
-      if (r < 0) throw_stream_error();
-      if (r == 0) break;
-      got += static_cast<size_t>(r);
+      if (in_pos_ == in_len_) {
+        if (eof_) break;
+        fill(0);
+        continue;
+      }
+      const size_t take = std::min(n - got, in_len_ - in_pos_);
+      std::memcpy(out + got, in_.data() + in_pos_, take);
+      in_pos_ += take;
+      got += take;
     }
     return got;
   }
 
-  // True once zlib has hit the end of the file in the middle of a gzip
-  // stream. gzread() reports that as a short read, not as a failure, and
-  // records Z_BUF_ERROR, which is the only trace of the truncation.
-  bool stream_truncated() const {
-    int errnum = Z_OK;
-    gzerror(file_, &errnum);
-    return errnum == Z_BUF_ERROR;
+  size_t inflate_into(unsigned char* out, size_t n) {
+    size_t got = 0;
+    while (got < n && !stream_end_) {
+      if (strm_.avail_in == 0 && !eof_) {
+        fill(0);
+        strm_.next_in = in_.data();
+        strm_.avail_in = static_cast<uInt>(in_len_);
+      }
+      const size_t want = std::min(n - got, kChunkBytes);
+      strm_.next_out = out + got;
+      strm_.avail_out = static_cast<uInt>(want);
+      const int ret = inflate(&strm_, Z_NO_FLUSH);
+      got += want - strm_.avail_out;
+      if (ret == Z_STREAM_END) {
+        stream_end_ = true;
+        require_nothing_after_stream();
+      } else if (ret == Z_BUF_ERROR && strm_.avail_in == 0 && eof_) {
+        truncated_ = true;
+        break;
+      } else if (ret == Z_MEM_ERROR) {
+        throw Error(path_ + ": cannot read: out of memory");
+      } else if (ret != Z_OK) {
+        throw Error(path_ + ": corrupt gzip stream: " +
+                    (strm_.msg != nullptr ? strm_.msg : "unknown error"));
+      }
+    }
+    return got;
   }
 
- private:
-  [[noreturn]] void throw_stream_error() const {
-    int errnum = Z_OK;
-    const char* message = gzerror(file_, &errnum);
-    if (errnum == Z_ERRNO) {
-      throw Error(path_ + ": read error: " + std::strerror(errno));
+  // A second gzip member or garbage after the first member's trailer.
+  void require_nothing_after_stream() {
+    uint64_t extra = strm_.avail_in;
+    while (!eof_) {
+      fill(0);
+      extra += in_len_;
     }
-    throw Error(path_ + ": corrupt gzip stream: " + (message != nullptr ? message : "unknown error"));
+    if (extra > 0) {
+      throw Error(path_ + ": trailing data after the gzip stream: " + std::to_string(extra) +
+                  " bytes follow its end");
+    }
   }
 
   std::string path_;
-  gzFile file_ = nullptr;
+  std::vector<unsigned char> in_;
+  int fd_;
+  size_t in_pos_ = 0, in_len_ = 0;
+  bool eof_ = false;
+  bool gzip_ = false;
+  bool stream_end_ = false;
+  bool truncated_ = false;
+  z_stream strm_{};
 };
 
 // Reads and checks an IDX header: magic, type byte 0x08 (unsigned byte) and

@@ -1,16 +1,25 @@
 // Tests of the IDX reader (src/idx.cpp): small good and bad files, plain and
 // gzipped, written to a temporary directory; then the real MNIST when present.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cuvae/error.h"
@@ -127,6 +136,11 @@ class IdxFileTest : public ::testing::Test {
     }
     EXPECT_EQ(gzclose(gz), Z_OK);
     return p;
+  }
+
+  static std::string read_bytes(const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
 
   // Drops the last `n` bytes of a file.
@@ -313,6 +327,65 @@ TEST_F(IdxRead, TrailingBytes) {
   labels.push_back(0);
   const std::string lp = write_plain("lab", labels);
   EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_labels(lp); }, {lp, "trailing"}));
+}
+
+// zlib's gzread() skips garbage after a gzip stream; the reader must not.
+TEST_F(IdxRead, GarbageAfterGzStream) {
+  const Bytes file = image_file(3, 4, 5);
+  const std::string p = write_gz("img.gz", file);
+  {
+    std::ofstream out(p, std::ios::binary | std::ios::app);
+    out << "garbage!";
+  }
+  EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_images(p); },
+                                {p, "trailing data after the gzip stream", "8 bytes"}));
+  // The same with more garbage than one input buffer holds.
+  const std::string big = write_gz("big.gz", file);
+  {
+    std::ofstream out(big, std::ios::binary | std::ios::app);
+    out << std::string(600 * 1024, 'x');
+  }
+  EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_images(big); },
+                                {big, "trailing data after the gzip stream", "614400 bytes"}));
+}
+
+// A second gzip member after a complete file is refused too.
+TEST_F(IdxRead, SecondGzMember) {
+  const std::string p = write_gz("lab.gz", label_file(4));
+  const std::string once = read_bytes(p);
+  {
+    std::ofstream out(p, std::ios::binary | std::ios::app);
+    out << once;
+  }
+  EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_labels(p); }, {p, "trailing"}));
+}
+
+// open(2) on a FIFO blocks until a writer comes: the reader must refuse it
+// without opening it that way. If it does block, a writer opens the FIFO after
+// 3 s so that the test fails instead of hanging.
+TEST_F(IdxRead, FifoIsRefusedWithoutBlocking) {
+  const std::string p = path("fifo");
+  ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0) << std::strerror(errno);
+  std::atomic<bool> done{false};
+  std::thread unblocker([&] {
+    for (int i = 0; !done; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (i < 60) continue;
+      const int fd = ::open(p.c_str(), O_WRONLY | O_NONBLOCK);  // fails but when a reader waits
+      if (fd >= 0) ::close(fd);
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_images(p); }, {p, "FIFO", "not a regular file"}));
+  EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_labels(p); }, {p, "FIFO", "not a regular file"}));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  done = true;
+  unblocker.join();
+}
+
+TEST_F(IdxRead, DeviceIsRefused) {
+  EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_images("/dev/null"); },
+                                {"/dev/null", "character device", "not a regular file"}));
 }
 
 // ---------------------------------------------------------------------------

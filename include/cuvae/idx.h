@@ -21,9 +21,10 @@ struct IdxImages {
 };
 
 // Each throws cuvae::Error naming the path on: missing or unreadable file,
-// bad gzip stream, wrong magic (type or dimension count), zero or absurd
-// dimensions, a size that disagrees with the header (truncated or trailing
-// bytes).
+// anything but a regular file (refused without blocking on a FIFO), bad gzip
+// stream or bytes after its end, wrong magic (type or dimension count), zero
+// or absurd dimensions, a size that disagrees with the header (truncated or
+// trailing bytes).
 IdxImages read_idx_images(const std::string& path);
 std::vector<uint8_t> read_idx_labels(const std::string& path);
 

@@ -1,0 +1,91 @@
+// Bad input end to end, continued from test_cli.cpp: unusual files (FIFOs,
+// gzip with trailing garbage), out-of-range and empty flag values, the bench
+// JSON file, and what a failed run leaves behind. Each bad input must give
+// one line on stderr naming what is wrong and a non-zero exit, never a hang.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <initializer_list>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "vae_process.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace cuvae::testing;
+
+std::string lower(std::string text) {
+  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return text;
+}
+
+// As in test_cli.cpp: one "vae: error: " line naming every one of `names`
+// and at least one of `why` (case-insensitive), and an error exit status.
+void expect_one_line_error(const RunResult& r, std::initializer_list<std::string> names,
+                           std::initializer_list<std::string> why) {
+  SCOPED_TRACE(describe(r));
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(r.signal, 0) << "the driver crashed";
+  ASSERT_TRUE(r.exit_code > 0 && r.exit_code < 126) << "expected an error exit status";
+  ASSERT_FALSE(r.err.empty()) << "nothing on stderr";
+  EXPECT_EQ(r.err.back(), '\n') << "stderr's line is not terminated";
+  const std::string line = r.err.substr(0, r.err.size() - 1);
+  EXPECT_EQ(line.find('\n'), std::string::npos) << "more than one line on stderr";
+  EXPECT_EQ(line.rfind("vae: error: ", 0), 0u) << "stderr does not start with 'vae: error: '";
+  EXPECT_LT(line.size(), 400u) << "the error line is unreadably long";
+  for (const std::string& name : names) {
+    EXPECT_TRUE(contains(line, name)) << "the error does not name '" << name << "'";
+  }
+  bool said_why = why.size() == 0;
+  for (const std::string& word : why) said_why = said_why || contains(lower(line), lower(word));
+  EXPECT_TRUE(said_why) << "the error does not say what is wrong";
+}
+
+// Seconds a run that should fail at once may take before it counts as a hang.
+constexpr int kHangSeconds = 20;
+
+// ---------------------------------------------------------------------------
+// Unusual input files
+
+TEST(BadInputFiles, FifoAsTrainingImagesIsRefusedNotWaitedOn) {
+  TempDir dir;
+  const fs::path data = dir.path() / "data";
+  write_dataset(data);
+  const std::string images = (data / kTrainImages).string();
+  fs::remove(images);
+  ASSERT_EQ(::mkfifo(images.c_str(), 0600), 0) << std::strerror(errno);
+  expect_one_line_error(run_vae(train_args(data.string(), dir / "out"), dir.path(), kHangSeconds),
+                        {images}, {"not a regular file"});
+}
+
+TEST(BadInputFiles, GarbageAfterGzipStreamIsRefused) {
+  TempDir dir;
+  const fs::path data = dir.path() / "data";
+  write_dataset(data);
+  const std::string plain = (data / kTrainImages).string();
+  const std::string gz = plain + ".gz";
+  {
+    gzFile out = gzopen(gz.c_str(), "wb");
+    ASSERT_NE(out, nullptr);
+    const std::string bytes = read_file(plain);
+    ASSERT_EQ(gzwrite(out, bytes.data(), static_cast<unsigned>(bytes.size())),
+              static_cast<int>(bytes.size()));
+    ASSERT_EQ(gzclose(out), Z_OK);
+  }
+  fs::remove(plain);
+  expect_success(run_vae(train_args(data.string(), dir / "ok"), dir.path()));
+  write_file(gz, read_file(gz) + "garbage!");
+  expect_one_line_error(run_vae(train_args(data.string(), dir / "out"), dir.path()), {gz},
+                        {"trailing data after the gzip stream"});
+}
+
+}  // namespace
