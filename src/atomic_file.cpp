@@ -1,10 +1,12 @@
 #include "cuvae/atomic_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -63,6 +65,90 @@ void make_directories(const std::string& dir) {
   }
   if (!std::filesystem::is_directory(dir, ec)) {
     throw Error("cannot create directory " + dir + ": exists and is not a directory");
+  }
+}
+
+void check_writable_file_path(const std::string& path) {
+  auto refuse = [&](const std::string& why) { throw Error("cannot write " + path + ": " + why); };
+  if (path.empty()) refuse("empty file name");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) refuse("is a directory");
+    // Renaming over a device or FIFO would replace it, not write into it.
+    if (!S_ISREG(st.st_mode)) refuse("exists and is not a regular file");
+  } else if (errno != ENOENT) {
+    refuse(std::strerror(errno));
+  }
+  const std::string dir = parent_directory(path);
+  if (::stat(dir.c_str(), &st) != 0) refuse("directory " + dir + ": " + std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) refuse(dir + " is not a directory");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) refuse("directory " + dir + ": " + std::strerror(errno));
+}
+
+namespace {
+
+// The writer's PID if `name` is exactly "<something>.tmp.<pid>" as
+// write_file_atomically names it (std::to_string: no sign, no leading zero).
+bool temporary_pid(const std::string& name, pid_t* pid) {
+  const std::string marker = ".tmp.";
+  const size_t at = name.rfind(marker);
+  if (at == std::string::npos || at == 0) return false;
+  const std::string digits = name.substr(at + marker.size());
+  if (digits.empty() || digits.size() > 10 || digits[0] == '0') return false;
+  long long value = 0;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return false;
+    value = value * 10 + (c - '0');
+  }
+  if (value > INT_MAX) return false;
+  *pid = static_cast<pid_t>(value);
+  return true;
+}
+
+}  // namespace
+
+int remove_stale_temporaries(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec);
+  if (ec) return 0;  // nothing to clean; the caller reports a bad directory
+  int removed = 0;
+  for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    if (ec) break;
+    pid_t pid = 0;
+    if (!temporary_pid(it->path().filename().string(), &pid)) continue;
+    // symlink_status: never follow a link out of the directory.
+    if (!std::filesystem::is_regular_file(it->symlink_status(ec)) || ec) continue;
+    // Only ESRCH proves the writer gone; EPERM means it is alive.
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    if (std::filesystem::remove(it->path(), ec)) ++removed;
+  }
+  return removed;
+}
+
+OutputDirectory::OutputDirectory(const std::string& dir) {
+  std::error_code ec;
+  for (std::filesystem::path p(dir); !p.empty(); p = p.parent_path()) {
+    if (std::filesystem::exists(std::filesystem::symlink_status(p, ec)) || p == p.parent_path()) break;
+    created_.push_back(p.string());
+  }
+  try {
+    make_directories(dir);
+  } catch (...) {
+    remove_created();
+    throw;
+  }
+  remove_stale_temporaries(dir);
+}
+
+OutputDirectory::~OutputDirectory() { remove_created(); }
+
+void OutputDirectory::remove_created() {
+  std::error_code ec;
+  for (const std::string& p : created_) {
+    // remove() takes a directory only when it is empty: one that holds
+    // anything stays.
+    if (!std::filesystem::is_directory(std::filesystem::symlink_status(p, ec))) break;
+    if (!std::filesystem::remove(p, ec)) break;
   }
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace cuvae {
 
@@ -15,5 +16,35 @@ void write_file_atomically(const std::string& path, const void* data, size_t siz
 // Creates `dir` and its parents if missing; throws cuvae::Error naming the
 // directory when it cannot be created or exists as something else.
 void make_directories(const std::string& dir);
+
+// Throws cuvae::Error "cannot write PATH: REASON" when write_file_atomically
+// would certainly fail: PATH exists but is not a regular file (a directory,
+// a device such as /dev/full), or its directory is missing or not writable.
+// For commands that write a file at the end of a long run, to fail first.
+void check_writable_file_path(const std::string& path);
+
+// Removes the temporaries of write_file_atomically in `dir` whose writer is
+// dead ("<name>.tmp.<pid>", a regular file, kill(pid, 0) says ESRCH): a run
+// killed mid-write leaves one, and the next run's PID differs. Files of
+// live processes and every other name are left. Returns how many went.
+int remove_stale_temporaries(const std::string& dir);
+
+// The output directory of a command: made (with its parents) and cleared of
+// stale temporaries on construction. Unless keep() is called, the directories
+// it had to make are removed again when it dies, if still empty, so a command
+// that fails leaves no empty directory behind.
+class OutputDirectory {
+ public:
+  explicit OutputDirectory(const std::string& dir);
+  ~OutputDirectory();
+  OutputDirectory(const OutputDirectory&) = delete;
+  OutputDirectory& operator=(const OutputDirectory&) = delete;
+  void keep() { created_.clear(); }
+
+ private:
+  void remove_created();
+
+  std::vector<std::string> created_;  // deepest first
+};
 
 }  // namespace cuvae
