@@ -15,6 +15,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cuvae/atomic_file.h"
 #include "cuvae/build_info.h"
 #include "cuvae/error.h"
 #include "cuvae/idx.h"
@@ -175,6 +176,8 @@ int run_bench_command(const BenchOptions& o) {
   if (o.steps < 1 || o.repeats < 1 || o.warmup_steps < 0) {
     throw Error("--steps and --repeats must be at least 1, --warmup at least 0");
   }
+  // Before the benchmark, not after minutes of it.
+  if (!o.json.empty()) check_writable_file_path(o.json);
   std::vector<std::string> devices;
   std::string why_not;
   const bool have_cuda = cuda_available(&why_not);
@@ -248,9 +251,9 @@ int run_bench_command(const BenchOptions& o) {
               "the share of the real (unprofiled) step that is not GEMM time; floor: the step's GEMM\n"
               "FLOPs at the large square SGEMM's rate; step/floor: how far the step is from it.\n");
   if (!o.json.empty()) {
-    std::ofstream out(o.json);
-    out << json.dump(2) << "\n";
-    if (!out) throw Error("cannot write " + o.json);
+    // --data need not be UTF-8, which JSON requires: bad bytes become U+FFFD.
+    const std::string text = json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    write_file_atomically(o.json, text.data(), text.size());
   }
   return 0;
 }

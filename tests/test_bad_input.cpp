@@ -3,6 +3,8 @@
 // JSON file, and what a failed run leaves behind. Each bad input must give
 // one line on stderr naming what is wrong and a non-zero exit, never a hang.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -16,6 +18,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "cuvae/model_file.h"
+#include "cuvae/vae_model.h"
 #include "vae_process.h"
 
 namespace {
@@ -86,6 +92,49 @@ TEST(BadInputFiles, GarbageAfterGzipStreamIsRefused) {
   write_file(gz, read_file(gz) + "garbage!");
   expect_one_line_error(run_vae(train_args(data.string(), dir / "out"), dir.path()), {gz},
                         {"trailing data after the gzip stream"});
+}
+
+// ---------------------------------------------------------------------------
+// bench --json
+
+class BadInputBenchJson : public ::testing::Test {
+ protected:
+  TempDir dir;
+  RunResult bench(const std::string& json, const std::string& data = "no-such-data") {
+    return run_vae({"bench", "--device", "cpu", "--data", data, "--batch-sizes", "10", "--warmup",
+                    "0", "--steps", "1", "--repeats", "1", "--json", json},
+                   dir.path());
+  }
+};
+
+// The path is checked before the benchmark runs, and the error says why.
+TEST_F(BadInputBenchJson, UnwritablePathFailsBeforeBenchmarking) {
+  fs::create_directories(dir / "adir");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"adir", "is a directory"},
+      {"nope/x.json", "No such file or directory"},
+      {"/dev/full", "not a regular file"},
+  };
+  for (const auto& [path, why] : cases) {
+    const RunResult r = bench(path);
+    expect_one_line_error(r, {path}, {why});
+    EXPECT_FALSE(contains(r.out, "samples/s")) << "benchmarked first: " << r.out;
+  }
+}
+
+// --data that is not UTF-8 lands in the JSON; it used to throw at the end
+// and leave the old file at 0 bytes.
+TEST_F(BadInputBenchJson, DataPathThatIsNotUtf8IsWrittenAtomically) {
+  const std::string json = dir / "bj.json";
+  write_file(json, "{\"old\":\"results\"}\n");
+  const RunResult r = bench(json, "bad\xff");
+  expect_success(r);
+  const nlohmann::json results = nlohmann::json::parse(read_file(json));
+  EXPECT_TRUE(contains(results.at("data").get<std::string>(), "bad\xEF\xBF\xBD")) << results.dump();
+  EXPECT_EQ(results.at("results").size(), 1u);
+  for (const auto& entry : fs::directory_iterator(dir.path())) {
+    EXPECT_FALSE(contains(entry.path().filename().string(), ".tmp.")) << entry.path();
+  }
 }
 
 }  // namespace
