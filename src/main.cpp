@@ -6,7 +6,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -47,12 +49,27 @@ struct ImageOptions {
 // Number checks. CLI11's Range says "Value abc not in range 1 to 1048576" for
 // text that is no number, PositiveNumber spells DBL_MAX out in full, and an
 // unsigned option takes "-1" as 2^64 - 1; these say what is wrong instead.
+// CLI11 converts with strtoll/strtoull (base 0) and ignores ERANGE, clamping
+// text beyond 64 bits to the limit; these parse the same way and refuse it.
+enum class Parsed { kOk, kNotANumber, kOutOfRange };
+
+template <typename T, typename Convert>
+Parsed parse_integer(const std::string& input, Convert convert, T* value) {
+  if (input.empty()) return Parsed::kNotANumber;
+  char* end = nullptr;
+  errno = 0;
+  *value = convert(input.c_str(), &end, 0);
+  if (end != input.c_str() + input.size()) return Parsed::kNotANumber;
+  return errno == ERANGE ? Parsed::kOutOfRange : Parsed::kOk;
+}
+
 CLI::Validator integer_in(int64_t lo, int64_t hi, const std::string& description) {
   return CLI::Validator(
       [lo, hi](std::string& input) -> std::string {
-        int64_t value = 0;
-        if (!CLI::detail::lexical_cast(input, value)) return "'" + input + "' is not an integer";
-        if (value < lo || value > hi) {
+        long long value = 0;
+        const Parsed parsed = parse_integer(input, std::strtoll, &value);
+        if (parsed == Parsed::kNotANumber) return "'" + input + "' is not an integer";
+        if (parsed == Parsed::kOutOfRange || value < lo || value > hi) {
           return "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi) +
                  ", got " + input;
         }
@@ -68,22 +85,36 @@ CLI::Validator integer_in(int64_t lo, int64_t hi) {
 const CLI::Validator kNonNegativeInteger =
     integer_in(0, std::numeric_limits<int>::max(), "NONNEGATIVE");
 
-const CLI::Validator kPositiveNumber(
+// The learning rate is applied as a float: below FLT_MIN it is subnormal or
+// zero there (1e-320 ran as 9.99989e-321 and trained nothing).
+const CLI::Validator kLearningRate(
     [](std::string& input) -> std::string {
       double value = 0;
       if (!CLI::detail::lexical_cast(input, value)) return "'" + input + "' is not a number";
       if (!(value > 0.0) || !std::isfinite(value)) return "must be a positive number, got " + input;
+      if (value < std::numeric_limits<float>::min() || value > std::numeric_limits<float>::max()) {
+        return "must be a normal single-precision number (about 1.2e-38 to 3.4e38), got " + input;
+      }
       return std::string();
     },
     "POSITIVE");
 
 const CLI::Validator kUnsignedInteger(
     [](std::string& input) -> std::string {
-      uint64_t value = 0;
-      if (input.find('-') != std::string::npos || !CLI::detail::lexical_cast(input, value)) {
+      unsigned long long value = 0;
+      if (input.find('-') != std::string::npos ||
+          parse_integer(input, std::strtoull, &value) != Parsed::kOk) {
         return "must be a non-negative integer below 2^64, got " + input;
       }
       return std::string();
+    },
+    "");
+
+// Paths: an empty one would surface later as "cannot create directory :" or
+// ": MNIST directory not found", or (--resume) start a fresh run.
+const CLI::Validator kNonEmpty(
+    [](std::string& input) -> std::string {
+      return input.empty() ? "must not be empty" : std::string();
     },
     "");
 
@@ -191,19 +222,19 @@ int main(int argc, char** argv) {
 
   cuvae::TrainOptions train;
   CLI::App* train_cmd = app.add_subcommand("train", "Train the VAE; write the model, metrics.csv and the task images");
-  train_cmd->add_option("--data", train.data, "Directory with the MNIST IDX files (tools/fetch_mnist.sh)")->capture_default_str();
-  CLI::Option* out_opt = train_cmd->add_option("--out", train.out, "Output directory (with --resume: defaults to the resumed directory)")->capture_default_str();
+  train_cmd->add_option("--data", train.data, "Directory with the MNIST IDX files (tools/fetch_mnist.sh)")->check(kNonEmpty)->capture_default_str();
+  CLI::Option* out_opt = train_cmd->add_option("--out", train.out, "Output directory (with --resume: defaults to the resumed directory)")->check(kNonEmpty)->capture_default_str();
   add_device(train_cmd, &train.device);
   CLI::Option* epochs_opt = train_cmd->add_option("--epochs", train.epochs, "Epochs in all (a resumed run counts its earlier epochs; default there: the checkpoint's)")->check(integer_in(1, 1000000))->capture_default_str();
   CLI::Option* batch_opt = train_cmd->add_option("--batch-size", train.batch_size, "Images per step (the last partial batch of an epoch is dropped)")->check(integer_in(1, 1 << 20))->capture_default_str();
   CLI::Option* latent_opt = train_cmd->add_option("--latent-dim", train.latent_dim, "Latent dimensions L")->check(integer_in(1, 65536))->capture_default_str();
   CLI::Option* hidden_opt = train_cmd->add_option("--hidden", train.hidden, "Hidden layer widths of encoder and decoder, comma-separated")->capture_default_str();
-  CLI::Option* lr_opt = train_cmd->add_option("--lr", train.lr, "Adam step size alpha")->check(kPositiveNumber)->capture_default_str();
+  CLI::Option* lr_opt = train_cmd->add_option("--lr", train.lr, "Adam step size alpha")->check(kLearningRate)->capture_default_str();
   CLI::Option* seed_opt = train_cmd->add_option("--seed", train.seed, "Seed of every random draw (init, binarization, eps, shuffles)")->check(kUnsignedInteger)->capture_default_str();
   CLI::Option* max_steps_opt = train_cmd->add_option("--max-steps", train.max_steps, "Stop after this many steps in all, a resumed run's earlier steps included (0: no limit)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
   CLI::Option* shuffle_opt = train_cmd->add_flag("--shuffle", train.shuffle, "Reshuffle the training images every epoch (default: dataset order, as the seed)");
   train_cmd->add_option("--checkpoint-every", train.checkpoint_every, "Write OUT/checkpoint.safetensors every N steps (0: at the end of every epoch; always at the end and on Ctrl-C)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
-  train_cmd->add_option("--resume", train.resume, "Continue the run whose output directory is DIR, exactly, from DIR/checkpoint.safetensors; its architecture, batch size, lr, seed, shuffling and data are kept (--epochs, --max-steps, --out, --device, --checkpoint-every, --image-scale may change)");
+  train_cmd->add_option("--resume", train.resume, "Continue the run whose output directory is DIR, exactly, from DIR/checkpoint.safetensors; its architecture, batch size, lr, seed, shuffling and data are kept (--epochs, --max-steps, --out, --device, --checkpoint-every, --image-scale may change)")->check(kNonEmpty);
   train_cmd->add_flag("--tf32", train.tf32, "TF32 tensor-core math in the GEMMs (CUDA, sm_80 and newer): faster, about 1e-3 relative error per product; default FP32");
   train_cmd->add_flag("--gemm-epilogues", train.gemm_epilogues, "Dense layers as cuBLASLt GEMMs with fused bias+ReLU and ReLU-gradient+bias-gradient epilogues (CUDA; not yet measured on a GPU, so off by default)");
   train_cmd->add_flag("--cuda-graph,!--no-cuda-graph", train.cuda_graph, "Replay each training step as one CUDA Graph (default; needs the training images resident)");
@@ -217,9 +248,9 @@ int main(int argc, char** argv) {
            {"reconstruct", "Write task_3_2.png: 10 test images and their reconstructions"},
            {"interpolate", "Write task_3_3_0..4.png: latent interpolations between test images"}}) {
     CLI::App* cmd = app.add_subcommand(name, help);
-    cmd->add_option("--model", images.model, "Model file written by vae train")->required();
-    cmd->add_option("--data", images.data, "Directory with the MNIST IDX files")->capture_default_str();
-    cmd->add_option("--out", images.out, "Output directory")->capture_default_str();
+    cmd->add_option("--model", images.model, "Model file written by vae train")->required()->check(kNonEmpty);
+    cmd->add_option("--data", images.data, "Directory with the MNIST IDX files")->check(kNonEmpty)->capture_default_str();
+    cmd->add_option("--out", images.out, "Output directory")->check(kNonEmpty)->capture_default_str();
     add_device(cmd, &images.device);
     cmd->add_option("--seed", images.seed, "Seed of the random draws")->check(kUnsignedInteger)->capture_default_str();
     add_image_scale(cmd, &images.scale);
@@ -228,8 +259,8 @@ int main(int argc, char** argv) {
 
   EvalOptions eval;
   CLI::App* eval_cmd = app.add_subcommand("eval", "Test-set ELBO and importance-sampled negative log-likelihood");
-  eval_cmd->add_option("--model", eval.model, "Model file written by vae train")->required();
-  eval_cmd->add_option("--data", eval.data, "Directory with the MNIST IDX files")->capture_default_str();
+  eval_cmd->add_option("--model", eval.model, "Model file written by vae train")->required()->check(kNonEmpty);
+  eval_cmd->add_option("--data", eval.data, "Directory with the MNIST IDX files")->check(kNonEmpty)->capture_default_str();
   add_device(eval_cmd, &eval.device);
   eval_cmd->add_option("--k", eval.k, "Importance samples per image")->check(integer_in(1, 100000))->capture_default_str();
   eval_cmd->add_option("--limit", eval.limit, "Evaluate only the first N test images (0: all)")->check(kNonNegativeInteger)->capture_default_str();
@@ -238,13 +269,13 @@ int main(int argc, char** argv) {
   cuvae::BenchOptions bench;
   std::string bench_batches = "200,1000,4096";
   CLI::App* bench_cmd = app.add_subcommand("bench", "End-to-end training throughput of the seed's configuration per backend and batch size");
-  bench_cmd->add_option("--data", bench.data, "MNIST directory (generated images when absent)")->capture_default_str();
+  bench_cmd->add_option("--data", bench.data, "MNIST directory (generated images when absent)")->check(kNonEmpty)->capture_default_str();
   bench_cmd->add_option("--device", bench.device, "all (every available backend), cpu or cuda")->check(CLI::IsMember({"all", "cpu", "cuda"}))->capture_default_str();
   bench_cmd->add_option("--batch-sizes", bench_batches, "Batch sizes, comma-separated")->capture_default_str();
   bench_cmd->add_option("--warmup", bench.warmup_steps, "Warm-up steps, not timed (a CUDA Graph step's two set-up runs come before them)")->check(integer_in(0, 100000))->capture_default_str();
   bench_cmd->add_option("--steps", bench.steps, "Steps per timed repetition")->check(integer_in(1, 100000))->capture_default_str();
   bench_cmd->add_option("--repeats", bench.repeats, "Timed repetitions; the median is reported")->check(integer_in(1, 1000))->capture_default_str();
-  bench_cmd->add_option("--json", bench.json, "Also write the results as JSON to this file");
+  bench_cmd->add_option("--json", bench.json, "Also write the results as JSON to this file")->check(kNonEmpty);
   bench_cmd->add_flag("--tf32", bench.tf32, "TF32 tensor-core GEMMs on the CUDA backend");
   bench_cmd->add_flag("--gemm-epilogues", bench.gemm_epilogues, "Dense layers with cuBLASLt epilogues on the CUDA backend");
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench.cuda_graph, "Replay each step as a CUDA Graph (default)");

@@ -56,6 +56,32 @@ void expect_one_line_error(const RunResult& r, std::initializer_list<std::string
   EXPECT_TRUE(said_why) << "the error does not say what is wrong";
 }
 
+// A generated data set and a model trained on it, made once per process.
+struct Shared {
+  TempDir dir;
+  std::string data;
+  std::string model;
+  std::string error;  // why making it failed, if it did
+
+  Shared() : data(dir / "data"), model(dir / "model/model.safetensors") {
+    write_dataset(data);
+    const RunResult r =
+        run_vae(train_args(data, dir / "model", {{"--max-steps", "1"}}), dir.path());
+    if (r.exit_code != 0 || r.signal != 0 || !fs::exists(model)) error = describe(r);
+  }
+};
+
+const Shared& shared() {
+  static const Shared instance;
+  return instance;
+}
+
+#define REQUIRE_SHARED()                                                      \
+  do {                                                                        \
+    ASSERT_TRUE(shared().error.empty()) << "making the shared model failed: " \
+                                        << shared().error;                    \
+  } while (0)
+
 // Seconds a run that should fail at once may take before it counts as a hang.
 constexpr int kHangSeconds = 20;
 
@@ -92,6 +118,76 @@ TEST(BadInputFiles, GarbageAfterGzipStreamIsRefused) {
   write_file(gz, read_file(gz) + "garbage!");
   expect_one_line_error(run_vae(train_args(data.string(), dir / "out"), dir.path()), {gz},
                         {"trailing data after the gzip stream"});
+}
+
+// ---------------------------------------------------------------------------
+// Flag values
+
+class BadInputFlags : public ::testing::Test {
+ protected:
+  TempDir dir;
+  RunResult train(const std::map<std::string, std::string>& overrides) {
+    return run_vae(train_args(shared().data, dir / "out", overrides), dir.path());
+  }
+};
+
+// CLI11 clamps integers beyond 64 bits to the type's limit; they must be refused.
+TEST_F(BadInputFlags, IntegersBeyond64BitsAreRefused) {
+  for (const std::string seed : {"18446744073709551616", "99999999999999999999999999"}) {
+    expect_one_line_error(train({{"--seed", seed}}), {"--seed", seed}, {"below 2^64"});
+    expect_one_line_error(run_vae({"eval", "--model", "m", "--seed", seed}, dir.path()),
+                          {"--seed", seed}, {"below 2^64"});
+    expect_one_line_error(run_vae({"sample", "--model", "m", "--seed", seed}, dir.path()),
+                          {"--seed", seed}, {"below 2^64"});
+  }
+  expect_one_line_error(train({{"--checkpoint-every", "9223372036854775808"}}),
+                        {"--checkpoint-every", "9223372036854775808"}, {"must be an integer from"});
+  expect_one_line_error(train({{"--max-steps", "99999999999999999999999"}}),
+                        {"--max-steps", "99999999999999999999999"}, {"must be an integer from"});
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+TEST_F(BadInputFlags, LargestValuesStillAccepted) {
+  REQUIRE_SHARED();
+  const RunResult r = train({{"--seed", "18446744073709551615"},
+                             {"--checkpoint-every", "9223372036854775807"}});
+  expect_success(r);
+  EXPECT_TRUE(contains(r.out, "18446744073709551615")) << r.out;
+}
+
+// Adam applies the rate as a float: a subnormal one trains nothing.
+TEST_F(BadInputFlags, LearningRateThatIsNotANormalFloat) {
+  for (const std::string lr : {"1e-320", "1e-39", "1e39"}) {
+    expect_one_line_error(train({{"--lr", lr}}), {"--lr", lr}, {"normal single-precision"});
+  }
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
+  const std::string data = dir / "data";
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"--out", train_args(data, "")},
+      {"--data", train_args("", dir / "out")},
+      {"--resume", [&] {
+         std::vector<std::string> args = train_args(data, dir / "out");
+         args.insert(args.end(), {"--resume", ""});
+         return args;
+       }()},
+      {"--model", {"sample", "--model", ""}},
+      {"--out", {"sample", "--model", "m", "--out", ""}},
+      {"--data", {"reconstruct", "--model", "m", "--data", ""}},
+      {"--model", {"eval", "--model", ""}},
+      {"--data", {"eval", "--model", "m", "--data", ""}},
+      {"--data", {"bench", "--device", "cpu", "--batch-sizes", "10", "--warmup", "0", "--steps",
+                  "1", "--repeats", "1", "--data", ""}},
+      {"--json", {"bench", "--device", "cpu", "--batch-sizes", "10", "--warmup", "0", "--steps",
+                  "1", "--repeats", "1", "--json", ""}},
+  };
+  for (const auto& [flag, args] : cases) {
+    SCOPED_TRACE(flag);
+    expect_one_line_error(run_vae(args, dir.path()), {flag}, {"must not be empty"});
+  }
+  EXPECT_FALSE(fs::exists(dir / "out"));
 }
 
 // ---------------------------------------------------------------------------
