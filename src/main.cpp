@@ -189,7 +189,8 @@ int run_eval(const EvalOptions& o) {
   const nlohmann::json line = {{"model", o.model}, {"images", r.images}, {"k", r.k},
                                {"seed", o.seed},   {"elbo", r.elbo},     {"nll", r.nll},
                                {"seconds", seconds}, {"device", backend->name()}};
-  std::cout << line.dump() << std::endl;
+  // Paths need not be UTF-8; replace bad bytes (U+FFFD) rather than throw.
+  std::cout << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   return 0;
 }
 
@@ -282,6 +283,16 @@ int main(int argc, char** argv) {
 
   CLI::App* info_cmd = app.add_subcommand("info", "Build facts: version, commit, CUDA, threads, BLAS");
 
+  // "train, sample, ... or info", from the subcommands registered above.
+  std::string subcommand_names;
+  {
+    const std::vector<CLI::App*> all = app.get_subcommands([](CLI::App*) { return true; });
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (i > 0) subcommand_names += i + 1 == all.size() ? " or " : ", ";
+      subcommand_names += all[i]->get_name();
+    }
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -294,8 +305,7 @@ int main(int argc, char** argv) {
     const std::vector<std::string> extras = app.remaining();
     if (app.get_subcommands().empty() && !extras.empty() && extras.front().rfind("-", 0) != 0) {
       std::cerr << "vae: error: unknown subcommand '" << extras.front()
-                << "'; expected train, sample, reconstruct, interpolate, eval or info (see vae "
-                   "--help)\n";
+                << "'; expected " << subcommand_names << " (see vae --help)\n";
     } else {
       std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
     }
@@ -305,8 +315,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (app.get_subcommands().empty()) {
-    std::cerr << "vae: error: a subcommand is required: train, sample, reconstruct, interpolate, "
-                 "eval or info (see vae --help)\n";
+    std::cerr << "vae: error: a subcommand is required: " << subcommand_names
+              << " (see vae --help)\n";
     return 2;
   }
 

@@ -120,6 +120,25 @@ TEST(BadInputFiles, GarbageAfterGzipStreamIsRefused) {
                         {"trailing data after the gzip stream"});
 }
 
+// JSON must be UTF-8; paths need not be. The model path is in eval's JSON line.
+TEST(BadInputFiles, EvalWithModelPathThatIsNotUtf8) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string bad_dir = dir / "bad\xff";
+  fs::create_directories(bad_dir);
+  const std::string model = bad_dir + "/m.safetensors";
+  fs::copy_file(shared().model, model);
+  const RunResult r = run_vae({"eval", "--model", model, "--data", shared().data, "--k", "2",
+                               "--limit", "3", "--device", "cpu"},
+                              dir.path());
+  expect_success(r);
+  const size_t brace = r.out.rfind("\n{");
+  ASSERT_NE(brace, std::string::npos) << r.out;
+  const nlohmann::json line = nlohmann::json::parse(r.out.substr(brace + 1));
+  EXPECT_TRUE(contains(line.at("model").get<std::string>(), "bad\xEF\xBF\xBD/m.safetensors"))
+      << line.dump();
+}
+
 // ---------------------------------------------------------------------------
 // Flag values
 
@@ -188,6 +207,14 @@ TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
     expect_one_line_error(run_vae(args, dir.path()), {flag}, {"must not be empty"});
   }
   EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+TEST_F(BadInputFlags, UnknownSubcommandListsEverySubcommand) {
+  const RunResult r = run_vae({"bogus"}, dir.path());
+  expect_one_line_error(r, {"bogus", "train", "sample", "reconstruct", "interpolate", "eval",
+                            "bench", "info"},
+                        {"unknown subcommand"});
+  expect_one_line_error(run_vae({}, dir.path()), {"bench", "info"}, {"subcommand is required"});
 }
 
 // ---------------------------------------------------------------------------
