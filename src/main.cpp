@@ -25,6 +25,7 @@
 #include "cuvae/error.h"
 #include "cuvae/evaluate.h"
 #include "cuvae/idx.h"
+#include "cuvae/input_file.h"
 #include "cuvae/model_file.h"
 #include "cuvae/task_images.h"
 #include "cuvae/timing.h"
@@ -142,12 +143,18 @@ std::unique_ptr<cuvae::VaeModel> open_model(cuvae::Backend& backend, const std::
   return model;
 }
 
+// Refuses a model path that is a FIFO, device or directory before the model
+// reader opens it: its open(2) would wait forever for a FIFO's writer.
+void check_model_path(const std::string& path) { ::close(cuvae::open_regular_file(path)); }
+
 int run_images(const ImageOptions& o, const std::string& which) {
+  check_model_path(o.model);
   const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before anything else
   cuvae::IdxImages test;
   if (which != "sample") test = cuvae::load_mnist_split(o.data, false).images;
   std::unique_ptr<cuvae::Backend> backend = cuvae::open_backend(o.device, std::cout);
-  cuvae::make_directories(o.out);
+  // Removed again if the command fails (e.g. the model does not fit the data).
+  cuvae::OutputDirectory out_dir(o.out);
   std::unique_ptr<cuvae::VaeModel> model =
       open_model(*backend, o.model, file, cuvae::kTaskImageRows);
   cuvae::GridOptions grid;
@@ -156,6 +163,7 @@ int run_images(const ImageOptions& o, const std::string& which) {
   if (which == "sample") paths = cuvae::write_prior_samples(*model, o.out, o.seed, grid);
   if (which == "reconstruct") paths = cuvae::write_reconstructions(*model, test, o.out, o.seed, grid);
   if (which == "interpolate") paths = cuvae::write_interpolations(*model, test, o.out, o.seed, grid);
+  out_dir.keep();
   std::cout << "wrote";
   for (const std::string& path : paths) std::cout << " " << path;
   std::cout << "\n";
@@ -172,6 +180,7 @@ struct EvalOptions {
 };
 
 int run_eval(const EvalOptions& o) {
+  check_model_path(o.model);
   const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before the data is read
   const cuvae::IdxImages test = cuvae::load_mnist_split(o.data, false).images;
   std::unique_ptr<cuvae::Backend> backend = cuvae::open_backend(o.device, std::cout);

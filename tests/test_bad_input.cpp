@@ -120,6 +120,22 @@ TEST(BadInputFiles, GarbageAfterGzipStreamIsRefused) {
                         {"trailing data after the gzip stream"});
 }
 
+TEST(BadInputFiles, FifoAsModelIsRefusedNotWaitedOn) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string fifo = dir / "model.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  expect_one_line_error(
+      run_vae({"sample", "--model", fifo, "--out", dir / "out", "--device", "cpu"}, dir.path(),
+              kHangSeconds),
+      {fifo}, {"not a regular file"});
+  expect_one_line_error(run_vae({"eval", "--model", fifo, "--data", shared().data, "--k", "2",
+                                 "--device", "cpu"},
+                                dir.path(), kHangSeconds),
+                        {fifo}, {"not a regular file"});
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
 // JSON must be UTF-8; paths need not be. The model path is in eval's JSON line.
 TEST(BadInputFiles, EvalWithModelPathThatIsNotUtf8) {
   REQUIRE_SHARED();
@@ -258,6 +274,70 @@ TEST_F(BadInputBenchJson, DataPathThatIsNotUtf8IsWrittenAtomically) {
   for (const auto& entry : fs::directory_iterator(dir.path())) {
     EXPECT_FALSE(contains(entry.path().filename().string(), ".tmp.")) << entry.path();
   }
+}
+
+// ---------------------------------------------------------------------------
+// What runs leave behind
+
+// A model whose input size (10x10) does not fit MNIST-sized test images.
+std::string write_model_of_100_pixels(const TempDir& dir) {
+  cuvae::Architecture arch;
+  arch.input_dim = 100;
+  arch.hidden = {8};
+  arch.latent_dim = 2;
+  const std::string path = dir / "m100.safetensors";
+  cuvae::save_model(path, arch, std::vector<float>(cuvae::ParameterLayout(arch).size(), 0.01f), {});
+  return path;
+}
+
+TEST(BadInputOutputs, ModelThatDoesNotFitTheDataLeavesNoDirectory) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string model = write_model_of_100_pixels(dir);
+  for (const std::string command : {"reconstruct", "interpolate"}) {
+    SCOPED_TRACE(command);
+    expect_one_line_error(run_vae({command, "--model", model, "--data", shared().data, "--out",
+                                   dir / "new/deeper", "--device", "cpu"},
+                                  dir.path()),
+                          {}, {"pixels"});
+    EXPECT_FALSE(fs::exists(dir / "new")) << "left the directories it made";
+  }
+  // A directory that was there before stays, and so does what it holds.
+  fs::create_directories(dir / "old");
+  write_file(dir / "old/keep.txt", "x");
+  expect_one_line_error(run_vae({"reconstruct", "--model", model, "--data", shared().data,
+                                 "--out", dir / "old/new", "--device", "cpu"},
+                                dir.path()),
+                        {}, {"pixels"});
+  EXPECT_TRUE(fs::exists(dir / "old/keep.txt"));
+  EXPECT_FALSE(fs::exists(dir / "old/new"));
+}
+
+// The PID of a process that has exited and been reaped.
+pid_t dead_pid() {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  ::waitpid(pid, nullptr, 0);
+  return pid;
+}
+
+// kill -9 during an atomic write leaves "<file>.tmp.<pid>"; the next command
+// writing into the directory removes it, but not a live writer's.
+TEST(BadInputOutputs, StaleTemporariesAreRemovedFromTheOutputDirectory) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const fs::path out = dir.path() / "out";
+  fs::create_directories(out);
+  const std::string stale = "task_3_1.png.tmp." + std::to_string(dead_pid());
+  const std::string live = "task_3_1.png.tmp." + std::to_string(::getpid());
+  write_file(out / stale, "torn");
+  write_file(out / live, "being written");
+  expect_success(run_vae({"sample", "--model", shared().model, "--out", out.string(), "--device",
+                          "cpu"},
+                         dir.path()));
+  EXPECT_FALSE(fs::exists(out / stale));
+  EXPECT_TRUE(fs::exists(out / live));
+  EXPECT_TRUE(fs::exists(out / "task_3_1.png"));
 }
 
 }  // namespace
