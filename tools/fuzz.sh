@@ -26,7 +26,7 @@ fi
 common=(-std=c++17 -g -Iinclude -Wall -Wextra)
 
 if [[ "${1:-}" == "--make-corpus" ]]; then
-  "$cxx" "${common[@]}" -O1 tests/fuzz/make_corpus.cpp src/safetensors.cpp src/atomic_file.cpp \
+  "$cxx" "${common[@]}" -O1 tests/fuzz/make_corpus.cpp src/safetensors.cpp src/atomic_file.cpp src/input_file.cpp \
     -lz -o "$out/make_corpus"
   "$out/make_corpus" tests/fuzz/corpus
   ls -l tests/fuzz/corpus/*
@@ -44,8 +44,8 @@ fi
 flags=("${common[@]}" -O1 "-fsanitize=fuzzer,address,undefined" -fno-sanitize-recover=all
        -fno-omit-frame-pointer)
 declare -A sources=(
-  [idx]="src/idx.cpp"
-  [safetensors]="src/safetensors.cpp src/atomic_file.cpp"
+  [idx]="src/idx.cpp src/input_file.cpp"
+  [safetensors]="src/safetensors.cpp src/atomic_file.cpp src/input_file.cpp"
 )
 targets=(idx safetensors)
 
