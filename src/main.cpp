@@ -25,9 +25,9 @@
 #include "cuvae/error.h"
 #include "cuvae/evaluate.h"
 #include "cuvae/idx.h"
-#include "cuvae/input_file.h"
 #include "cuvae/model_file.h"
 #include "cuvae/task_images.h"
+#include "cuvae/trainer.h"
 #include "cuvae/timing.h"
 #include "cuvae/train_command.h"
 
@@ -143,12 +143,7 @@ std::unique_ptr<cuvae::VaeModel> open_model(cuvae::Backend& backend, const std::
   return model;
 }
 
-// Refuses a model path that is a FIFO, device or directory before the model
-// reader opens it: its open(2) would wait forever for a FIFO's writer.
-void check_model_path(const std::string& path) { ::close(cuvae::open_regular_file(path)); }
-
 int run_images(const ImageOptions& o, const std::string& which) {
-  check_model_path(o.model);
   const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before anything else
   cuvae::IdxImages test;
   if (which != "sample") test = cuvae::load_mnist_split(o.data, false).images;
@@ -180,7 +175,6 @@ struct EvalOptions {
 };
 
 int run_eval(const EvalOptions& o) {
-  check_model_path(o.model);
   const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before the data is read
   const cuvae::IdxImages test = cuvae::load_mnist_split(o.data, false).images;
   std::unique_ptr<cuvae::Backend> backend = cuvae::open_backend(o.device, std::cout);
@@ -235,9 +229,9 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--data", train.data, "Directory with the MNIST IDX files (tools/fetch_mnist.sh)")->check(kNonEmpty)->capture_default_str();
   CLI::Option* out_opt = train_cmd->add_option("--out", train.out, "Output directory (with --resume: defaults to the resumed directory)")->check(kNonEmpty)->capture_default_str();
   add_device(train_cmd, &train.device);
-  CLI::Option* epochs_opt = train_cmd->add_option("--epochs", train.epochs, "Epochs in all (a resumed run counts its earlier epochs; default there: the checkpoint's)")->check(integer_in(1, 1000000))->capture_default_str();
-  CLI::Option* batch_opt = train_cmd->add_option("--batch-size", train.batch_size, "Images per step (the last partial batch of an epoch is dropped)")->check(integer_in(1, 1 << 20))->capture_default_str();
-  CLI::Option* latent_opt = train_cmd->add_option("--latent-dim", train.latent_dim, "Latent dimensions L")->check(integer_in(1, 65536))->capture_default_str();
+  CLI::Option* epochs_opt = train_cmd->add_option("--epochs", train.epochs, "Epochs in all (a resumed run counts its earlier epochs; default there: the checkpoint's)")->check(integer_in(1, cuvae::TrainConfig::kMaxEpochs))->capture_default_str();
+  CLI::Option* batch_opt = train_cmd->add_option("--batch-size", train.batch_size, "Images per step (the last partial batch of an epoch is dropped)")->check(integer_in(1, cuvae::TrainConfig::kMaxBatchSize))->capture_default_str();
+  CLI::Option* latent_opt = train_cmd->add_option("--latent-dim", train.latent_dim, "Latent dimensions L")->check(integer_in(1, cuvae::Architecture::kMaxWidth))->capture_default_str();
   CLI::Option* hidden_opt = train_cmd->add_option("--hidden", train.hidden, "Hidden layer widths of encoder and decoder, comma-separated")->capture_default_str();
   CLI::Option* lr_opt = train_cmd->add_option("--lr", train.lr, "Adam step size alpha")->check(kLearningRate)->capture_default_str();
   CLI::Option* seed_opt = train_cmd->add_option("--seed", train.seed, "Seed of every random draw (init, binarization, eps, shuffles)")->check(kUnsignedInteger)->capture_default_str();

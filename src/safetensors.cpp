@@ -14,6 +14,7 @@
 
 #include "cuvae/atomic_file.h"
 #include "cuvae/error.h"
+#include "cuvae/input_file.h"
 
 // Tensor data is copied between the file and std::vector<float> with memcpy,
 // which is only correct when the host stores floats little-endian like the
@@ -292,11 +293,9 @@ class Reader {
   }
 
   SafetensorsFile read() const {
-    const Fd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
-    if (fd.get() < 0) fail(std::strerror(errno));
+    const Fd fd(open_regular_file(path_));  // never blocks on a FIFO
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) fail(std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) fail("not a regular file");
     const uint64_t file_size = static_cast<uint64_t>(st.st_size);
 
     if (file_size < 8) {

@@ -149,7 +149,9 @@ int run_train_command(TrainOptions o) {
                 ") are not the checkpoint's (" + resumed.data_fingerprint + ")");
   }
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
-  make_directories(o.out);
+  // Made here, stale temporaries of killed runs cleared; removed again if the
+  // run fails before writing anything into it.
+  const OutputDirectory out_dir(o.out);
   if (o.tf32 && !backend->set_tf32(true)) {
     std::cout << "note: --tf32 has no effect on the " << backend->name()
               << " backend; its GEMMs compute in FP32\n";

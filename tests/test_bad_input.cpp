@@ -340,4 +340,21 @@ TEST(BadInputOutputs, StaleTemporariesAreRemovedFromTheOutputDirectory) {
   EXPECT_TRUE(fs::exists(out / "task_3_1.png"));
 }
 
+// train too: a run that fails before writing anything leaves no directory,
+// and one that writes clears the temporaries of a killed run.
+TEST(BadInputOutputs, TrainLeavesNoEmptyDirectoryAndClearsStaleTemporaries) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  expect_one_line_error(run_vae(train_args(shared().data, dir / "new/run", {{"--batch-size", "1000000"}}), dir.path()),
+                        {"--batch-size"}, {"between 1 and the number of training images"});
+  EXPECT_FALSE(fs::exists(dir / "new")) << "left the directories it made";
+  const fs::path out = dir.path() / "out";
+  fs::create_directories(out);
+  const std::string stale = "checkpoint.safetensors.tmp." + std::to_string(dead_pid());
+  write_file(out / stale, "torn");
+  expect_success(run_vae(train_args(shared().data, out.string()), dir.path()));
+  EXPECT_FALSE(fs::exists(out / stale));
+  EXPECT_TRUE(fs::exists(out / "checkpoint.safetensors"));
+}
+
 }  // namespace

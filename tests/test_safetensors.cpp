@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 
 #include <cmath>
@@ -405,7 +406,13 @@ TEST_F(SafetensorsTest, RejectsDeeplyNestedFieldValuesWithoutCrashing) {
 
 TEST_F(SafetensorsTest, RejectsMissingFileAndDirectory) {
   expect_read_error(path("nope.safetensors"), "No such file");
-  expect_read_error(dir_.string(), "not a regular file");
+  expect_read_error(dir_.string(), "is a directory");
+}
+
+// A FIFO with no writer: refused at once (a plain open(2) waits forever).
+TEST_F(SafetensorsTest, RejectsAFifoWithoutWaitingForAWriter) {
+  ASSERT_EQ(::mkfifo(path("fifo").c_str(), 0600), 0);
+  expect_read_error(path("fifo"), "is a FIFO, not a regular file");
 }
 
 TEST_F(SafetensorsTest, EveryTruncationIsAnError) {
