@@ -87,12 +87,23 @@ void check_writable_file_path(const std::string& path) {
 
 namespace {
 
-// The writer's PID if `name` is exactly "<something>.tmp.<pid>" as
-// write_file_atomically names it (std::to_string: no sign, no leading zero).
+// The files vae writes into an output directory: only their temporaries are
+// ours to remove (a user's "thesis.tex.tmp.123" in --out . is not).
+bool written_by_vae(const std::string& name) {
+  auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return name == "model.safetensors" || name == "checkpoint.safetensors" || name == "metrics.csv" ||
+         (name.rfind("task_3_", 0) == 0 && ends_with(".png"));
+}
+
+// The writer's PID if `name` is exactly "<file>.tmp.<pid>" as
+// write_file_atomically names it (std::to_string: no sign, no leading zero)
+// and <file> is one vae writes.
 bool temporary_pid(const std::string& name, pid_t* pid) {
   const std::string marker = ".tmp.";
   const size_t at = name.rfind(marker);
-  if (at == std::string::npos || at == 0) return false;
+  if (at == std::string::npos || at == 0 || !written_by_vae(name.substr(0, at))) return false;
   const std::string digits = name.substr(at + marker.size());
   if (digits.empty() || digits.size() > 10 || digits[0] == '0') return false;
   long long value = 0;

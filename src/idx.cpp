@@ -117,8 +117,7 @@ class GzReader {
       const int ret = inflate(&strm_, Z_NO_FLUSH);
       got += want - strm_.avail_out;
       if (ret == Z_STREAM_END) {
-        stream_end_ = true;
-        require_nothing_after_stream();
+        stream_end_ = !next_member();
       } else if (ret == Z_BUF_ERROR && strm_.avail_in == 0 && eof_) {
         truncated_ = true;
         break;
@@ -132,7 +131,27 @@ class GzReader {
     return got;
   }
 
-  // A second gzip member or garbage after the first member's trailer.
+  // After a member's trailer: a gzip file may hold several members, read one
+  // after another (RFC 1952; gunzip and gzread do). True when another member
+  // follows (the stream is reset for it); false at the end of the file;
+  // throws on anything else after the last member.
+  bool next_member() {
+    while (strm_.avail_in < 2 && !eof_) {  // keep the unread byte, if any
+      std::memmove(in_.data(), strm_.next_in, strm_.avail_in);
+      fill(strm_.avail_in);
+      strm_.next_in = in_.data();
+      strm_.avail_in = static_cast<uInt>(in_len_);
+    }
+    if (strm_.avail_in == 0) return false;
+    if (strm_.avail_in >= 2 && strm_.next_in[0] == 0x1f && strm_.next_in[1] == 0x8b) {
+      if (inflateReset(&strm_) != Z_OK) throw Error(path_ + ": cannot read: zlib failed");
+      return true;
+    }
+    require_nothing_after_stream();
+    return false;
+  }
+
+  // Bytes after the last member's trailer that are not another member.
   void require_nothing_after_stream() {
     uint64_t extra = strm_.avail_in;
     while (!eof_) {

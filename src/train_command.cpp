@@ -74,6 +74,14 @@ void check_resume_flags(const TrainOptions& o, const TrainConfig& c, const std::
   if (o.given_shuffle && o.shuffle != c.shuffle) refuse("--shuffle", "", "no shuffling");
 }
 
+// A checkpoint of an earlier build, interrupted on an epoch's last step
+// before that epoch's end was written: its rows are a whole epoch's, and
+// resuming finishes that epoch (its line, metrics row, model) first.
+bool epoch_left_unfinished(const TrainState& r, int steps_per_epoch) {
+  return r.step > 0 && r.step % static_cast<uint64_t>(steps_per_epoch) == 0 &&
+         r.epoch_rows == uint64_t(steps_per_epoch) * uint64_t(r.config.batch_size);
+}
+
 // The checkpoint's progress against this run's length, once the steps per
 // epoch are known (they depend on the data and the batch size).
 void check_resumed_progress(const TrainState& r, const std::string& path, int steps_per_epoch,
@@ -84,7 +92,7 @@ void check_resumed_progress(const TrainState& r, const std::string& path, int st
                 "nothing is left to train (give more --epochs or a larger --max-steps)");
   }
   const uint64_t rows = (r.step % static_cast<uint64_t>(steps_per_epoch)) * static_cast<uint64_t>(r.config.batch_size);
-  if (r.epoch_rows != rows) {
+  if (r.epoch_rows != rows && !epoch_left_unfinished(r, steps_per_epoch)) {
     throw Error(path + ": checkpoint metadata 'epoch_rows' is " + std::to_string(r.epoch_rows) +
                 ", but step " + std::to_string(r.step) + " at " + std::to_string(steps_per_epoch) +
                 " steps per epoch of " + std::to_string(r.config.batch_size) + " means " + std::to_string(rows));
@@ -195,7 +203,8 @@ int run_train_command(TrainOptions o) {
   const std::string model_path = o.out + "/model.safetensors";
   const std::string checkpoint_path = o.out + "/checkpoint.safetensors";
   const bool live = ::isatty(STDOUT_FILENO) != 0;
-  const int first_epoch = static_cast<int>(trainer.steps_done() / steps_per_epoch) + 1;
+  const int first_epoch = static_cast<int>(trainer.steps_done() / steps_per_epoch) +
+                          (resuming && epoch_left_unfinished(resumed, steps_per_epoch) ? 0 : 1);
   for (int epoch = first_epoch; epoch <= epochs; ++epoch) {
     const auto start = Clock::now();
     const double earlier_seconds = resuming && epoch == first_epoch ? resumed.epoch_seconds : 0.0;
@@ -206,7 +215,10 @@ int run_train_command(TrainOptions o) {
       ++steps;
       const bool epoch_ends = steps == steps_per_epoch ||
                               static_cast<int64_t>(trainer.steps_done()) == total_steps;
-      if (const int signal_number = stop_requested()) {
+      // At an epoch's last step the epoch's own end (below) writes its line,
+      // model and checkpoint first; this checkpoint would count its rows in
+      // the next epoch.
+      if (const int signal_number = epoch_ends ? 0 : stop_requested()) {
         save_checkpoint(checkpoint_path, snapshot(trainer, o, config, fingerprint,
                                                   earlier_seconds + seconds_since(start), metrics));
         if (live) std::printf("\n");
@@ -265,6 +277,13 @@ int run_train_command(TrainOptions o) {
                 {"created", utc_now()}});
     save_checkpoint(checkpoint_path,
                     complete ? snapshot(trainer, o, config, fingerprint, 0.0, metrics) : partial);
+    if (const int signal_number = epoch < epochs ? stop_requested() : 0) {
+      return report_interrupt(signal_number,
+                              "at the end of epoch " + std::to_string(epoch) + " (step " +
+                                  std::to_string(trainer.steps_done()) + " of " + std::to_string(total_steps) +
+                                  "); checkpoint written to " + checkpoint_path,
+                              o);
+    }
   }
 
   // The task images need batches of 25; the training model may be smaller.

@@ -60,18 +60,19 @@ TEST_F(AtomicFileHelpers, RemovesOnlyDeadWritersTemporaries) {
   touch("notes.tmp." + dead + "x");             // not the pattern
   touch("notes.tmp.0" + dead);                  // to_string writes no leading zero
   touch(".tmp." + dead);                        // no target name
+  touch("thesis.tex.tmp." + dead);              // not a file vae writes
   touch("notes.tmp.99999999999");               // no such PID can exist
-  fs::create_directory(path("dir.tmp." + dead));
-  fs::create_symlink(path("notes.tmp.0" + dead), path("link.tmp." + dead));
+  fs::create_directory(path("metrics.csv.tmp." + dead));  // not a regular file
+  fs::create_symlink(path("notes.tmp.0" + dead), path("task_3_1.png.tmp." + dead));  // never followed
 
   EXPECT_EQ(cuvae::remove_stale_temporaries(dir_.string()), 1);
   EXPECT_FALSE(fs::exists(path("checkpoint.safetensors.tmp." + dead)));
   for (const std::string& kept :
        {"model.safetensors.tmp." + alive, "notes.tmp." + dead + "x", "notes.tmp.0" + dead,
-        ".tmp." + dead, std::string("notes.tmp.99999999999"), "dir.tmp." + dead}) {
+        ".tmp." + dead, "thesis.tex.tmp." + dead, std::string("notes.tmp.99999999999"), "metrics.csv.tmp." + dead}) {
     EXPECT_TRUE(fs::exists(path(kept))) << kept;
   }
-  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(path("link.tmp." + dead))));
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(path("task_3_1.png.tmp." + dead))));
   EXPECT_EQ(cuvae::remove_stale_temporaries(path("missing")), 0);
 }
 

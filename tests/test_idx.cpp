@@ -349,15 +349,25 @@ TEST_F(IdxRead, GarbageAfterGzStream) {
                                 {big, "trailing data after the gzip stream", "614400 bytes"}));
 }
 
-// A second gzip member after a complete file is refused too.
-TEST_F(IdxRead, SecondGzMember) {
-  const std::string p = write_gz("lab.gz", label_file(4));
-  const std::string once = read_bytes(p);
+// A gzip file of several members reads as their concatenation (RFC 1952, as
+// gunzip reads it): one file split over two members, and an empty member
+// after it; garbage after the last member is still refused.
+TEST_F(IdxRead, SeveralGzMembersReadAsOne) {
+  const Bytes file = label_file(40);
+  const std::string first = read_bytes(write_gz("a.gz", Bytes(file.begin(), file.begin() + 13)));
+  const std::string second = read_bytes(write_gz("b.gz", Bytes(file.begin() + 13, file.end())));
+  const std::string empty = read_bytes(write_gz("c.gz", Bytes()));
+  const std::string p = path("lab.gz");
+  {
+    std::ofstream out(p, std::ios::binary);
+    out << first << second << empty;
+  }
+  EXPECT_EQ(cuvae::read_idx_labels(p), label_data(40));
   {
     std::ofstream out(p, std::ios::binary | std::ios::app);
-    out << once;
+    out << "\x1f";  // one byte: not a member
   }
-  EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_labels(p); }, {p, "trailing"}));
+  EXPECT_TRUE(throws_error_with([&] { cuvae::read_idx_labels(p); }, {p, "trailing data after the gzip stream", "1 bytes"}));
 }
 
 // open(2) on a FIFO blocks until a writer comes: the reader must refuse it

@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <random>
+#include <sstream>
 
 #include "cuvae/backend.h"
 #include "cuvae/checkpoint.h"
@@ -218,6 +219,58 @@ TEST_F(Resume, FirstInterruptCheckpointsAndResumesExactly) {
     expect_same_state(load_checkpoint(whole + "/checkpoint.safetensors"),
                       load_checkpoint(out + "/checkpoint.safetensors"));
   }
+}
+
+// One step an epoch: every interrupt lands on an epoch's last step, whose
+// epoch end (line, metrics row, model, checkpoint) must come first, so that
+// the resume continues exactly, with the same metrics rows as a whole run.
+TEST_F(Resume, InterruptOnAnEpochsLastStepResumesExactly) {
+  const std::string out = dir_ / "one-step-epochs";
+  VaeProcess child(tiny_run(data_, out, {{"--batch-size", "400"}, {"--epochs", "100000"}}), dir_.path());
+  ASSERT_TRUE(wait_for_file(out + "/checkpoint.safetensors"));
+  child.signal(SIGINT);
+  const RunResult r = child.wait();
+  EXPECT_EQ(r.exit_code, 128 + SIGINT) << describe(r);
+  const TrainState stopped = load_checkpoint(out + "/checkpoint.safetensors");
+  ASSERT_GT(stopped.step, 0u);
+  EXPECT_EQ(stopped.epoch_rows, 0u);
+  const std::string target = std::to_string(stopped.step + 3);
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--max-steps", target, "--device", "cpu"},
+                         dir_.path()));
+  const std::string whole = out + "-whole";
+  expect_success(run_vae(tiny_run(data_, whole, {{"--batch-size", "400"}, {"--epochs", "100000"}, {"--max-steps", target}}),
+                         dir_.path()));
+  const TrainState a = load_checkpoint(whole + "/checkpoint.safetensors");
+  const TrainState b = load_checkpoint(out + "/checkpoint.safetensors");
+  expect_same_state(a, b);
+  // epoch,elbo of every row (the seconds differ).
+  auto epochs_and_elbos = [](const std::string& csv) {
+    std::string kept;
+    std::istringstream lines(csv);
+    for (std::string line; std::getline(lines, line);) kept += line.substr(0, line.find(',', line.find(',') + 1)) + "\n";
+    return kept;
+  };
+  EXPECT_EQ(epochs_and_elbos(a.metrics_csv), epochs_and_elbos(b.metrics_csv));
+}
+
+// Checkpoints of earlier builds could hold that state: a whole epoch's rows
+// at its last step, its end not yet written. Resuming finishes that epoch.
+TEST_F(Resume, AnEarlierBuildsCheckpointAtAnEpochsLastStepIsFinished) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "8"}}), dir_.path()));
+  const std::string path = dir_ / "run/checkpoint.safetensors";
+  SafetensorsFile file = read_safetensors(path);
+  file.metadata["epoch_rows"] = "400";
+  file.metadata["epoch_elbo_sum"] = "-200000";
+  file.metadata["metrics_csv"] = "";
+  write_safetensors(path, file);
+  const RunResult r =
+      run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--max-steps", "16", "--device", "cpu"}, dir_.path());
+  expect_success(r);
+  EXPECT_TRUE(contains(r.out, "epoch   1/2  elbo  -500.000")) << describe(r);
+  const TrainState after = load_checkpoint(path);
+  EXPECT_EQ(after.step, 16u);
+  EXPECT_EQ(after.metrics_csv.rfind("1,-500.000000,", 0), 0u) << after.metrics_csv;
+  EXPECT_NE(after.metrics_csv.find("\n2,"), std::string::npos) << after.metrics_csv;
 }
 
 TEST_F(Resume, SecondInterruptExitsAtOnce) {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <exception>
 #include <string>
 
 #include "cuvae/error.h"
@@ -21,11 +22,12 @@ namespace cuvae {
 // For calls that release resources (destructors, deallocate), which must
 // not throw: the first failure in the process is printed as one warning line
 // (it is usually an earlier asynchronous error surfacing; later ones would
-// repeat it).
+// repeat it), and none while an exception unwinds: that error is the one
+// the user gets, in one line.
 inline void warn_cuda_error_once(const char* call, const char* file, int line, cudaError_t status) {
   static std::atomic<bool> warned{false};
-  if (warned.exchange(true)) return;
-  std::fprintf(stderr, "cuvae: warning: %s failed at %s:%d: %s: %s\n", call, file, line,
+  if (std::uncaught_exceptions() > 0 || warned.exchange(true)) return;
+  std::fprintf(stderr, "vae: warning: %s failed at %s:%d: %s: %s\n", call, file, line,
                cudaGetErrorName(status), cudaGetErrorString(status));
 }
 
