@@ -11,10 +11,12 @@
 
 #include "cuvae/atomic_file.h"
 #include "cuvae/error.h"
+#include "vae_process.h"
 
 namespace {
 
 namespace fs = std::filesystem;
+using cuvae::testing::dead_pid;
 
 class AtomicFileHelpers : public ::testing::Test {
  protected:
@@ -42,14 +44,6 @@ std::string error_of(F f) {
     return e.what();
   }
   return "";
-}
-
-// A PID whose process has exited and been reaped.
-pid_t dead_pid() {
-  const pid_t pid = ::fork();
-  if (pid == 0) ::_exit(0);
-  ::waitpid(pid, nullptr, 0);
-  return pid;
 }
 
 TEST_F(AtomicFileHelpers, RemovesOnlyDeadWritersTemporaries) {

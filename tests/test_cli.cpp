@@ -37,64 +37,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace cuvae::testing;
 
-std::string lower(std::string text) {
-  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return text;
-}
-
-// The promise for bad input. `names` must all appear in the line (the flag or
-// file at fault); at least one of `why` (case-insensitive) must appear too
-// (what is wrong).
-void expect_one_line_error(const RunResult& r, std::initializer_list<std::string> names,
-                           std::initializer_list<std::string> why) {
-  SCOPED_TRACE(describe(r));
-  EXPECT_FALSE(r.timed_out);
-  EXPECT_EQ(r.signal, 0) << "the driver crashed";
-  ASSERT_TRUE(r.exit_code > 0 && r.exit_code < 126) << "expected an error exit status";
-  ASSERT_FALSE(r.err.empty()) << "nothing on stderr";
-  EXPECT_EQ(r.err.back(), '\n') << "stderr's line is not terminated";
-  const std::string line = r.err.substr(0, r.err.size() - 1);
-  EXPECT_EQ(line.find('\n'), std::string::npos) << "more than one line on stderr";
-  EXPECT_EQ(line.rfind("vae: error: ", 0), 0u) << "stderr does not start with 'vae: error: '";
-  EXPECT_LT(line.size(), 400u) << "the error line is unreadably long";
-  for (const std::string& name : names) {
-    EXPECT_TRUE(contains(line, name)) << "the error does not name '" << name << "'";
-  }
-  bool said_why = why.size() == 0;
-  for (const std::string& word : why) said_why = said_why || contains(lower(line), lower(word));
-  EXPECT_TRUE(said_why) << "the error does not say what is wrong";
-}
-
-
-// One generated data set and one model trained on it, shared by the tests of
-// a process (ctest runs each test in its own process; it takes well under a
-// second to make).
-struct Shared {
-  TempDir dir;
-  std::string data;
-  std::string model;
-  std::string error;  // why making it failed, if it did
-
-  Shared() : data(dir / "data"), model(dir / "model/model.safetensors") {
-    write_dataset(data);
-    const RunResult r =
-        run_vae(train_args(data, dir / "model", {{"--max-steps", "2"}}), dir.path());
-    if (r.exit_code != 0 || r.signal != 0 || !fs::exists(model)) error = describe(r);
-  }
-};
-
-// Made on first use, removed at exit.
-const Shared& shared() {
-  static const Shared instance;
-  return instance;
-}
-
-#define REQUIRE_SHARED()                                                      \
-  do {                                                                        \
-    ASSERT_TRUE(shared().error.empty()) << "making the shared model failed: " \
-                                        << shared().error;                    \
-  } while (0)
-
 bool is_png(const fs::path& path) {
   const std::string bytes = read_file(path);
   return bytes.size() > 8 && bytes.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0;
