@@ -99,10 +99,12 @@ void check_resumed_progress(const TrainState& r, const std::string& path, int st
   }
 }
 
+const char* signal_name(int signal_number) { return signal_number == SIGINT ? "SIGINT" : "SIGTERM"; }
+
 // After SIGINT or SIGTERM: what was saved and how to go on; 128 + the signal.
 int report_interrupt(int signal_number, const std::string& state, const TrainOptions& o) {
   std::fflush(stdout);
-  std::cerr << "vae: interrupted by " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM") << " " << state
+  std::cerr << "vae: interrupted by " << signal_name(signal_number) << " " << state
             << "; resume with: vae train --resume " << o.out << " --data " << o.data << "\n";
   return 128 + signal_number;
 }
@@ -277,7 +279,7 @@ int run_train_command(TrainOptions o) {
                 {"created", utc_now()}});
     save_checkpoint(checkpoint_path,
                     complete ? snapshot(trainer, o, config, fingerprint, 0.0, metrics) : partial);
-    if (const int signal_number = epoch < epochs ? stop_requested() : 0) {
+    if (const int signal_number = stop_requested()) {
       return report_interrupt(signal_number,
                               "at the end of epoch " + std::to_string(epoch) + " (step " +
                                   std::to_string(trainer.steps_done()) + " of " + std::to_string(total_steps) +
@@ -314,7 +316,7 @@ int run_train_command(TrainOptions o) {
   if (const int signal_number = stop_requested()) {
     // Too late to stop anything, but the caller asked: exit as interrupted.
     std::fflush(stdout);
-    std::cerr << "vae: interrupted by " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM")
+    std::cerr << "vae: interrupted by " << signal_name(signal_number)
               << " as the run ended; every file above is whole\n";
     return 128 + signal_number;
   }
