@@ -118,6 +118,10 @@ TEST_F(Resume, DisagreeingFlagsAndOtherDataAreRefused) {
     EXPECT_NE(r.exit_code, 0) << describe(r);
     EXPECT_TRUE(contains(r.err, flag) && contains(r.err, "disagrees")) << describe(r);
   }
+  // Values that differ print apart (std::to_string gave 0.001000 for both).
+  const RunResult close_lr =
+      run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--lr", "0.00100000001"}, dir_.path());
+  EXPECT_TRUE(contains(close_lr.err, "--lr 0.00100000001 disagrees with 0.001 in")) << describe(close_lr);
   const std::string other = dir_ / "other";
   fs::create_directories(other);
   write_file(fs::path(other) / "train-images-idx3-ubyte", idx_images(400, 0x803, 77));
