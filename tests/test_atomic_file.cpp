@@ -20,19 +20,10 @@ using cuvae::testing::dead_pid;
 
 class AtomicFileHelpers : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string templ = ::testing::TempDir() + "cuvae_atomic_XXXXXX";
-    ASSERT_NE(::mkdtemp(templ.data()), nullptr);
-    dir_ = templ;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string path(const std::string& name) const { return (dir_.path() / name).string(); }
   void touch(const std::string& name) const { std::ofstream(path(name)) << "x"; }
 
-  fs::path dir_;
+  cuvae::testing::TempDir dir_;
 };
 
 // The message of the cuvae::Error that `f` throws, or "" if it throws none.
@@ -59,7 +50,7 @@ TEST_F(AtomicFileHelpers, RemovesOnlyDeadWritersTemporaries) {
   fs::create_directory(path("metrics.csv.tmp." + dead));  // not a regular file
   fs::create_symlink(path("notes.tmp.0" + dead), path("task_3_1.png.tmp." + dead));  // never followed
 
-  EXPECT_EQ(cuvae::remove_stale_temporaries(dir_.string()), 1);
+  EXPECT_EQ(cuvae::remove_stale_temporaries(dir_.path().string()), 1);
   EXPECT_FALSE(fs::exists(path("checkpoint.safetensors.tmp." + dead)));
   for (const std::string& kept :
        {"model.safetensors.tmp." + alive, "notes.tmp." + dead + "x", "notes.tmp.0" + dead,

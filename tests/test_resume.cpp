@@ -46,6 +46,21 @@ void expect_same_state(const TrainState& a, const TrainState& b) {
 class Resume : public ::testing::Test {
  protected:
   void SetUp() override { write_dataset(data_); }
+
+  // Resumes the run in `out` to `target` steps, and runs tiny_run(`flags`)
+  // to `target` in one go beside it: their checkpoints, whole run first.
+  std::pair<TrainState, TrainState> resume_and_run_whole(const std::string& out,
+                                                         std::map<std::string, std::string> flags,
+                                                         uint64_t target) {
+    const std::string steps = std::to_string(target);
+    expect_success(run_vae({"train", "--resume", out, "--data", data_, "--max-steps", steps, "--device", "cpu"},
+                           dir_.path()));
+    const std::string whole = out + "-whole";
+    flags["--max-steps"] = steps;
+    expect_success(run_vae(tiny_run(data_, whole, flags), dir_.path()));
+    return {load_checkpoint(whole + "/checkpoint.safetensors"), load_checkpoint(out + "/checkpoint.safetensors")};
+  }
+
   TempDir dir_;
   std::string data_ = dir_ / "data";
 };
@@ -215,13 +230,8 @@ TEST_F(Resume, FirstInterruptCheckpointsAndResumesExactly) {
     ASSERT_LT(stopped.step, 16000u);
     // Resume to a few steps past the interruption; compare with a run that
     // went there in one go.
-    const std::string target = std::to_string(stopped.step + 7);
-    expect_success(run_vae({"train", "--resume", out, "--data", data_, "--max-steps", target, "--device", "cpu"},
-                           dir_.path()));
-    const std::string whole = out + "-whole";
-    expect_success(run_vae(tiny_run(data_, whole, {{"--epochs", "2000"}, {"--max-steps", target}}), dir_.path()));
-    expect_same_state(load_checkpoint(whole + "/checkpoint.safetensors"),
-                      load_checkpoint(out + "/checkpoint.safetensors"));
+    const auto [whole, resumed] = resume_and_run_whole(out, {{"--epochs", "2000"}}, stopped.step + 7);
+    expect_same_state(whole, resumed);
   }
 }
 
@@ -238,14 +248,7 @@ TEST_F(Resume, InterruptOnAnEpochsLastStepResumesExactly) {
   const TrainState stopped = load_checkpoint(out + "/checkpoint.safetensors");
   ASSERT_GT(stopped.step, 0u);
   EXPECT_EQ(stopped.epoch_rows, 0u);
-  const std::string target = std::to_string(stopped.step + 3);
-  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--max-steps", target, "--device", "cpu"},
-                         dir_.path()));
-  const std::string whole = out + "-whole";
-  expect_success(run_vae(tiny_run(data_, whole, {{"--batch-size", "400"}, {"--epochs", "100000"}, {"--max-steps", target}}),
-                         dir_.path()));
-  const TrainState a = load_checkpoint(whole + "/checkpoint.safetensors");
-  const TrainState b = load_checkpoint(out + "/checkpoint.safetensors");
+  const auto [a, b] = resume_and_run_whole(out, {{"--batch-size", "400"}, {"--epochs", "100000"}}, stopped.step + 3);
   expect_same_state(a, b);
   // epoch,elbo of every row (the seconds differ).
   auto epochs_and_elbos = [](const std::string& csv) {
