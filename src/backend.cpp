@@ -24,7 +24,7 @@ void Backend::dense_backward_input(const float* da, const float* w, int rows, in
   (void)x_mask;
   // dx = da W^T (rows x out times out x in).
   gemm(false, true, rows, in, out, 1.0f, da, out, w, out, 0.0f, dx, in);
-  activation_backward_bias_grad(dx, x, x_dbias, rows, in, x_act);
+  activation_backward_bias_grad(dx, x, x_dbias, rows, in, x_act, nullptr);
 }
 
 double Backend::device_seconds(const std::function<void()>& work) {

@@ -97,7 +97,7 @@ TEST_P(BackendOps, BiasActivationForwardAndBackward) {
     const std::vector<float> dy0 = normals(y0.size(), 3);
     auto dy = to_device(*backend, dy0);
     DeviceArray<float> dbias(*backend, cols);
-    backend->activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols, act);
+    backend->activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols, act, nullptr);
     std::vector<double> expected_dy(y0.size()), expected_db(cols, 0.0), abs_sum(cols, 0.0);
     for (size_t i = 0; i < y0.size(); ++i) {
       expected_dy[i] = relu ? (y1[i] > 0 ? dy0[i] : 0.0) : dy0[i];
@@ -287,9 +287,9 @@ TEST_P(BackendOps, ReparameterizeKlForwardAndBackward) {
   auto enc_d = to_device(*backend, enc), eps_d = to_device(*backend, eps), dz_d = to_device(*backend, dz);
   DeviceArray<float> z(*backend, eps.size()), kl(*backend, rows), ratio(*backend, rows);
   DeviceArray<float> d_enc(*backend, enc.size());
-  backend->reparameterize_kl_forward(enc_d.get(), eps_d.get(), rows, latent, z.get(), kl.get(), ratio.get());
+  backend->reparameterize_kl_forward(enc_d.get(), eps_d.get(), rows, 1, latent, z.get(), kl.get(), ratio.get());
   const float scale = 0.125f;
-  backend->reparameterize_kl_backward(dz_d.get(), enc_d.get(), eps_d.get(), rows, latent, scale, d_enc.get());
+  backend->reparameterize_kl_backward(dz_d.get(), enc_d.get(), eps_d.get(), rows, 1, latent, scale, d_enc.get());
 
   std::vector<double> ez(eps.size()), ekl(rows, 0), eratio(rows, 0), ed(enc.size());
   std::vector<double> kl_abs(rows, 0), ratio_abs(rows, 0);
@@ -330,7 +330,7 @@ TEST_P(BackendOps, BernoulliLogProbAndGradWithExtremeLogits) {
   auto x_d = to_device(*backend, x), f_d = to_device(*backend, logits);
   DeviceArray<float> dlogits(*backend, logits.size()), rowsum(*backend, rows);
   const float scale = 0.25f;
-  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, scale, dlogits.get(), rowsum.get());
+  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, 1, scale, dlogits.get(), rowsum.get());
   std::vector<double> ed(logits.size()), erow(rows, 0), erow_abs(rows, 0);
   for (size_t i = 0; i < logits.size(); ++i) {
     const double f = logits[i];
@@ -348,7 +348,7 @@ TEST_P(BackendOps, BernoulliLogProbAndGradWithExtremeLogits) {
   }
   // Without a gradient buffer the sums are the same.
   DeviceArray<float> rowsum2(*backend, rows);
-  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, scale, nullptr, rowsum2.get());
+  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, 1, scale, nullptr, rowsum2.get());
   EXPECT_EQ(to_host(*backend, rowsum2.get(), rows), got);
 }
 
@@ -358,8 +358,8 @@ TEST_P(BackendOps, AccumulateElboAddsInDouble) {
   const std::vector<float> logp = normals(rows, 10, 100.0f), kl = normals(rows, 11, 10.0f);
   auto logp_d = to_device(*backend, logp), kl_d = to_device(*backend, kl);
   auto acc = to_device(*backend, std::vector<double>{5.0});
-  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, acc.get());
-  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, acc.get());
+  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, 1, acc.get());
+  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, 1, acc.get());
   double expected = 5.0;
   for (int pass = 0; pass < 2; ++pass)
     for (int r = 0; r < rows; ++r) expected += static_cast<double>(logp[r]) - kl[r];
@@ -413,7 +413,7 @@ TEST(CpuBackend, BiasGradientBitsDoNotDependOnTheThreadCount) {
     auto dy = to_device(*cpu, dy0);
     auto yd = to_device(*cpu, y);
     DeviceArray<float> db(*cpu, cols);
-    cpu->activation_backward_bias_grad(dy.get(), yd.get(), db.get(), rows, cols, Activation::kRelu);
+    cpu->activation_backward_bias_grad(dy.get(), yd.get(), db.get(), rows, cols, Activation::kRelu, nullptr);
     results.push_back(to_host(*cpu, db.get(), cols));
   }
   omp_set_num_threads(threads_before);
@@ -421,7 +421,7 @@ TEST(CpuBackend, BiasGradientBitsDoNotDependOnTheThreadCount) {
   EXPECT_EQ(0, std::memcmp(results[0].data(), results[2].data(), cols * sizeof(float)));
   // And no rows: a zero gradient, whatever the buffer held.
   auto db = to_device(*cpu, std::vector<float>(cols, 7.0f));
-  cpu->activation_backward_bias_grad(nullptr, nullptr, db.get(), 0, cols, Activation::kRelu);
+  cpu->activation_backward_bias_grad(nullptr, nullptr, db.get(), 0, cols, Activation::kRelu, nullptr);
   EXPECT_EQ(to_host(*cpu, db.get(), cols), std::vector<float>(cols, 0.0f));
 }
 

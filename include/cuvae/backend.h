@@ -46,6 +46,9 @@ class Backend {
   // True when backend memory is host memory (the CPU), so host data can be
   // handed to the backend's operations as it is, without a copy.
   virtual bool memory_is_host() const { return false; }
+  // The backend's memory in bytes (the CPU's physical memory, a GPU's), for
+  // refusing a configuration that cannot fit; 0 where unknown.
+  virtual size_t memory_bytes() const { return 0; }
 
   // ---- memory
   virtual void* allocate(size_t bytes) = 0;

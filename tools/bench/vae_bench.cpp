@@ -387,7 +387,7 @@ void bm_relu_bwd_bias(benchmark::State& state, Target* t, int rows, bool fused) 
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
       b.activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols,
-                                      Activation::kRelu);
+                                      Activation::kRelu, nullptr);
     } else {
       cuvae::bench::unfused::relu_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols);
     }
@@ -485,7 +485,7 @@ void bm_reparam_kl_fwd(benchmark::State& state, Target* t, int rows, bool fused)
   }
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
-      b.reparameterize_kl_forward(encoder_out.get(), eps.get(), rows, latent, z.get(), row_kl.get(),
+      b.reparameterize_kl_forward(encoder_out.get(), eps.get(), rows, 1, latent, z.get(), row_kl.get(),
                                   row_log_ratio.get());
     } else {
       cuvae::bench::unfused::reparameterize_kl_forward(encoder_out.get(), eps.get(), rows, latent,
@@ -508,7 +508,7 @@ void bm_reparam_kl_bwd(benchmark::State& state, Target* t, int rows, bool fused)
   const float kl_scale = 1.0f / static_cast<float>(rows);
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
-      b.reparameterize_kl_backward(dz.get(), encoder_out.get(), eps.get(), rows, latent, kl_scale,
+      b.reparameterize_kl_backward(dz.get(), encoder_out.get(), eps.get(), rows, 1, latent, kl_scale,
                                    d_encoder_out.get());
     } else {
       cuvae::bench::unfused::reparameterize_kl_backward(
@@ -536,7 +536,7 @@ void bm_bernoulli(benchmark::State& state, Target* t, int rows, bool fused) {
   }
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
-      b.bernoulli_logprob_and_grad(x.get(), logits.get(), rows, cols, kGradScale, dlogits.get(),
+      b.bernoulli_logprob_and_grad(x.get(), logits.get(), rows, cols, 1, kGradScale, dlogits.get(),
                                    row_logprob.get());
     } else {
       cuvae::bench::unfused::bernoulli_logprob_and_grad(x.get(), logits.get(), rows, cols,
