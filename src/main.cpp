@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -136,8 +137,9 @@ void add_image_scale(CLI::App* app, int* scale) {
 // vae sample | reconstruct | interpolate | eval: from a saved model
 
 std::unique_ptr<cuvae::VaeModel> open_model(cuvae::Backend& backend, const std::string& path,
-                                            const cuvae::ModelFile& file, int max_rows) {
-  auto model = std::make_unique<cuvae::VaeModel>(backend, file.arch, max_rows);
+                                            const cuvae::ModelFile& file, int max_rows,
+                                            int max_samples = 1) {
+  auto model = std::make_unique<cuvae::VaeModel>(backend, file.arch, max_rows, max_samples);
   model->set_parameters(file.params);
   std::cout << "model: " << path << " (" << file.arch.describe() << ")\n";
   return model;
@@ -172,26 +174,80 @@ struct EvalOptions {
   int k = 100;
   int limit = 0;
   uint64_t seed = 0;
+  std::string bounds;     // "1,5,50", or empty
+  std::string per_image;  // a file for one line per image, or empty
 };
+
+// "\r  eval: 1200/10000 images, 14 s, about 103 s left" on a terminal.
+std::function<void(int, int)> eval_progress(const cuvae::Clock::time_point& start) {
+  if (::isatty(STDOUT_FILENO) == 0) return nullptr;
+  return [start](int done, int total) {
+    const double seconds = cuvae::seconds_since(start);
+    std::printf("\r  eval: %d/%d images, %.0f s, about %.0f s left   ", done, total, seconds,
+                seconds / done * (total - done));
+    std::fflush(stdout);
+    if (done == total) std::printf("\r%*s\r", 64, "");
+  };
+}
+
+// One "image,log_likelihood" line per image, atomically.
+void write_per_image(const std::string& path, const std::vector<float>& log_likelihood) {
+  std::string text = "image,log_likelihood\n";
+  char line[64];
+  for (size_t i = 0; i < log_likelihood.size(); ++i) {
+    std::snprintf(line, sizeof line, "%zu,%.6f\n", i, static_cast<double>(log_likelihood[i]));
+    text += line;
+  }
+  cuvae::write_file_atomically(path, text.data(), text.size());
+}
 
 int run_eval(const EvalOptions& o) {
   const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before the data is read
+  cuvae::EvalRequest request;
+  request.k = o.k;
+  request.limit = o.limit;
+  request.seed = o.seed;
+  if (!o.bounds.empty()) request.bounds = cuvae::parse_bounds(o.bounds, o.k);
+  request.per_image = !o.per_image.empty();
+  if (request.per_image) {
+    try {
+      cuvae::check_writable_file_path(o.per_image);  // before the long evaluation
+    } catch (const Error& e) {
+      throw Error(std::string("--per-image: ") + e.what());
+    }
+  }
   const cuvae::IdxImages test = cuvae::load_mnist_split(o.data, false).images;
   std::unique_ptr<cuvae::Backend> backend = cuvae::open_backend(o.device, std::cout);
-  // Batches hold whole images' K samples: at least K rows, about 2000 when K is small.
-  std::unique_ptr<cuvae::VaeModel> model = open_model(*backend, o.model, file, std::max(o.k, 2000 / o.k * o.k));
+  const int chunk = cuvae::eval_images_per_chunk(o.k);
+  cuvae::check_model_fits(*backend, file.arch, chunk, o.k);
+  std::unique_ptr<cuvae::VaeModel> model = open_model(*backend, o.model, file, chunk, o.k);
   const auto start = cuvae::Clock::now();
-  const cuvae::EvalResult r = cuvae::evaluate(*model, test, o.limit, o.k, o.seed);
+  request.progress = eval_progress(start);
+  const cuvae::EvalResult r = cuvae::evaluate(*model, test, request);
   const double seconds = cuvae::seconds_since(start);
   if (!std::isfinite(r.elbo) || !std::isfinite(r.nll)) {
     throw Error(o.model + ": the test-set ELBO or NLL is not finite (a diverged model?)");
   }
+  if (request.per_image) write_per_image(o.per_image, r.log_likelihood);
+  std::string bounds_text;
+  nlohmann::json bounds = nlohmann::json::object();
+  for (const auto& [k, value] : r.bounds) {
+    char text[64];
+    std::snprintf(text, sizeof text, "%sL_%d %.3f", bounds_text.empty() ? "" : ", ", k, value);
+    bounds_text += text;
+    bounds[std::to_string(k)] = value;
+  }
   std::printf("On %d test images (fixed binarization, seed %llu): ELBO %.3f nats, NLL %.3f nats "
-              "(importance sampled, K=%d), in %.1f s.\n",
-              r.images, static_cast<unsigned long long>(o.seed), r.elbo, r.nll, r.k, seconds);
-  const nlohmann::json line = {{"model", o.model}, {"images", r.images}, {"k", r.k},
-                               {"seed", o.seed},   {"elbo", r.elbo},     {"nll", r.nll},
-                               {"seconds", seconds}, {"device", backend->name()}};
+              "(importance sampled, K=%d)%s%s, %d active units of %d, in %.1f s.\n",
+              r.images, static_cast<unsigned long long>(o.seed), r.elbo, r.nll, r.k,
+              bounds_text.empty() ? "" : "; bounds ", bounds_text.c_str(), r.active_units,
+              file.arch.latent_dim, seconds);
+  nlohmann::json line = {{"model", o.model},   {"images", r.images}, {"k", r.k},
+                         {"seed", o.seed},     {"elbo", r.elbo},     {"nll", r.nll},
+                         {"active_units", r.active_units}, {"seconds", seconds},
+                         {"device", backend->name()}};
+  if (!r.bounds.empty()) line["bounds"] = bounds;
+  if (request.per_image) line["per_image"] = o.per_image;
   // Paths need not be UTF-8; replace bad bytes (U+FFFD) rather than throw.
   std::cout << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   return 0;
@@ -233,7 +289,14 @@ int main(int argc, char** argv) {
   CLI::Option* batch_opt = train_cmd->add_option("--batch-size", train.batch_size, "Images per step (the last partial batch of an epoch is dropped)")->check(integer_in(1, cuvae::TrainConfig::kMaxBatchSize))->capture_default_str();
   CLI::Option* latent_opt = train_cmd->add_option("--latent-dim", train.latent_dim, "Latent dimensions L")->check(integer_in(1, cuvae::Architecture::kMaxWidth))->capture_default_str();
   CLI::Option* hidden_opt = train_cmd->add_option("--hidden", train.hidden, "Hidden layer widths of encoder and decoder, comma-separated")->capture_default_str();
-  CLI::Option* lr_opt = train_cmd->add_option("--lr", train.lr, "Adam step size alpha")->check(kLearningRate)->capture_default_str();
+  CLI::Option* lr_opt = train_cmd->add_option("--lr", train.lr, "Adam step size alpha (with --schedule iwae: the first stage's)")->check(kLearningRate)->capture_default_str();
+  CLI::Option* adam_eps_opt = train_cmd->add_option("--adam-eps", train.adam_eps, "Adam's epsilon (the IWAE paper: 1e-4)")->check(kLearningRate)->capture_default_str();
+  CLI::Option* objective_opt = train_cmd->add_option("--objective", train.objective, "elbo (analytic KL, averaged over K samples), iwae (the K-sample importance-weighted bound) or iwae-dreg (the same, DReG gradients for the encoder)")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg"}))->capture_default_str();
+  CLI::Option* samples_opt = train_cmd->add_option("--samples", train.samples, "K: samples of z per image (the decoder runs on batch * K rows)")->check(integer_in(1, cuvae::ObjectiveConfig::kMaxSamples))->capture_default_str();
+  CLI::Option* activation_opt = train_cmd->add_option("--activation", train.activation, "Hidden layers' nonlinearity: relu (the seed) or tanh (the IWAE paper)")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
+  CLI::Option* init_opt = train_cmd->add_option("--init", train.init, "small-normal (the seed: 0.01 N(0,1)) or glorot (the IWAE paper's code: Glorot-uniform weights, zero biases, output bias at the logit of the mean pixel)")->check(CLI::IsMember({"small-normal", "glorot"}))->capture_default_str();
+  CLI::Option* schedule_opt = train_cmd->add_option("--schedule", train.schedule, "constant, or iwae: 8 stages of 3^i epochs at lr 10^(-i/7) (3280 epochs; --epochs cuts it)")->check(CLI::IsMember({"constant", "iwae"}))->capture_default_str();
+  train_cmd->add_option("--eval-every", train.eval_every, "Evaluate the trained bound on the test set every N epochs and at the end (0: never)")->check(integer_in(0, cuvae::TrainConfig::kMaxEpochs))->capture_default_str();
   CLI::Option* seed_opt = train_cmd->add_option("--seed", train.seed, "Seed of every random draw (init, binarization, eps, shuffles)")->check(kUnsignedInteger)->capture_default_str();
   CLI::Option* max_steps_opt = train_cmd->add_option("--max-steps", train.max_steps, "Stop after this many steps in all, a resumed run's earlier steps included (0: no limit)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
   CLI::Option* shuffle_opt = train_cmd->add_flag("--shuffle", train.shuffle, "Reshuffle the training images every epoch (default: dataset order, as the seed)");
@@ -269,6 +332,8 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--k", eval.k, "Importance samples per image")->check(integer_in(1, 100000))->capture_default_str();
   eval_cmd->add_option("--limit", eval.limit, "Evaluate only the first N test images (0: all)")->check(kNonNegativeInteger)->capture_default_str();
   eval_cmd->add_option("--seed", eval.seed, "Seed of the fixed binarization and the samples")->check(kUnsignedInteger)->capture_default_str();
+  eval_cmd->add_option("--bounds", eval.bounds, "Also estimate the K-sample IWAE bounds L_k for these k, comma-separated (e.g. 1,5,50; each at most --k), from the same samples");
+  eval_cmd->add_option("--per-image", eval.per_image, "Write each test image's estimated log-likelihood to this CSV file")->check(kNonEmpty);
 
   cuvae::BenchOptions bench;
   std::string bench_batches = "200,1000,4096";
@@ -330,6 +395,12 @@ int main(int argc, char** argv) {
       train.given_latent_dim = latent_opt->count() > 0;
       train.given_hidden = hidden_opt->count() > 0;
       train.given_lr = lr_opt->count() > 0;
+      train.given_adam_eps = adam_eps_opt->count() > 0;
+      train.given_objective = objective_opt->count() > 0;
+      train.given_samples = samples_opt->count() > 0;
+      train.given_activation = activation_opt->count() > 0;
+      train.given_init = init_opt->count() > 0;
+      train.given_schedule = schedule_opt->count() > 0;
       train.given_seed = seed_opt->count() > 0;
       train.given_shuffle = shuffle_opt->count() > 0;
       train.given_epochs = epochs_opt->count() > 0;

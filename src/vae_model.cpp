@@ -377,6 +377,7 @@ void VaeModel::forward_backward(const float* x, const float* eps, int images,
   const int latent = arch_.latent_dim, samples = objective.samples;
   const int rows = images * samples;  // the decoder's
   const float* encoder_out = encoder_.forward(params_.get(), x, images);
+  encoder_out_ = encoder_out;
   backend_.reparameterize_kl_forward(encoder_out, eps, images, samples, latent, z_.get(),
                                      row_kl_.get(), row_log_ratio_.get());
   const float* logits = decoder_.forward(params_.get(), z_.get(), rows);

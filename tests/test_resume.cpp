@@ -276,7 +276,7 @@ TEST_F(Resume, AnEarlierBuildsCheckpointAtAnEpochsLastStepIsFinished) {
   EXPECT_TRUE(contains(r.out, "epoch   1/2  elbo  -500.000")) << describe(r);
   const TrainState after = load_checkpoint(path);
   EXPECT_EQ(after.step, 16u);
-  EXPECT_EQ(after.metrics_csv.rfind("1,-500.000000,", 0), 0u) << after.metrics_csv;
+  EXPECT_EQ(after.metrics_csv.rfind("1,elbo,-500.000000,", 0), 0u) << after.metrics_csv;
   EXPECT_NE(after.metrics_csv.find("\n2,"), std::string::npos) << after.metrics_csv;
 }
 

@@ -179,6 +179,8 @@ class VaeModel {
   void adam_update(const AdamConfig& config, uint64_t t);
 
   const float* z() const { return z_.get(); }
+  // The encoder's output (images x 2L: mean | log_std) of the last forward_backward.
+  const float* encoder_output() const { return encoder_out_; }
   // The decoder's logits (rows x input_dim) of the last forward_backward.
   const float* logits() const { return logits_; }
   const float* row_logprob() const { return row_logprob_.get(); }
@@ -202,6 +204,7 @@ class VaeModel {
   DeviceArray<float> z_, dlogits_, dz_, d_encoder_out_;
   DeviceArray<float> row_logprob_, row_kl_, row_log_ratio_, row_bound_, sample_weights_;
   const float* logits_ = nullptr;
+  const float* encoder_out_ = nullptr;
 };
 
 }  // namespace cuvae
