@@ -157,12 +157,16 @@ class CudaBackend final : public Backend {
 
   void dense_forward(const float* x, const float* w, const float* b, int rows, int in, int out,
                      Activation act, float* y, void* mask) override {
+    // cuBLASLt's epilogues have bias and bias + ReLU, no tanh: LtDense::forward
+    // refuses a tanh layer (counted unfused), which then runs gemm + our kernel.
     if (gemm_epilogues_ && lt_->forward(x, w, b, rows, in, out, act, y, mask, graph_)) return;
     Backend::dense_forward(x, w, b, rows, in, out, act, y, mask);
   }
   void dense_backward_input(const float* da, const float* w, int rows, int in, int out,
                             const float* x, const void* x_mask, Activation x_act, float* dx,
                             float* x_dbias) override {
+    // Only ReLU has a fused input gradient (DRELU_BGRAD, from the forward's
+    // bit mask); identity and tanh layers run gemm + our kernel.
     if (gemm_epilogues_ && x_act == Activation::kRelu &&
         lt_->backward_input(da, w, rows, in, out, x_mask, dx, x_dbias, graph_)) {
       return;
@@ -178,7 +182,7 @@ class CudaBackend final : public Backend {
     kernels::bias_activation_forward(y, bias, rows, cols, act, target());
   }
   void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
-                                     Activation act) override {
+                                     Activation act, const float* row_scale) override {
     const size_t needed = kernels::bias_grad_scratch_floats(rows, cols);
     if (bias_scratch_floats_ < needed) {
       // Sized by the eager first run of a step, so never inside a capture.
@@ -190,7 +194,8 @@ class CudaBackend final : public Backend {
       bias_scratch_ = static_cast<float*>(allocate(needed * sizeof(float)));
       bias_scratch_floats_ = needed;
     }
-    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, bias_scratch_, target());
+    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, row_scale, bias_scratch_,
+                                           target());
   }
 
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
@@ -235,26 +240,39 @@ class CudaBackend final : public Backend {
     kernels::fill_normal(out, count, first_index, key, target());
   }
 
-  void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
-                                 float* z, float* row_kl, float* row_log_ratio) override {
-    kernels::reparameterize_kl_forward(encoder_out, eps, rows, latent, z, row_kl, row_log_ratio,
-                                       target());
+  void reparameterize_kl_forward(const float* encoder_out, const float* eps, int images,
+                                 int samples, int latent, float* z, float* row_kl,
+                                 float* row_log_ratio) override {
+    kernels::reparameterize_kl_forward(encoder_out, eps, images, samples, latent, z, row_kl,
+                                       row_log_ratio, target());
   }
   void reparameterize_kl_backward(const float* dz, const float* encoder_out, const float* eps,
-                                  int rows, int latent, float kl_scale,
+                                  int images, int samples, int latent, float kl_scale,
                                   float* d_encoder_out) override {
-    kernels::reparameterize_kl_backward(dz, encoder_out, eps, rows, latent, kl_scale,
+    kernels::reparameterize_kl_backward(dz, encoder_out, eps, images, samples, latent, kl_scale,
                                         d_encoder_out, target());
   }
   void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, int cols,
-                                  float grad_scale, float* dlogits,
+                                  int samples, float grad_scale, float* dlogits,
                                   float* row_logprob) override {
-    kernels::bernoulli_logprob_and_grad(x, logits, rows, cols, grad_scale, dlogits, row_logprob,
-                                        target());
+    kernels::bernoulli_logprob_and_grad(x, logits, rows, cols, samples, grad_scale, dlogits,
+                                        row_logprob, target());
   }
-  void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows,
+  void accumulate_elbo(const float* row_logprob, const float* row_kl, int images, int samples,
                        double* accumulator) override {
-    kernels::accumulate_elbo(row_logprob, row_kl, rows, accumulator, target());
+    kernels::accumulate_elbo(row_logprob, row_kl, images, samples, accumulator, target());
+  }
+  void importance_weights(const float* row_logprob, const float* row_log_ratio, int images,
+                          int samples, float* weights, float* row_bound) override {
+    kernels::importance_weights(row_logprob, row_log_ratio, images, samples, weights, row_bound,
+                                target());
+  }
+  void importance_weighted_latent_backward(const float* dz, const float* encoder_out,
+                                           const float* eps, const float* z, const float* weights,
+                                           int images, int samples, int latent, float scale,
+                                           bool dreg, float* d_encoder_out) override {
+    kernels::importance_weighted_latent_backward(dz, encoder_out, eps, z, weights, images, samples,
+                                                 latent, scale, dreg, d_encoder_out, target());
   }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override {
