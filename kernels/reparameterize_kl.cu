@@ -6,7 +6,8 @@
 //             d log_std_b = sum_k dz_bk exp(log_std_b) eps_bk + kl_scale expm1(2 log_std_b)
 // encoder_out rows are [mean (L) | log_std (L)]. Forward: one warp per sample
 // row, lanes stride over the L latents, cub::WarpReduce adds the per-lane
-// sums in a fixed tree; the k = 0 row's warp also writes its image's KL.
+// sums in a fixed tree; the k = 0 row's warp also writes its image's KL
+// (unless row_kl is null).
 // Backward: one thread per (image, latent), k = 0..K-1 in order, starting
 // from the k = 0 term with the KL's gradient (vae_math.h's one-sample
 // reparameterize_kl_backward), so K = 1 is that formula's bits; the CPU adds
@@ -34,7 +35,9 @@ __global__ void reparameterize_kl_forward_kernel(const float* __restrict__ encod
   const int r = blockIdx.x * kWarpsPerBlock + warp;
   if (r >= rows) return;  // whole warps leave together
   const int b = r / samples;
-  const bool writes_kl = r - b * samples == 0;  // the image's k = 0 row; warp-uniform
+  // The image's k = 0 row writes its KL (warp-uniform). A null row_kl is "not
+  // wanted", as the CPU backend treats it.
+  const bool writes_kl = r - b * samples == 0 && row_kl != nullptr;
   const float* mean = encoder_out + static_cast<size_t>(b) * 2 * latent;
   const float* log_std = mean + latent;
   float kl = 0.0f, log_ratio = 0.0f;

@@ -197,10 +197,12 @@ int run_bench_command(const BenchOptions& o) {
     std::unique_ptr<Backend> backend = make_backend(device);
     const bool tf32 = o.tf32 && backend->set_tf32(true);
     const bool epilogues = o.gemm_epilogues && backend->set_gemm_epilogues(true);
+    const bool two_branch = o.two_branch_graph && backend->set_two_branch(true);
     const double peak = square_sgemm_gflops(*backend);
     std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
-    std::printf("%s GEMMs%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
+    std::printf("%s GEMMs%s%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
                 epilogues ? " with cuBLASLt epilogues" : "",
+                two_branch ? ", weight gradients on a second branch" : "",
                 device == "cuda" ? (o.cuda_graph ? "; step replayed as a CUDA Graph" : "; step launched call by call") : "",
                 peak);
     std::printf("%6s %12s %9s %9s %9s %7s %13s %10s %7s %9s %10s\n", "batch", "samples/s", "step ms", "gemm ms",
@@ -233,6 +235,7 @@ int run_bench_command(const BenchOptions& o) {
                                  {"square_sgemm_gflops", peak},
                                  {"tf32", tf32},
                                  {"gemm_epilogues", epilogues},
+                                 {"two_branch_graph", two_branch},
                                  {"cuda_graph", device == "cuda" && o.cuda_graph},
                                  {"profiled_op_ms", r.op_ms},
                                  {"dense_calls_fused", fusion.fused},

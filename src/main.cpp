@@ -304,6 +304,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--resume", train.resume, "Continue the run whose output directory is DIR, exactly, from DIR/checkpoint.safetensors; its architecture, batch size, lr, seed, shuffling and data are kept (--epochs, --max-steps, --out, --device, --checkpoint-every, --image-scale may change)")->check(kNonEmpty);
   train_cmd->add_flag("--tf32", train.tf32, "TF32 tensor-core math in the GEMMs (CUDA, sm_80 and newer): faster, about 1e-3 relative error per product; default FP32");
   train_cmd->add_flag("--gemm-epilogues", train.gemm_epilogues, "Dense layers as cuBLASLt GEMMs with fused bias+ReLU and ReLU-gradient+bias-gradient epilogues (CUDA; not yet measured on a GPU, so off by default)");
+  train_cmd->add_flag("--two-branch-graph", train.two_branch_graph, "Run the weight-gradient GEMMs on a second stream, a second branch of the step's CUDA Graph, off the critical path (CUDA; not yet measured on a GPU, so off by default)");
   train_cmd->add_flag("--cuda-graph,!--no-cuda-graph", train.cuda_graph, "Replay each training step as one CUDA Graph (default; needs the training images resident)");
   train_cmd->add_option("--resident-data", train.resident_data, "Keep the training images in backend memory: auto (if they fit), on, off (stream each batch through pinned buffers)")->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   add_image_scale(train_cmd, &train.image_scale);
@@ -347,6 +348,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--json", bench.json, "Also write the results as JSON to this file")->check(kNonEmpty);
   bench_cmd->add_flag("--tf32", bench.tf32, "TF32 tensor-core GEMMs on the CUDA backend");
   bench_cmd->add_flag("--gemm-epilogues", bench.gemm_epilogues, "Dense layers with cuBLASLt epilogues on the CUDA backend");
+  bench_cmd->add_flag("--two-branch-graph", bench.two_branch_graph, "Weight-gradient GEMMs on a second stream / graph branch (CUDA)");
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench.cuda_graph, "Replay each step as a CUDA Graph (default)");
 
   CLI::App* info_cmd = app.add_subcommand("info", "Build facts: version, commit, CUDA, threads, BLAS");

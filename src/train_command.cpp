@@ -262,6 +262,10 @@ int run_train_command(TrainOptions o) {
     std::cout << "note: --gemm-epilogues has no effect on the " << backend->name()
               << " backend; it has no cuBLASLt\n";
   }
+  if (o.two_branch_graph && !backend->set_two_branch(true)) {
+    std::cout << "note: --two-branch-graph has no effect on the " << backend->name()
+              << " backend; it runs its calls in order\n";
+  }
   TrainerOptions trainer_options;
   trainer_options.data = o.resident_data == "on"    ? TrainerOptions::DataPlacement::kResident
                          : o.resident_data == "off" ? TrainerOptions::DataPlacement::kStreamed
@@ -270,7 +274,8 @@ int run_train_command(TrainOptions o) {
   Trainer trainer(*backend, config, train.images, trainer_options);
   const bool cuda = backend->name() == "cuda";
   std::cout << "step: " << trainer.describe_step() << (o.tf32 && cuda ? "; TF32 GEMMs" : "")
-            << (o.gemm_epilogues && cuda ? "; cuBLASLt epilogues" : "") << "\n";
+            << (o.gemm_epilogues && cuda ? "; cuBLASLt epilogues" : "")
+            << (o.two_branch_graph && cuda ? "; weight gradients on a second branch" : "") << "\n";
   VaeModel& model = trainer.model();
   std::string metrics;
   if (resuming) {

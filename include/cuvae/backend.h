@@ -191,6 +191,25 @@ class Backend {
   virtual bool set_gemm_epilogues(bool on) { return !on; }
   // Since the backend was made; all zero where set_gemm_epilogues is off.
   virtual DenseFusionCounts dense_fusion_counts() const { return {}; }
+
+  // ---- work off the critical path (the CUDA backend's two-branch step)
+  // The calls between begin_side_branch() and end_side_branch() may run
+  // concurrently with the calls after them, up to join_side_branches(); the
+  // CUDA backend with set_two_branch(true) runs them on a second stream,
+  // forked from its main one at begin and joined at the join (in a CUDA
+  // Graph step: a second branch of the graph). The caller promises that no
+  // call between begin and the join writes what a side call reads, or reads
+  // or writes what a side call writes. The model: each layer's weight-gradient
+  // GEMM goes on the side branch (nothing below reads it), and the join comes
+  // before anything reads the gradients (Adam). Side branches do not nest; a
+  // recorded step must end joined. No-ops where the calls run in order (the
+  // CPU, and the CUDA backend by default).
+  virtual void begin_side_branch() {}
+  virtual void end_side_branch() {}
+  virtual void join_side_branches() {}
+  // Side-branch calls on a second stream (the CUDA backend); false if this
+  // backend cannot do what is asked. Not inside a step.
+  virtual bool set_two_branch(bool on) { return !on; }
 };
 
 // A typed backend allocation, freed on destruction.

@@ -32,6 +32,7 @@ struct TrainOptions {
   bool tf32 = false;
   bool gemm_epilogues = false;  // cuBLASLt epilogues (CUDA); changes summation order
   bool cuda_graph = true;
+  bool two_branch_graph = false;  // weight gradients on a second stream (CUDA); the same GEMMs
   std::string resident_data = "auto";  // auto, on, off
 
   // Which flags were given explicitly: when resuming, those that must agree
