@@ -184,16 +184,15 @@ std::vector<DenseLayer> ParameterLayout::all_layers() const {
 
 Mlp::Mlp(Backend& backend, std::vector<DenseLayer> layers, int max_rows)
     : backend_(backend), layers_(std::move(layers)), max_rows_(max_rows) {
-  int max_width = 0;
-  for (const DenseLayer& layer : layers_) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const DenseLayer& layer = layers_[i];
     outputs_.emplace_back(backend_, static_cast<size_t>(max_rows) * layer.out);
     masks_.emplace_back(backend_, layer.activation == Activation::kRelu
                                       ? backend_.activation_mask_bytes(max_rows, layer.out)
                                       : 0);
-    max_width = std::max({max_width, layer.in, layer.out});
-  }
-  for (DeviceArray<float>& buffer : scratch_) {
-    buffer = DeviceArray<float>(backend_, static_cast<size_t>(max_rows) * max_width);
+    // The top layer's dA is the caller's d_output.
+    const bool top = i + 1 == layers_.size();
+    d_preactivations_.emplace_back(backend_, top ? 0 : static_cast<size_t>(max_rows) * layer.out);
   }
 }
 
@@ -223,9 +222,13 @@ void Mlp::backward(const float* params, float* grads, const float* input, float*
     const DenseLayer& layer = layers_[i];
     const float* w = params + layer.weight_offset;
     const float* x = i == 0 ? input : outputs_[i - 1].get();
-    // dW = X^T dA (in x out).
+    // dW = X^T dA (in x out): nothing below needs it, so it may run beside
+    // the chain of input gradients (each layer's dA has its own buffer, which
+    // the chain does not overwrite while this GEMM may still read it).
+    backend_.begin_side_branch();
     backend_.gemm(true, false, layer.in, layer.out, rows, 1.0f, x, layer.in, da, layer.out, 0.0f,
                   grads + layer.weight_offset, layer.out);
+    backend_.end_side_branch();
     if (i == 0) {
       // dX = dA W^T (B x in): the network's input has no activation or bias.
       if (d_input != nullptr) {
@@ -234,8 +237,7 @@ void Mlp::backward(const float* params, float* grads, const float* input, float*
       }
       break;
     }
-    // The layer below's dA, into the scratch buffer da is not in.
-    float* da_below = da == scratch_[0].get() ? scratch_[1].get() : scratch_[0].get();
+    float* da_below = d_preactivations_[i - 1].get();
     const DenseLayer& below = layers_[i - 1];
     backend_.dense_backward_input(da, w, rows, layer.in, layer.out, x, masks_[i - 1].get(),
                                   below.activation, da_below, grads + below.bias_offset);
@@ -407,6 +409,7 @@ void VaeModel::forward_backward(const float* x, const float* eps, int images,
         scale, objective.objective == Objective::kIwaeDreg, d_encoder_out_.get());
   }
   encoder_.backward(params_.get(), grads_.get(), x, d_encoder_out_.get(), images, nullptr);
+  backend_.join_side_branches();  // every gradient complete before Adam reads them
 }
 
 void VaeModel::accumulate_bound(const ObjectiveConfig& objective, int images, double* accumulator) {

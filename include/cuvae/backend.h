@@ -115,7 +115,7 @@ class Backend {
   // K samples per image (samples = K; K = 1 is the seed's one sample).
   // encoder_out is images x 2L (mean | log_std); eps, z and row_log_ratio
   // have images * K rows, sample k of image b in row b K + k:
-  //   z = mean_b + exp(log_std_b) eps;  row_kl[b] = sum_j KL term (analytic);
+  //   z = mean_b + exp(log_std_b) eps;  row_kl[b] = sum_j KL term (analytic), if not null;
   //   row_log_ratio[b K + k] = sum_j log p(z) - log q(z|x), if not null.
   virtual void reparameterize_kl_forward(const float* encoder_out, const float* eps, int images,
                                          int samples, int latent, float* z, float* row_kl,

@@ -73,6 +73,11 @@ class ProfilingBackend final : public Backend {
                                            const float* eps, const float* z, const float* weights,
                                            int images, int samples, int latent, float scale,
                                            bool dreg, float* d_encoder_out) override;
+  // Forwarded as they are: they order calls, they compute nothing to time.
+  void begin_side_branch() override { inner_.begin_side_branch(); }
+  void end_side_branch() override { inner_.end_side_branch(); }
+  void join_side_branches() override { inner_.join_side_branches(); }
+  bool set_two_branch(bool on) override { return inner_.set_two_branch(on); }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override;
 

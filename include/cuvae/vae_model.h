@@ -100,8 +100,8 @@ class ParameterLayout {
 };
 
 // A multilayer perceptron over a slice of the flat buffers. It owns the
-// activations of each layer (for the backward pass) and two gradient buffers
-// it alternates between layers.
+// activations of each layer (for the backward pass) and, below the top
+// layer, each layer's gradient with respect to its pre-activation.
 class Mlp {
  public:
   Mlp(Backend& backend, std::vector<DenseLayer> layers, int max_rows);
@@ -122,7 +122,7 @@ class Mlp {
   int max_rows_;
   std::vector<DeviceArray<float>> outputs_;
   std::vector<DeviceArray<unsigned char>> masks_;  // per layer; empty on most backends
-  DeviceArray<float> scratch_[2];
+  std::vector<DeviceArray<float>> d_preactivations_;  // per layer; empty for the top
 };
 
 // Adam's hyper-parameters (the seed's defaults).
