@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """cuvae's charts, drawn with matplotlib (Agg backend, no display needed).
 
-  plot.py curve METRICS_CSV OUT_PNG
+  plot.py curve METRICS_CSV OUT_PNG [--title TEXT]
       The training curve of a run: the training bound per epoch from vae
       train's metrics.csv, the test bound where it was evaluated, and the
       epochs where the learning rate changes (a schedule's stages) as
@@ -148,7 +148,7 @@ def read_metrics(path):
     return m
 
 
-def plot_curve(metrics_csv, out_png):
+def plot_curve(metrics_csv, out_png, title=None):
     m = read_metrics(metrics_csv)
     plt = import_pyplot()
     epochs = m["epoch"]
@@ -188,8 +188,9 @@ def plot_curve(metrics_csv, out_png):
     else:
         ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image (higher is better)")
-    ax.set_title(f"Training curve: {os.path.basename(os.path.dirname(os.path.abspath(metrics_csv)))}"
-                 f" ({len(epochs)} epochs, last {objective} {m['bound'][-1]:.2f})", fontsize=10)
+    run = title or os.path.basename(os.path.dirname(os.path.abspath(metrics_csv)))
+    ax.set_title(f"Training curve: {run} ({len(epochs)} epochs, last {objective} "
+                 f"{m['bound'][-1]:.2f})", fontsize=10)
     ax.grid(True, linewidth=0.4, alpha=0.6)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -244,7 +245,7 @@ def plot_latents(points_csv, out_png, title, label_names):
     save_atomically(fig, out_png)
 
 
-USAGE = """usage: plot.py curve METRICS_CSV OUT_PNG
+USAGE = """usage: plot.py curve METRICS_CSV OUT_PNG [--title TEXT]
        plot.py latents CSV OUT_PNG [--title TEXT] [--label-names A,B,...]"""
 
 
@@ -259,12 +260,13 @@ def main(argv):
     options = {}
     while rest:
         flag = rest.pop(0)
-        if command != "latents" or flag not in ("--title", "--label-names") or not rest:
+        allowed = ("--title", "--label-names") if command == "latents" else ("--title",)
+        if flag not in allowed or not rest:
             fail(f"unexpected argument '{flag}' for plot.py {command}", EXIT_USAGE)
         options[flag] = rest.pop(0)
     try:
         if command == "curve":
-            plot_curve(source, out_png)
+            plot_curve(source, out_png, options.get("--title"))
         elif command == "latents":
             plot_latents(source, out_png, options.get("--title"), options.get("--label-names"))
         else:
