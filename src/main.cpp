@@ -27,6 +27,7 @@
 #include "cuvae/evaluate.h"
 #include "cuvae/idx.h"
 #include "cuvae/model_file.h"
+#include "cuvae/picture_commands.h"
 #include "cuvae/task_images.h"
 #include "cuvae/trainer.h"
 #include "cuvae/timing.h"
@@ -336,6 +337,24 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--bounds", eval.bounds, "Also estimate the K-sample IWAE bounds L_k for these k, comma-separated (e.g. 1,5,50; each at most --k), from the same samples");
   eval_cmd->add_option("--per-image", eval.per_image, "Write each test image's estimated log-likelihood to this CSV file")->check(kNonEmpty);
 
+  // vae manifold | latents: pictures of the latent space (picture_commands.h).
+  cuvae::ManifoldOptions manifold;
+  CLI::App* manifold_cmd = app.add_subcommand("manifold", "Write manifold.png: decoder means over a grid of the prior's quantiles (Kingma & Welling, Fig. 4); L > 2: in the test set's first two principal directions");
+  manifold_cmd->add_option("--model", manifold.model, "Model file written by vae train")->required()->check(kNonEmpty);
+  manifold_cmd->add_option("--data", manifold.data, "Directory with the MNIST IDX files (read when L > 2)")->check(kNonEmpty)->capture_default_str();
+  manifold_cmd->add_option("--out", manifold.out, "Output directory")->check(kNonEmpty)->capture_default_str();
+  manifold_cmd->add_option("--grid", manifold.grid, "Images per side of the grid")->check(integer_in(cuvae::ManifoldOptions::kMinGrid, cuvae::ManifoldOptions::kMaxGrid))->capture_default_str();
+  add_device(manifold_cmd, &manifold.device);
+  manifold_cmd->add_option("--seed", manifold.seed, "Seed of the test set's fixed binarization (L > 2)")->check(kUnsignedInteger)->capture_default_str();
+  add_image_scale(manifold_cmd, &manifold.scale);
+  cuvae::LatentsOptions latents;
+  CLI::App* latents_cmd = app.add_subcommand("latents", "Write latents.png: the test images' posterior means in 2-D (first two principal components when L > 2), coloured by label");
+  latents_cmd->add_option("--model", latents.model, "Model file written by vae train")->required()->check(kNonEmpty);
+  latents_cmd->add_option("--data", latents.data, "Directory with the MNIST IDX files, labels included")->check(kNonEmpty)->capture_default_str();
+  latents_cmd->add_option("--out", latents.out, "Output directory")->check(kNonEmpty)->capture_default_str();
+  add_device(latents_cmd, &latents.device);
+  latents_cmd->add_option("--seed", latents.seed, "Seed of the test set's fixed binarization")->check(kUnsignedInteger)->capture_default_str();
+
   cuvae::BenchOptions bench;
   std::string bench_batches = "200,1000,4096";
   CLI::App* bench_cmd = app.add_subcommand("bench", "End-to-end training throughput of the seed's configuration per backend and batch size");
@@ -413,6 +432,8 @@ int main(int argc, char** argv) {
       if (cmd->parsed()) return run_images(images, name);
     }
     if (eval_cmd->parsed()) return run_eval(eval);
+    if (manifold_cmd->parsed()) return cuvae::run_manifold_command(manifold);
+    if (latents_cmd->parsed()) return cuvae::run_latents_command(latents);
     if (info_cmd->parsed()) return run_info();
     if (bench_cmd->parsed()) {
       bench.batch_sizes = cuvae::parse_widths(bench_batches, "--batch-sizes");

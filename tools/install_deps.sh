@@ -8,12 +8,15 @@
 # build uses nvcc when it finds one (/usr/local/cuda) and builds CPU-only
 # when it does not. clang and libclang-rt-dev (clang's libFuzzer and sanitizer
 # runtimes, which --no-install-recommends would leave out) are for
-# tools/fuzz.sh, which tools/test.sh runs.
+# tools/fuzz.sh, which tools/test.sh runs. python3-matplotlib draws the charts
+# (tools/plot.py: training_curve.png, latents.png); without it they are
+# skipped with a note and their tests skip. Fashion-MNIST's Debian package is
+# installed by tools/fetch_data.sh when asked for.
 set -euo pipefail
 
 packages=(g++ cmake make git libopenblas-dev libopenblas-openmp-dev libstb-dev libcli11-dev nlohmann-json3-dev
           zlib1g-dev libgtest-dev libbenchmark-dev ca-certificates
-          clang libclang-rt-dev)
+          clang libclang-rt-dev python3-matplotlib)
 if [[ "${1:-}" == "--torch" ]]; then
   packages+=(python3-torch python3-numpy)
 fi
