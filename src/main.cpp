@@ -22,6 +22,7 @@
 #include "cuvae/backend.h"
 #include "cuvae/bench_command.h"
 #include "cuvae/build_info.h"
+#include "cuvae/denormals.h"
 #include "cuvae/error.h"
 #include "cuvae/evaluate.h"
 #include "cuvae/idx.h"
@@ -323,6 +324,9 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // After parsing (whose number checks must see a subnormal --lr as what it
+  // is), before the command starts any thread, so that every thread gets it.
+  cuvae::enable_flush_denormals_to_zero();
   try {
     if (train_cmd->parsed()) {
       train.given_out = out_opt->count() > 0;

@@ -91,9 +91,11 @@
 #include "cuvae/backend.h"
 #include "cuvae/build_info.h"
 #include "cuvae/cpu_backend.h"
+#include "cuvae/denormals.h"
 #include "cuvae/philox.h"
 #include "cuvae/vae_math.h"
 #include "cuvae/vae_model.h"
+#include "denormal_step.h"
 #include "unfused.h"
 
 namespace {
@@ -743,6 +745,7 @@ void print_help() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cuvae::enable_flush_denormals_to_zero();  // as the vae binary runs
   // Our default minimum time goes first, so that one given on the command
   // line (parsed after it) wins.
   std::string min_time_flag = std::string("--benchmark_min_time=") + kDefaultMinTime;
@@ -802,6 +805,7 @@ int main(int argc, char** argv) {
     }
 
     for (const auto& target : g_targets) register_target(target.get());
+    register_denormal_step_benchmarks(g_targets[0]->backend.get());
     benchmark::RunSpecifiedBenchmarks();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vae-bench: error: %s\n", e.what());
