@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuvae/cpu_gemm.h"
 #include "cuvae/denormals.h"
 
 #if defined(__SSE__)
@@ -62,14 +63,15 @@ TEST(Denormals, ThreadStartedLaterInheritsAndClearingBringsSubnormalsBack) {
 }
 #endif
 
-// C = A B, 256^3 (large enough that OpenBLAS splits it over its threads), A
-// all subnormal, B all ones: each element of C is 0 where the thread that
-// computed it has DAZ (or FTZ), 256 * 1e-39 (a normal float) where not.
-std::vector<float> subnormal_gemm() {
+// C = A B, 256^3 (large enough that the library splits it over its
+// threads), A all subnormal, B all ones: each element of C is 0 where the
+// thread that computed it has DAZ (or FTZ), 256 * 1e-39 (a normal float)
+// where not. `gemm` is OpenBLAS's cblas_sgemm or the backend's cpu_sgemm.
+template <typename Gemm>
+std::vector<float> subnormal_gemm(Gemm gemm) {
   const int n = 256;
   std::vector<float> a(n * n, 1e-39f), b(n * n, 1.0f), c(n * n, -1.0f);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
-              0.0f, c.data(), n);
+  gemm(n, a.data(), b.data(), c.data());
   return c;
 }
 
@@ -79,17 +81,31 @@ int count_zeros(const std::vector<float>& values) {
   return zeros;
 }
 
-// OpenBLAS's OpenMP build runs on the OpenMP pool's threads: switching FTZ
-// and DAZ off in the pool switches them off in every GEMM thread too.
-TEST(Denormals, OpenBlasThreadsAreThePoolsAndFlush) {
-  const std::vector<float> flushed = subnormal_gemm();
+// Switching FTZ and DAZ off in the OpenMP pool switches them off in every
+// GEMM thread too: the GEMM libraries run on the pool's threads.
+template <typename Gemm>
+void expect_gemm_threads_follow_the_pool(Gemm gemm) {
+  const std::vector<float> flushed = subnormal_gemm(gemm);
   cuvae::set_flush_denormals_to_zero(false);
-  const std::vector<float> kept = subnormal_gemm();
+  const std::vector<float> kept = subnormal_gemm(gemm);
   cuvae::set_flush_denormals_to_zero(true);
   EXPECT_TRUE(cuvae::flush_denormals_to_zero_in_this_thread());
   EXPECT_EQ(count_zeros(flushed), static_cast<int>(flushed.size()));
   EXPECT_EQ(count_zeros(kept), 0);
   EXPECT_NEAR(kept[0], 256e-39f, 1e-42f);
+}
+
+TEST(Denormals, OpenBlasThreadsAreThePoolsAndFlush) {
+  expect_gemm_threads_follow_the_pool([](int n, const float* a, const float* b, float* c) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+  });
+}
+
+// The library the CPU backend runs (oneDNN in a build that has it).
+TEST(Denormals, CpuBackendGemmThreadsAreThePoolsAndFlush) {
+  expect_gemm_threads_follow_the_pool([](int n, const float* a, const float* b, float* c) {
+    cuvae::cpu_sgemm(false, false, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+  });
 }
 
 }  // namespace

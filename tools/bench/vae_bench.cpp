@@ -89,6 +89,7 @@
 #include <vector>
 
 #include "cuvae/backend.h"
+#include "cuvae/blas_kernel.h"
 #include "cuvae/build_info.h"
 #include "cuvae/cpu_backend.h"
 #include "cuvae/denormals.h"
@@ -745,6 +746,12 @@ void print_help() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    cuvae::select_blas_kernel_at_startup(argv);  // as the vae binary: may restart it
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vae-bench: error: %s\n", e.what());
+    return 2;
+  }
   cuvae::enable_flush_denormals_to_zero();  // as the vae binary runs
   // Our default minimum time goes first, so that one given on the command
   // line (parsed after it) wins.
