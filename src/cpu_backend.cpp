@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cuvae/cpu_gemm.h"
 #include "cuvae/error.h"
 
 // Declared by OpenBLAS's cblas.h on Debian, but not by every cblas.h; these
@@ -292,7 +293,8 @@ class CpuBackend final : public Backend {
     const char* threading = parallel == 2 ? "OpenMP" : parallel == 1 ? "pthreads" : "sequential";
     std::string text = "CPU, " + std::to_string(omp_get_max_threads()) +
                        " OpenMP threads, BLAS: " + std::string(openblas_get_config()) + " (" +
-                       threading + ", " + std::to_string(openblas_get_num_threads()) + " threads)";
+                       threading + ", " + std::to_string(openblas_get_num_threads()) + " threads), " +
+                       cpu_gemm_kernel().summary;
     if (parallel == 1) {
       text += " [warning: OpenBLAS's pthread build spins against our OpenMP threads and makes "
               "training several times slower; install libopenblas-openmp-dev and rebuild]";
@@ -323,9 +325,7 @@ class CpuBackend final : public Backend {
 
   void gemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
             int lda, const float* b, int ldb, float beta, float* c, int ldc) override {
-    cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
-                transpose_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                ldc);
+    cpu_sgemm(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
   void bias_activation_forward(float* y, const float* bias, int rows, int cols,

@@ -22,7 +22,10 @@
 #include "cuvae/atomic_file.h"
 #include "cuvae/backend.h"
 #include "cuvae/bench_command.h"
+#include "cuvae/blas_kernel.h"
 #include "cuvae/build_info.h"
+#include "cuvae/cpu_gemm.h"
+#include "cuvae/denormals.h"
 #include "cuvae/error.h"
 #include "cuvae/evaluate.h"
 #include "cuvae/idx.h"
@@ -268,12 +271,23 @@ int run_info() {
     std::cout << "CUDA device: none (" << why_not << ")\n";
   }
   std::cout << "CPU backend: " << cuvae::make_backend("cpu")->description() << "\n";
+  const cuvae::BlasKernelReport gemm = cuvae::cpu_gemm_kernel();
+  std::cout << "CPU vector ISA: " << cuvae::vector_isa_name(gemm.cpu_isa) << "\n";
+  std::cout << "GEMM kernel: " << gemm.kernel << "\n";
+  std::cout.flush();
+  cuvae::print_cpu_gemm_warning();
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    cuvae::select_blas_kernel_at_startup(argv);  // first: it may restart the binary
+  } catch (const Error& e) {
+    std::cerr << "vae: error: " << e.what() << "\n";
+    return 2;
+  }
   CLI::App app{"cuvae: a Variational Autoencoder on MNIST (the seed's model), CPU and CUDA"};
   // At most one; "none" is reported after parsing, so that an unknown flag or
   // subcommand is named rather than hidden behind "A subcommand is required".
@@ -409,6 +423,9 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // After parsing (whose number checks must see a subnormal --lr as what it
+  // is), before the command starts any thread, so that every thread gets it.
+  cuvae::enable_flush_denormals_to_zero();
   try {
     if (train_cmd->parsed()) {
       train.given_out = out_opt->count() > 0;

@@ -89,11 +89,14 @@
 #include <vector>
 
 #include "cuvae/backend.h"
+#include "cuvae/blas_kernel.h"
 #include "cuvae/build_info.h"
 #include "cuvae/cpu_backend.h"
+#include "cuvae/denormals.h"
 #include "cuvae/philox.h"
 #include "cuvae/vae_math.h"
 #include "cuvae/vae_model.h"
+#include "denormal_step.h"
 #include "unfused.h"
 
 namespace {
@@ -743,6 +746,13 @@ void print_help() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    cuvae::select_blas_kernel_at_startup(argv);  // as the vae binary: may restart it
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vae-bench: error: %s\n", e.what());
+    return 2;
+  }
+  cuvae::enable_flush_denormals_to_zero();  // as the vae binary runs
   // Our default minimum time goes first, so that one given on the command
   // line (parsed after it) wins.
   std::string min_time_flag = std::string("--benchmark_min_time=") + kDefaultMinTime;
@@ -802,6 +812,7 @@ int main(int argc, char** argv) {
     }
 
     for (const auto& target : g_targets) register_target(target.get());
+    register_denormal_step_benchmarks(g_targets[0]->backend.get());
     benchmark::RunSpecifiedBenchmarks();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vae-bench: error: %s\n", e.what());
