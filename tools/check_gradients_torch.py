@@ -227,6 +227,7 @@ def main(argv=None):
     out("machine: %s, %d cores; date %s; cuvae commit %s" % (
         cpu_model(), os.cpu_count(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         meta.get("commit", "?")))
+    out("cuvae backend: %s" % meta.get("backend", "?"))
     out("data: %s; batch %s images; params: %s" % (meta.get("data"), meta.get("images"), meta.get("params")))
     out("error per tensor: max|g_cuvae - g_torch| / max|g_torch|, shown as a fraction of TOL = %g" % TOL)
     out("")

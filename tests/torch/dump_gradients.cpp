@@ -25,7 +25,7 @@
 //   {arch}.{objective}.K{K}.bound [B]
 //   {arch}.{objective}.K{K}.grad.{layer}.W / .b
 // Metadata: "cases" (JSON list of {arch, hidden, latent, activation}),
-// "objectives", "samples", "images", "data", "commit".
+// "objectives", "samples", "images", "data", "params", "commit", "backend".
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -217,6 +217,7 @@ int run(int argc, char** argv) {
   file.metadata["params"] = "glorot init, then " + std::to_string(kWarmupSteps) +
                             " Adam steps (lr 1e-3) of iwae K=5, batch " + std::to_string(kTrainImages);
   file.metadata["commit"] = CUVAE_GIT_COMMIT;
+  file.metadata["backend"] = backend->description();
   write_safetensors(out, file);
   std::printf("wrote %s (%zu tensors; data: %s)\n", out.c_str(), file.tensors.size(), data.c_str());
   return 0;
