@@ -74,8 +74,10 @@ struct Result {
 };
 
 Result bench_one(Backend& backend, const IdxImages& images, int batch, const BenchOptions& o) {
-  TrainConfig config;  // the seed's
+  TrainConfig config;  // the seed's, with the objective and activation asked for
   config.batch_size = batch;
+  config.objective = {parse_objective(o.objective, "--objective"), o.samples};
+  config.arch.activation = parse_activation(o.activation, "--activation");
   Result r;
   r.device = backend.name();
   r.batch = batch;
@@ -188,11 +190,13 @@ int run_bench_command(const BenchOptions& o) {
   const IdxImages images = bench_images(o.data, largest_batch, &source);
 
   std::printf("vae bench: %s, %s, commit %s\n", cpu_model().c_str(), utc_now("%Y-%m-%d %H:%M:%S UTC").c_str(), CUVAE_GIT_COMMIT);
-  std::printf("model 784-200-200-(50+50) | 50-200-200-784; %s; %d warm-up steps, median of %d x %d steps\n",
-              source.c_str(), o.warmup_steps, o.repeats, o.steps);
+  std::printf("model 784-200-200-(50+50) | 50-200-200-784, %s; objective %s, K = %d (samples/s: images/s); "
+              "%s; %d warm-up steps, median of %d x %d steps\n",
+              o.activation.c_str(), o.objective.c_str(), o.samples, source.c_str(), o.warmup_steps, o.repeats, o.steps);
   if (!have_cuda && o.device == "all") std::printf("cuda: skipped (%s)\n", why_not.c_str());
   nlohmann::json json = {{"commit", CUVAE_GIT_COMMIT}, {"date", utc_now("%Y-%m-%d %H:%M:%S UTC")}, {"cpu", cpu_model()},
-                         {"data", source}, {"results", nlohmann::json::array()}};
+                         {"data", source}, {"objective", o.objective}, {"samples", o.samples},
+                         {"activation", o.activation}, {"results", nlohmann::json::array()}};
   for (const std::string& device : devices) {
     std::unique_ptr<Backend> backend = make_backend(device);
     const bool tf32 = o.tf32 && backend->set_tf32(true);

@@ -382,6 +382,9 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--tf32", bench.tf32, "TF32 tensor-core GEMMs on the CUDA backend");
   bench_cmd->add_flag("--gemm-epilogues", bench.gemm_epilogues, "Dense layers with cuBLASLt epilogues on the CUDA backend");
   bench_cmd->add_flag("--two-branch-graph", bench.two_branch_graph, "Weight-gradient GEMMs on a second stream / graph branch (CUDA)");
+  bench_cmd->add_option("--objective", bench.objective, "The step's objective: elbo, iwae or iwae-dreg")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg"}))->capture_default_str();
+  bench_cmd->add_option("--samples", bench.samples, "K samples per image (the decoder runs on batch * K rows)")->check(integer_in(1, cuvae::ObjectiveConfig::kMaxSamples))->capture_default_str();
+  bench_cmd->add_option("--activation", bench.activation, "Hidden layers: relu or tanh")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench.cuda_graph, "Replay each step as a CUDA Graph (default)");
 
   CLI::App* info_cmd = app.add_subcommand("info", "Build facts: version, commit, CUDA, threads, BLAS");

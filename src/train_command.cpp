@@ -21,7 +21,9 @@
 #include "cuvae/atomic_file.h"
 #include "cuvae/backend.h"
 #include "cuvae/build_info.h"
+#include "cuvae/charts.h"
 #include "cuvae/checkpoint.h"
+#include "cuvae/dataset_name.h"
 #include "cuvae/error.h"
 #include "cuvae/evaluate.h"
 #include "cuvae/interrupt.h"
@@ -189,6 +191,33 @@ double test_set_bound(Backend& backend, const VaeModel& model, const TrainConfig
   return c.objective.objective == Objective::kElbo ? r.elbo : -r.nll;
 }
 
+// OUT/training_curve.png, redrawn from metrics.csv after an epoch: at the
+// last epoch and otherwise at most every 30 s (a drawing starts Python and
+// matplotlib, ~0.8 s, which must not hold up short epochs). Where it cannot
+// be drawn (no matplotlib), one note and no more tries.
+class TrainingCurve {
+ public:
+  explicit TrainingCurve(const std::string& out) : out_(out) {}
+  void draw_after_epoch(bool last) {
+    if (given_up_ || (!last && drawn_ && seconds_since(last_draw_) < 30.0)) return;
+    std::string note;
+    if (draw_training_curve(out_ + "/metrics.csv", path(), &note)) {
+      drawn_ = true;
+      last_draw_ = Clock::now();
+    } else {
+      std::cout << "note: no training_curve.png: " << note << "\n";
+      given_up_ = true;
+    }
+  }
+  bool drawn() const { return drawn_; }
+  std::string path() const { return out_ + "/training_curve.png"; }
+
+ private:
+  std::string out_;
+  bool drawn_ = false, given_up_ = false;
+  Clock::time_point last_draw_;
+};
+
 const char* signal_name(int signal_number) { return signal_number == SIGINT ? "SIGINT" : "SIGTERM"; }
 
 // After SIGINT or SIGTERM: what was saved and how to go on; 128 + the signal.
@@ -250,7 +279,10 @@ int run_train_command(TrainOptions o) {
     throw Error("--resume: the training images in " + o.data + " (" + fingerprint +
                 ") are not the checkpoint's (" + resumed.data_fingerprint + ")");
   }
+  const std::string dataset = dataset_name_from_fingerprint(fingerprint);
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
+  std::cout << "data: " << o.data << ": " << (dataset == "unknown" ? "not a known data set" : dataset)
+            << " (" << fingerprint << ")\n";
   // Made here, stale temporaries of killed runs cleared; removed again if the
   // run fails before writing anything into it.
   const OutputDirectory out_dir(o.out);
@@ -305,6 +337,7 @@ int run_train_command(TrainOptions o) {
   const std::string checkpoint_path = o.out + "/checkpoint.safetensors";
   const bool live = ::isatty(STDOUT_FILENO) != 0;
   const std::string bound = bound_name(config.objective.objective, config.objective.samples);
+  TrainingCurve curve(o.out);
   const int first_epoch = static_cast<int>(trainer.steps_done() / steps_per_epoch) +
                           (resuming && epoch_left_unfinished(resumed, steps_per_epoch) ? 0 : 1);
   for (int epoch = first_epoch; epoch <= epochs; ++epoch) {
@@ -371,6 +404,7 @@ int run_train_command(TrainOptions o) {
     metrics += metrics_row(epoch, bound, elbo, lr, seconds, rate, test_bound);
     const std::string csv = std::string(kMetricsHeader) + "\n" + metrics;
     write_file_atomically(o.out + "/metrics.csv", csv.data(), csv.size());
+    curve.draw_after_epoch(epoch == epochs);
     save_model(model_path, config.arch, params,
                {{"seed", std::to_string(config.seed)},
                 {"epochs", std::to_string(epoch)},
@@ -384,6 +418,7 @@ int run_train_command(TrainOptions o) {
                 {"schedule", schedule_name(config.schedule)},
                 {"train_bound", bound},
                 {"train_bound_value", shortest(elbo)},
+                {"dataset", dataset},
                 {"commit", CUVAE_GIT_COMMIT},
                 {"created", utc_now()}});
     save_checkpoint(checkpoint_path,
@@ -403,6 +438,7 @@ int run_train_command(TrainOptions o) {
   GridOptions grid;
   grid.scale = o.image_scale;
   std::vector<std::string> written = {model_path, o.out + "/metrics.csv", checkpoint_path};
+  if (curve.drawn()) written.push_back(curve.path());
   // A signal after the last step stops before the next set of images; a
   // resumed run has no steps left and writes them all.
   const std::function<std::vector<std::string>()> writers[] = {
