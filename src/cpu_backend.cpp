@@ -18,6 +18,7 @@
 
 #include "cuvae/cpu_gemm.h"
 #include "cuvae/error.h"
+#include "cuvae/openmp_wait.h"
 
 // Declared by OpenBLAS's cblas.h on Debian, but not by every cblas.h; these
 // are OpenBLAS's own entry points and are how we prove the BLAS is OpenBLAS.
@@ -294,7 +295,7 @@ class CpuBackend final : public Backend {
     std::string text = "CPU, " + std::to_string(omp_get_max_threads()) +
                        " OpenMP threads, BLAS: " + std::string(openblas_get_config()) + " (" +
                        threading + ", " + std::to_string(openblas_get_num_threads()) + " threads), " +
-                       cpu_gemm_kernel().summary;
+                       cpu_gemm_kernel().summary + ", OpenMP waiting: " + openmp_wait_description();
     if (parallel == 1) {
       text += " [warning: OpenBLAS's pthread build spins against our OpenMP threads and makes "
               "training several times slower; install libopenblas-openmp-dev and rebuild]";

@@ -30,6 +30,7 @@
 #include "cuvae/evaluate.h"
 #include "cuvae/idx.h"
 #include "cuvae/model_file.h"
+#include "cuvae/openmp_wait.h"
 #include "cuvae/picture_commands.h"
 #include "cuvae/task_images.h"
 #include "cuvae/trainer.h"
@@ -274,6 +275,7 @@ int run_info() {
   const cuvae::BlasKernelReport gemm = cuvae::cpu_gemm_kernel();
   std::cout << "CPU vector ISA: " << cuvae::vector_isa_name(gemm.cpu_isa) << "\n";
   std::cout << "GEMM kernel: " << gemm.kernel << "\n";
+  std::cout << "OpenMP waiting: " << cuvae::openmp_wait_description() << "\n";
   std::cout.flush();
   cuvae::print_cpu_gemm_warning();
   return 0;
@@ -283,7 +285,9 @@ int run_info() {
 
 int main(int argc, char** argv) {
   try {
-    cuvae::select_blas_kernel_at_startup(argv);  // first: it may restart the binary
+    // First: it may restart the binary.
+    const std::string command = argc > 1 ? argv[1] : "";
+    cuvae::select_blas_kernel_at_startup(argv, command == "train" || command == "eval" || command == "bench");
   } catch (const Error& e) {
     std::cerr << "vae: error: " << e.what() << "\n";
     return 2;

@@ -108,35 +108,6 @@ TEST(CpuFeatures, WarnsOnlyWhenTheKernelIsBelowTheCpu) {
   EXPECT_NE(cuvae::assess_blas_kernel(avx2_cpu(), "Sandybridge", "x").warning, "");
 }
 
-// Sets an environment variable for the vae processes a test starts.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    if (value != nullptr) {
-      setenv(name, value, 1);
-    } else {
-      unsetenv(name);
-    }
-  }
-  ~ScopedEnv() {
-    if (had_) {
-      setenv(name_, old_.c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
-
 // The text after "GEMM kernel: " up to the end of its line.
 std::string kernel_line(const std::string& out) {
   const size_t at = out.find("\nGEMM kernel: ");

@@ -29,7 +29,10 @@ namespace cuvae {
 // throws cuvae::Error on a bad CUVAE_BLAS_KERNEL
 // or CUVAE_CPU_GEMM. If the exec fails, goes
 // on with OpenBLAS's pick (the report's origin says why).
-void select_blas_kernel_at_startup(char** argv);
+// With long_running (training, evaluation, benchmarks) the restart also sets
+// OMP_WAIT_POLICY (openmp_wait.h), which alone is worth a restart (~0.1 s)
+// only for commands that compute for a while.
+void select_blas_kernel_at_startup(char** argv, bool long_running);
 
 // The kernel in use, how it was chosen, and a warning if it is below the CPU.
 BlasKernelReport current_blas_kernel();

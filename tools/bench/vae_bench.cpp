@@ -747,7 +747,7 @@ void print_help() {
 
 int main(int argc, char** argv) {
   try {
-    cuvae::select_blas_kernel_at_startup(argv);  // as the vae binary: may restart it
+    cuvae::select_blas_kernel_at_startup(argv, true);  // as the vae binary: may restart it
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vae-bench: error: %s\n", e.what());
     return 2;
