@@ -311,6 +311,10 @@ TEST_F(Resume, KillNineNeverLeavesATornCheckpoint) {
   for (int attempt = 0; attempt < 50; ++attempt) {
     const std::string out = dir_ / ("kill" + std::to_string(attempt));
     VaeProcess child(tiny_run(data_, out, {{"--epochs", "2000"}, {"--checkpoint-every", "1"}}), dir_.path());
+    // From when the run has made its output directory, not from the exec:
+    // loading the CUDA and oneDNN libraries takes ~0.3 s on a loaded machine,
+    // which would put most kills before the first step.
+    wait_for_file(out);
     std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 400)(rng)));
     child.signal(SIGKILL);
     child.wait();
