@@ -25,7 +25,11 @@ std::string env_or_empty(const char* name) {
 
 bool use_onednn() {
 #if CUVAE_HAVE_DNNL
-  static const bool chosen = env_or_empty("CUVAE_CPU_GEMM") != "openblas";
+  // Opt-in: with oneDNN 2.6.3 (Debian 12) running the GEMMs, `vae train`
+  // at batch 100 on the 2-core Xeon of 2026-12-01 (family 6 model 167, AMX)
+  // corrupted the heap (glibc: "corrupted size vs. prev_size" at exit, 3 of
+  // 3 runs; OpenBLAS: 0 of 3), and it lost at batch 20 (docs/performance.md).
+  static const bool chosen = env_or_empty("CUVAE_CPU_GEMM") == "onednn";
   return chosen;
 #else
   return false;

@@ -200,7 +200,7 @@ TEST(BlasKernelEndToEnd, UnknownGemmLibraryIsOneLineError) {
 TEST(BlasKernelEndToEnd, OneDnnCappedToSseWarns) {
   const VectorIsa cpu = cuvae::best_vector_isa(cuvae::detect_cpu_features());
   if (cpu == VectorIsa::kSse) GTEST_SKIP() << "this CPU has no AVX: SSE is its best";
-  ScopedEnv gemm("CUVAE_CPU_GEMM", nullptr);
+  ScopedEnv gemm("CUVAE_CPU_GEMM", "onednn");
   ScopedEnv capped("ONEDNN_MAX_CPU_ISA", "SSE41");
   TempDir dir;
   const RunResult r = run_vae({"info"}, dir.path());

@@ -101,7 +101,7 @@ TEST(Denormals, OpenBlasThreadsAreThePoolsAndFlush) {
   });
 }
 
-// The library the CPU backend runs (oneDNN in a build that has it).
+// The library the CPU backend runs (OpenBLAS unless CUVAE_CPU_GEMM=onednn).
 TEST(Denormals, CpuBackendGemmThreadsAreThePoolsAndFlush) {
   expect_gemm_threads_follow_the_pool([](int n, const float* a, const float* b, float* c) {
     cuvae::cpu_sgemm(false, false, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);

@@ -48,7 +48,7 @@ TEST(VaeMath, ExpAndLog1pAreAccurateOverTheirRanges) {
     }
   }
   // From the smallest normal float, not 1e-38 (a subnormal): the tests run
-  // with DAZ as the binaries do (docs/numerics-ftz.md), under which a
+  // with DAZ as the binaries do (docs/numerics.md, "Flush-to-zero"), under which a
   // subnormal e reads as 0 and this loop never ended.
   for (float e = std::numeric_limits<float>::min(); e < 1e-3f; e *= 1.01f) {
     const double exact = std::log1p(static_cast<double>(e));

@@ -1,12 +1,13 @@
-// The CPU backend's SGEMM: oneDNN's dnnl_sgemm when the build found
-// libdnnl-dev, else OpenBLAS's cblas_sgemm. oneDNN won on every GEMM shape
-// of the model, on 1 and 2 threads (docs/results/2026-12-01-cpu/), most at
-// small batches (1.85x at batch 20); it picks its kernels from the CPU's
-// features, not from a table of CPU models, so it never falls back to SSE on
-// a CPU newer than the library. Both run on the OpenMP pool's threads.
+// The CPU backend's SGEMM: OpenBLAS's cblas_sgemm (its kernel chosen from
+// the CPU's features where its own detection falls back: blas_kernel.h), or
+// oneDNN's dnnl_sgemm with CUVAE_CPU_GEMM=onednn in a build that found
+// libdnnl-dev. oneDNN led on 1 thread and at large batches but lost at batch
+// 20 with 2 threads (docs/results/2026-12-01-cpu/), and with Debian 12's
+// oneDNN 2.6.3 a batch-100 training run corrupted the heap on the
+// development Xeon (src/cpu_gemm.cpp): opt-in until that is understood. Both
+// run on the OpenMP pool's threads.
 //
-// CUVAE_CPU_GEMM=openblas selects OpenBLAS in a oneDNN build (to compare, or
-// to avoid oneDNN); "auto" (or unset) is the default, the best one built in.
+// CUVAE_CPU_GEMM: auto (or unset) and openblas select OpenBLAS, onednn oneDNN.
 #pragma once
 
 #include <string>

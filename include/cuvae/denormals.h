@@ -8,7 +8,7 @@
 // of the seed's model ran 5x slower (issue 14). With FTZ a subnormal result
 // becomes 0, with DAZ a subnormal input reads as 0. A run's bits change
 // (compared with a run without FTZ), its determinism does not: the same seed
-// gives the same bits. docs/numerics-ftz.md says more.
+// gives the same bits. docs/numerics.md, "Flush-to-zero" says more.
 #pragma once
 
 namespace cuvae {
