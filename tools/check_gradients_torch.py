@@ -31,7 +31,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import struct
 import subprocess
 import sys
@@ -184,15 +183,7 @@ def tensor_error(g, r):
     return diff / scale if scale > 0 else diff
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from torch_reference import cpu_model  # noqa: E402 (beside this script in tools/)
 
 
 def main(argv=None):
