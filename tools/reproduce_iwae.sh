@@ -82,7 +82,8 @@ for row in "${row_names[@]}"; do
 done
 
 # The table.
-commit=$(git rev-parse --short HEAD)
+# The commit of the binary that ran (its --version), not of the checkout.
+commit=$("$vae" --version | sed -n "s/.*commit \([0-9a-f]*\).*/\1/p")
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 table="$out/table-b$batch-e$epochs.md"
 {
