@@ -1,6 +1,9 @@
-// The dense layer's epilogues around the cuBLAS GEMM.
+// The dense layer's epilogues around the cuBLAS GEMM (act: identity, ReLU or
+// tanh, vae_math.h's activate / activation_backward).
 //   forward:  y[r][c] = act(y[r][c] + bias[c])                 (in place)
-//   backward: dy[r][c] *= act'(y[r][c]);  dbias[c] = sum_r dy[r][c]
+//   backward: dy[r][c] = act'(y[r][c]) (s_r dy[r][c]);  dbias[c] = sum_r dy[r][c]
+//             (s_r = row_scale[r], or 1 when row_scale is null: the IWAE
+//             objectives' per-sample weights on the decoder's output gradient)
 //
 // Backward, version 1 gave each block 32 columns and all rows: at batch 4096
 // a 200-column layer ran on 7 of the H100's 132 SMs. Version 2 gave each
@@ -29,10 +32,9 @@ namespace cuvae::kernels {
 // instructions.
 __global__ void bias_activation_forward_kernel(float* __restrict__ y,
                                                const float* __restrict__ bias, unsigned int count,
-                                               unsigned int cols, bool is_relu) {
+                                               unsigned int cols, Activation act) {
   for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
-    const float a = y[i] + bias[i % cols];
-    y[i] = is_relu ? relu(a) : a;
+    y[i] = activate(y[i] + bias[i % cols], act);
   }
 }
 
@@ -42,8 +44,9 @@ constexpr int kRowsPerChunk = 32;
 
 __global__ void activation_backward_partial_sums_kernel(float* __restrict__ dy,
                                                         const float* __restrict__ y,
+                                                        const float* __restrict__ row_scale,
                                                         float* __restrict__ partials, int rows,
-                                                        int cols, bool is_relu) {
+                                                        int cols, Activation act) {
   __shared__ float lane_sums[kRowLanes][kColumnsPerBlock + 1];
   const int c = blockIdx.x * kColumnsPerBlock + threadIdx.x;
   const int first_row = blockIdx.y * kRowsPerChunk;
@@ -52,7 +55,8 @@ __global__ void activation_backward_partial_sums_kernel(float* __restrict__ dy,
   if (c < cols) {
     for (int r = first_row + threadIdx.y; r < end_row; r += kRowLanes) {
       const size_t i = static_cast<size_t>(r) * cols + c;
-      const float d = is_relu ? relu_backward(dy[i], y[i]) : dy[i];
+      const float scaled = row_scale != nullptr ? row_scale[r] * dy[i] : dy[i];
+      const float d = activation_backward(scaled, y[i], act);
       dy[i] = d;
       sum += d;
     }
@@ -88,17 +92,15 @@ size_t bias_grad_scratch_floats(int rows, int cols) {
 void bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,
                              const LaunchTarget& on) {
   const size_t count = static_cast<size_t>(rows) * cols;
-  // The 32-bit grid-stride index must not wrap: count + one grid's threads < 2^32.
-  if (count > 0xffffffffu - size_t{65535} * kThreads) {
-    throw Error("bias_activation_forward: a layer output of " + std::to_string(count) +
-                " elements is more than this kernel's 32-bit indices allow");
-  }
+  check_32bit_grid_stride("bias_activation_forward", count);
+  if (count == 0) return;
   launch(on, bias_activation_forward_kernel, blocks_for(count), kThreads, 0, y, bias,
-         static_cast<unsigned int>(count), static_cast<unsigned int>(cols), act == Activation::kRelu);
+         static_cast<unsigned int>(count), static_cast<unsigned int>(cols), act);
 }
 
 void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
-                                   Activation act, float* scratch, const LaunchTarget& on) {
+                                   Activation act, const float* row_scale, float* scratch,
+                                   const LaunchTarget& on) {
   const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   if (chunks > 65535) {  // gridDim.y's limit
     throw Error("activation_backward_bias_grad: " + std::to_string(rows) + " rows is more than " +
@@ -106,8 +108,12 @@ void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int 
   }
   const dim3 grid(static_cast<unsigned int>((cols + kColumnsPerBlock - 1) / kColumnsPerBlock),
                   static_cast<unsigned int>(chunks));
-  launch(on, activation_backward_partial_sums_kernel, grid, dim3(kColumnsPerBlock, kRowLanes), 0, dy,
-         y, scratch, rows, cols, act == Activation::kRelu);
+  if (cols == 0) return;
+  // No rows: no chunks, and the second kernel writes a zero gradient.
+  if (chunks > 0) {
+    launch(on, activation_backward_partial_sums_kernel, grid, dim3(kColumnsPerBlock, kRowLanes), 0,
+           dy, y, row_scale, scratch, rows, cols, act);
+  }
   constexpr int kWarps = kThreads / 32;
   launch(on, sum_partials_kernel, static_cast<unsigned int>((cols + kWarps - 1) / kWarps), kThreads, 0,
          scratch, chunks, cols, dbias);

@@ -1,11 +1,14 @@
 // Dynamic binarization of a batch: x = [pixel / 255 > u], u ~ U[0,1) drawn by
-// Philox. Row r of the batch is image order[first_position + r] of the data
+// cuRAND's Philox4_32_10 (curand_init + curand4, cuvae/curand_block.h) at
+// philox.h's counters, converted by philox.h's uniform_from_bits. Row r of
+// the batch is image order[first_position + r] of the data
 // set (or image first_position + r), so one kernel serves the resident data
 // set (shuffled or not) and a batch staged alone (order null, position 0).
 // Element (r, j) uses uniform element uniform_base + r * cols + j of the key,
 // exactly as the CPU backend does, so both backends binarize a batch to the
 // same bits. One thread per Philox block of four elements.
 #include "cuvae/cuda_check.h"
+#include "cuvae/curand_block.h"
 #include "cuvae/kernels.h"
 #include "launch.cuh"
 
@@ -21,7 +24,7 @@ __global__ void binarize_kernel(const uint8_t* __restrict__ images,
   const unsigned long long groups = (uniform_base + count + 3) / 4 - first_group;
   for (unsigned long long g = blockIdx.x * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<unsigned long long>(gridDim.x) * blockDim.x) {
-    const Philox4 block = random_block(key, first_group + g);
+    const Philox4 block = curand_random_block(key, first_group + g);
     // 32-bit index arithmetic (a batch has fewer than 2^32 pixels: at most
     // 2^20 rows of 784), one division per group; the lanes step along the row.
     const long long first = static_cast<long long>((first_group + g) * 4) - static_cast<long long>(uniform_base);

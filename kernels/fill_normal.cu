@@ -1,7 +1,12 @@
-// Standard normals by Philox + Box-Muller (philox.h): element i of the output
-// is normal element first_index + i of the key, the same function of
-// (seed, stream, step, index) as on the CPU. One thread per block of four.
+// Standard normals by Philox + Box-Muller: element i of the output is normal
+// element first_index + i of the key, the same function of (seed, stream,
+// step, index) as on the CPU. The raw bits come from cuRAND's Philox4_32_10
+// (curand_init + curand4, cuvae/curand_block.h: random_block's bits), the
+// Box-Muller transform is philox.h's normals_from_block (not curand_normal4),
+// so the device's normals differ from the host's only by sinf/cosf/logf's
+// last bits. One thread per block of four.
 #include "cuvae/cuda_check.h"
+#include "cuvae/curand_block.h"
 #include "cuvae/kernels.h"
 #include "launch.cuh"
 
@@ -14,7 +19,7 @@ __global__ void fill_normal_kernel(float* __restrict__ out, unsigned long long c
   for (unsigned long long g = blockIdx.x * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<unsigned long long>(gridDim.x) * blockDim.x) {
     float normals[4];
-    normals_from_block(random_block(key, first_group + g), normals);
+    normals_from_block(curand_random_block(key, first_group + g), normals);
     for (int lane = 0; lane < 4; ++lane) {
       const long long i =
           static_cast<long long>((first_group + g) * 4 + lane) - static_cast<long long>(first_index);

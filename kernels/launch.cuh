@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <string>
 
 #include "cuvae/cuda_check.h"
 #include "cuvae/kernels.h"
@@ -19,6 +20,26 @@ constexpr int kThreads = 256;
 inline unsigned int blocks_for(size_t n) {
   const size_t blocks = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned int>(std::max<size_t>(1, std::min<size_t>(blocks, 65535)));
+}
+
+// A grid-stride loop with a 32-bit index over `count` items must not wrap:
+// count plus one grid's threads (blocks_for's most) stays below 2^32.
+inline void check_32bit_grid_stride(const char* what, size_t count) {
+  if (count > 0xffffffffu - size_t{65535} * kThreads) {
+    throw Error(std::string(what) + ": " + std::to_string(count) +
+                " elements is more than this kernel's 32-bit indices allow");
+  }
+}
+
+// images * samples sample rows, as an int (the rows of the decoder's GEMMs).
+inline int sample_rows(const char* what, int images, int samples) {
+  const long long rows = static_cast<long long>(images) * samples;
+  if (images < 0 || samples < 1 || rows > 0x7fffffff) {
+    throw Error(std::string(what) + ": " + std::to_string(images) + " images x " +
+                std::to_string(samples) +
+                " samples (K must be at least 1 and the sample rows at most 2^31 - 1)");
+  }
+  return static_cast<int>(rows);
 }
 
 template <typename T>

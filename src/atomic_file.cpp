@@ -94,7 +94,8 @@ bool written_by_vae(const std::string& name) {
     return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
   };
   return name == "model.safetensors" || name == "checkpoint.safetensors" || name == "metrics.csv" ||
-         (name.rfind("task_3_", 0) == 0 && ends_with(".png"));
+         (name.rfind("task_3_", 0) == 0 && ends_with(".png")) || name == "training_curve.png" ||
+         name == "manifold.png" || name == "latents.png" || name == "latents.csv";
 }
 
 // The writer's PID if `name` is exactly "<file>.tmp.<pid>" as

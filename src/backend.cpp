@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "cuvae/cpu_backend.h"
+#include "cuvae/cpu_gemm.h"
 #include "cuvae/error.h"
 #if CUVAE_HAVE_CUDA
 #include "cuvae/cuda_backend.h"
@@ -24,7 +25,7 @@ void Backend::dense_backward_input(const float* da, const float* w, int rows, in
   (void)x_mask;
   // dx = da W^T (rows x out times out x in).
   gemm(false, true, rows, in, out, 1.0f, da, out, w, out, 0.0f, dx, in);
-  activation_backward_bias_grad(dx, x, x_dbias, rows, in, x_act);
+  activation_backward_bias_grad(dx, x, x_dbias, rows, in, x_act, nullptr);
 }
 
 double Backend::device_seconds(const std::function<void()>& work) {
@@ -69,6 +70,7 @@ std::unique_ptr<Backend> open_backend(const std::string& device, std::ostream& o
     out << " (auto: " << why_not << ")";
   }
   out << "\n";
+  if (backend->name() == "cpu") print_cpu_gemm_warning();
   return backend;
 }
 

@@ -74,8 +74,10 @@ struct Result {
 };
 
 Result bench_one(Backend& backend, const IdxImages& images, int batch, const BenchOptions& o) {
-  TrainConfig config;  // the seed's
+  TrainConfig config;  // the seed's, with the objective and activation asked for
   config.batch_size = batch;
+  config.objective = {parse_objective(o.objective, "--objective"), o.samples};
+  config.arch.activation = parse_activation(o.activation, "--activation");
   Result r;
   r.device = backend.name();
   r.batch = batch;
@@ -188,19 +190,23 @@ int run_bench_command(const BenchOptions& o) {
   const IdxImages images = bench_images(o.data, largest_batch, &source);
 
   std::printf("vae bench: %s, %s, commit %s\n", cpu_model().c_str(), utc_now("%Y-%m-%d %H:%M:%S UTC").c_str(), CUVAE_GIT_COMMIT);
-  std::printf("model 784-200-200-(50+50) | 50-200-200-784; %s; %d warm-up steps, median of %d x %d steps\n",
-              source.c_str(), o.warmup_steps, o.repeats, o.steps);
+  std::printf("model 784-200-200-(50+50) | 50-200-200-784, %s; objective %s, K = %d (samples/s: images/s); "
+              "%s; %d warm-up steps, median of %d x %d steps\n",
+              o.activation.c_str(), o.objective.c_str(), o.samples, source.c_str(), o.warmup_steps, o.repeats, o.steps);
   if (!have_cuda && o.device == "all") std::printf("cuda: skipped (%s)\n", why_not.c_str());
   nlohmann::json json = {{"commit", CUVAE_GIT_COMMIT}, {"date", utc_now("%Y-%m-%d %H:%M:%S UTC")}, {"cpu", cpu_model()},
-                         {"data", source}, {"results", nlohmann::json::array()}};
+                         {"data", source}, {"objective", o.objective}, {"samples", o.samples},
+                         {"activation", o.activation}, {"results", nlohmann::json::array()}};
   for (const std::string& device : devices) {
     std::unique_ptr<Backend> backend = make_backend(device);
     const bool tf32 = o.tf32 && backend->set_tf32(true);
     const bool epilogues = o.gemm_epilogues && backend->set_gemm_epilogues(true);
+    const bool two_branch = o.two_branch_graph && backend->set_two_branch(true);
     const double peak = square_sgemm_gflops(*backend);
     std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
-    std::printf("%s GEMMs%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
+    std::printf("%s GEMMs%s%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
                 epilogues ? " with cuBLASLt epilogues" : "",
+                two_branch ? ", weight gradients on a second branch" : "",
                 device == "cuda" ? (o.cuda_graph ? "; step replayed as a CUDA Graph" : "; step launched call by call") : "",
                 peak);
     std::printf("%6s %12s %9s %9s %9s %7s %13s %10s %7s %9s %10s\n", "batch", "samples/s", "step ms", "gemm ms",
@@ -233,6 +239,7 @@ int run_bench_command(const BenchOptions& o) {
                                  {"square_sgemm_gflops", peak},
                                  {"tf32", tf32},
                                  {"gemm_epilogues", epilogues},
+                                 {"two_branch_graph", two_branch},
                                  {"cuda_graph", device == "cuda" && o.cuda_graph},
                                  {"profiled_op_ms", r.op_ms},
                                  {"dense_calls_fused", fusion.fused},

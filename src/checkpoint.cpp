@@ -30,6 +30,12 @@ const std::string& field(const std::string& path, const SafetensorsFile& file,
   return it->second;
 }
 
+// A field that older builds did not write, or `absent`.
+std::string optional_field(const SafetensorsFile& file, const std::string& key, const char* absent) {
+  const auto it = file.metadata.find(key);
+  return it == file.metadata.end() ? absent : it->second;
+}
+
 // A field written by save_checkpoint, read back no wider than the range its
 // flag allows: a hand-edited or corrupt value is refused, not wrapped.
 uint64_t unsigned_field(const std::string& path, const SafetensorsFile& file, const std::string& key,
@@ -106,6 +112,11 @@ void save_checkpoint(const std::string& path, const TrainState& s) {
                    {"beta1", exact(s.config.adam.beta1)},
                    {"beta2", exact(s.config.adam.beta2)},
                    {"eps", exact(s.config.adam.eps)},
+                   {"activation", activation_name(s.config.arch.activation)},
+                   {"objective", objective_name(s.config.objective.objective)},
+                   {"samples", std::to_string(s.config.objective.samples)},
+                   {"init", init_name(s.config.init)},
+                   {"schedule", schedule_name(s.config.schedule)},
                    {"data", s.data_fingerprint},
                    {"step", std::to_string(s.step)},
                    {"epochs", std::to_string(s.epochs)},
@@ -128,6 +139,18 @@ TrainState load_checkpoint(const std::string& path) {
   arch.input_dim = static_cast<int>(unsigned_field(path, file, "input_dim", 1, Architecture::kMaxWidth));
   arch.latent_dim = static_cast<int>(unsigned_field(path, file, "latent_dim", 1, Architecture::kMaxWidth));
   arch.hidden = parse_widths(field(path, file, "hidden"), path + ": checkpoint metadata 'hidden'");
+  // Fields added with the IWAE objectives; a checkpoint of an earlier build
+  // has the seed's values.
+  const std::string what = path + ": checkpoint metadata ";
+  arch.activation = parse_activation(optional_field(file, "activation", "relu"), what + "'activation'");
+  s.config.objective.objective =
+      parse_objective(optional_field(file, "objective", "elbo"), what + "'objective'");
+  s.config.init = parse_init(optional_field(file, "init", "small-normal"), what + "'init'");
+  s.config.schedule = parse_schedule(optional_field(file, "schedule", "constant"), what + "'schedule'");
+  s.config.objective.samples =
+      file.metadata.count("samples") == 0
+          ? 1
+          : static_cast<int>(unsigned_field(path, file, "samples", 1, ObjectiveConfig::kMaxSamples));
   try {
     arch.validate();
   } catch (const Error& e) {

@@ -6,15 +6,19 @@
 
 #include <cblas.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
 #include <vector>
 
+#include "cuvae/cpu_gemm.h"
 #include "cuvae/error.h"
+#include "cuvae/openmp_wait.h"
 
 // Declared by OpenBLAS's cblas.h on Debian, but not by every cblas.h; these
 // are OpenBLAS's own entry points and are how we prove the BLAS is OpenBLAS.
@@ -44,13 +48,40 @@ CUVAE_VECTORIZED_ROW void add_row(const float* __restrict row, int cols, float* 
   for (int c = 0; c < cols; ++c) sums[c] += row[c];
 }
 
-// dy = relu'(y) dy (dy where y > 0, else 0) and sums += dy: one row.
-CUVAE_VECTORIZED_ROW void relu_mask_and_add_row(float* __restrict dy, const float* __restrict y,
-                                                int cols, float* __restrict sums) {
+// dy = act'(y) dy (for ReLU: dy where y > 0, else 0) and sums += dy: one
+// row. One instance per activation, so each loop is branch-free.
+template <Activation kAct>
+CUVAE_VECTORIZED_ROW void mask_and_add_row(float* __restrict dy, const float* __restrict y, int cols,
+                                           float* __restrict sums) {
   for (int c = 0; c < cols; ++c) {
-    dy[c] = relu_backward(dy[c], y[c]);
+    dy[c] = activation_backward(dy[c], y[c], kAct);
     sums[c] += dy[c];
   }
+}
+
+// dy *= scale: one row (the IWAE objectives' per-sample weight).
+CUVAE_VECTORIZED_ROW void scale_row(float* __restrict dy, int cols, float scale) {
+  for (int c = 0; c < cols; ++c) dy[c] *= scale;
+}
+
+// y = act(y + bias): one row.
+template <Activation kAct>
+CUVAE_VECTORIZED_ROW void bias_activation_row(float* __restrict y, const float* __restrict bias, int cols) {
+  for (int c = 0; c < cols; ++c) y[c] = activate(y[c] + bias[c], kAct);
+}
+
+// The row loops' instances for a run-time activation.
+using MaskRow = void (*)(float*, const float*, int, float*);
+MaskRow mask_row_for(Activation act) {
+  return act == Activation::kRelu   ? mask_and_add_row<Activation::kRelu>
+         : act == Activation::kTanh ? mask_and_add_row<Activation::kTanh>
+                                    : mask_and_add_row<Activation::kIdentity>;
+}
+using BiasRow = void (*)(float*, const float*, int);
+BiasRow bias_row_for(Activation act) {
+  return act == Activation::kRelu   ? bias_activation_row<Activation::kRelu>
+         : act == Activation::kTanh ? bias_activation_row<Activation::kTanh>
+                                    : bias_activation_row<Activation::kIdentity>;
 }
 
 // A counter-based draw of elements [first, first + count) comes in Philox
@@ -173,6 +204,10 @@ CUVAE_VECTORIZED_ROW float reparameterize_kl_row(const float* __restrict mean,
   return kl;
 }
 
+// The one-sample backward of a row (vae_math.h's reparameterize_kl_backward):
+// K = 1 keeps exactly the seed objective's arithmetic (the compiler may fuse
+// the formula's multiply-adds, which a sum over samples written to memory
+// between terms would not allow).
 CUVAE_VECTORIZED_ROW void reparameterize_kl_backward_row(
     const float* __restrict dz, const float* __restrict mean, const float* __restrict log_std,
     const float* __restrict eps, int latent, float kl_scale, float* __restrict dmean,
@@ -186,10 +221,72 @@ CUVAE_VECTORIZED_ROW void reparameterize_kl_backward_row(
   }
 }
 
+// One image's backward over its K samples (K consecutive rows of dz, eps
+// and z): d_mean[j] = sum_k dmean_term(k, j), d_log_std[j] = sum_k
+// dlog_std_term(k, j), added in order k = 0..K-1 from the k = 0 term;
+// terms(k, j, sigma_j, &dmean, &dlog_std).
+template <typename Terms>
+void sum_sample_terms(const float* log_std, int samples, int latent, float* __restrict dmean,
+                      float* __restrict dlog_std, Terms terms) {
+  for (int k = 0; k < samples; ++k) {
+#pragma omp simd
+    for (int j = 0; j < latent; ++j) {
+      float dm, dls;  // locals, then stores: GCC 12 does not if-convert stores through the pointers
+      terms(k, j, exp_clamped(log_std[j]), &dm, &dls);
+      dmean[j] = k == 0 ? dm : dmean[j] + dm;
+      dlog_std[j] = k == 0 ? dls : dlog_std[j] + dls;
+    }
+  }
+}
+
+// Calls backward(b, mean, log_std, d_mean, d_log_std) for each image b's
+// rows of encoder_out and d_encoder_out (images x 2L), images over threads.
+template <typename Backward>
+void for_each_image_backward(int images, int samples, int latent, const float* encoder_out,
+                             float* d_encoder_out, Backward backward) {
+#pragma omp parallel for schedule(static) if (long(images) * samples * latent >= kParallelThreshold)
+  for (int b = 0; b < images; ++b) {
+    const size_t row = static_cast<size_t>(b) * 2 * latent;
+    backward(b, encoder_out + row, encoder_out + row + latent, d_encoder_out + row,
+             d_encoder_out + row + latent);
+  }
+}
+
+// The analytic KL's gradient, added: d_mean += kl_scale mean,
+// d_log_std += kl_scale expm1(2 log_std) (vae_math.h's reparameterize_kl_backward).
+CUVAE_VECTORIZED_ROW void add_kl_gradient_row(const float* __restrict mean, const float* __restrict log_std,
+                                              int latent, float kl_scale, float* __restrict dmean,
+                                              float* __restrict dlog_std) {
+  for (int j = 0; j < latent; ++j) {
+    dmean[j] += kl_scale * mean[j];
+    dlog_std[j] += kl_scale * expm1_accurate(2.0f * log_std[j]);
+  }
+}
+
+// One image's K log-weights log w_k = logprob_k + log_ratio_k: returns
+// L_K = log (1/K) sum_k w_k and, if weights is not null, writes the
+// normalized weights (vae_math.h: max-shifted, the sum in double).
+float importance_weights_row(const float* logprob, const float* log_ratio, int samples, float* weights) {
+  float max_log_w = -INFINITY;
+  for (int k = 0; k < samples; ++k) max_log_w = std::max(max_log_w, logprob[k] + log_ratio[k]);
+  double sum = 0.0;
+  for (int k = 0; k < samples; ++k) sum += shifted_importance_weight(logprob[k] + log_ratio[k], max_log_w);
+  if (weights != nullptr) {
+    for (int k = 0; k < samples; ++k) {
+      weights[k] = static_cast<float>(shifted_importance_weight(logprob[k] + log_ratio[k], max_log_w) / sum);
+    }
+  }
+  return static_cast<float>(log_mean_exp_from(max_log_w, sum, samples));
+}
+
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
   bool memory_is_host() const override { return true; }
+  size_t memory_bytes() const override {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
+  }
 
   std::string description() const override {
     // openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP.
@@ -197,7 +294,8 @@ class CpuBackend final : public Backend {
     const char* threading = parallel == 2 ? "OpenMP" : parallel == 1 ? "pthreads" : "sequential";
     std::string text = "CPU, " + std::to_string(omp_get_max_threads()) +
                        " OpenMP threads, BLAS: " + std::string(openblas_get_config()) + " (" +
-                       threading + ", " + std::to_string(openblas_get_num_threads()) + " threads)";
+                       threading + ", " + std::to_string(openblas_get_num_threads()) + " threads), " +
+                       cpu_gemm_kernel().summary + ", OpenMP waiting: " + openmp_wait_description();
     if (parallel == 1) {
       text += " [warning: OpenBLAS's pthread build spins against our OpenMP threads and makes "
               "training several times slower; install libopenblas-openmp-dev and rebuild]";
@@ -228,26 +326,18 @@ class CpuBackend final : public Backend {
 
   void gemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
             int lda, const float* b, int ldb, float beta, float* c, int ldc) override {
-    cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
-                transpose_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                ldc);
+    cpu_sgemm(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
   void bias_activation_forward(float* y, const float* bias, int rows, int cols,
                                Activation act) override {
-    const bool is_relu = act == Activation::kRelu;
+    const BiasRow row = bias_row_for(act);
 #pragma omp parallel for schedule(static) if (long(rows) * cols >= kParallelThreshold)
-    for (int r = 0; r < rows; ++r) {
-      float* row = y + static_cast<size_t>(r) * cols;
-      for (int c = 0; c < cols; ++c) {
-        const float a = row[c] + bias[c];
-        row[c] = is_relu ? relu(a) : a;
-      }
-    }
+    for (int r = 0; r < rows; ++r) row(y + static_cast<size_t>(r) * cols, bias, cols);
   }
 
   void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
-                                     Activation act) override {
+                                     Activation act, const float* row_scale) override {
     // By fixed chunks of rows, whatever the thread count: each chunk's rows
     // get the ReLU mask and are summed into the chunk's own column sums, in
     // one pass; then dbias[c] = the chunks' sums added in chunk order. So
@@ -255,7 +345,7 @@ class CpuBackend final : public Backend {
     // the columns between threads instead made this 6x slower when the two
     // threads ran on separate cores: 782 vs 126 us at batch 4096 on the
     // development VM), and dbias does not depend on the thread count.
-    const bool is_relu = act == Activation::kRelu;
+    const MaskRow mask_row = mask_row_for(act);
     const int chunks = (rows + kBiasChunkRows - 1) / kBiasChunkRows;
     if (chunks == 0) {  // no rows: a zero gradient
       std::fill(dbias, dbias + cols, 0.0f);
@@ -269,10 +359,11 @@ class CpuBackend final : public Backend {
       std::fill(sums, sums + cols, 0.0f);
       for (int r = k * kBiasChunkRows; r < std::min(rows, (k + 1) * kBiasChunkRows); ++r) {
         float* dy_row = dy + static_cast<size_t>(r) * cols;
-        if (is_relu) {
-          relu_mask_and_add_row(dy_row, y + static_cast<size_t>(r) * cols, cols, sums);
-        } else {
+        if (row_scale != nullptr) scale_row(dy_row, cols, row_scale[r]);
+        if (act == Activation::kIdentity) {
           add_row(dy_row, cols, sums);
+        } else {
+          mask_row(dy_row, y + static_cast<size_t>(r) * cols, cols, sums);
         }
       }
     }
@@ -301,49 +392,98 @@ class CpuBackend final : public Backend {
         [&](uint64_t g0, long n) { normals_from_blocks(key, g0, n, out + (g0 * 4 - first_index)); });
   }
 
-  void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
-                                 float* z, float* row_kl, float* row_log_ratio) override {
-#pragma omp parallel for schedule(static) if (long(rows) * latent >= kParallelThreshold)
-    for (int r = 0; r < rows; ++r) {
-      const float* mean = encoder_out + static_cast<size_t>(r) * 2 * latent;
+  void reparameterize_kl_forward(const float* encoder_out, const float* eps, int images,
+                                 int samples, int latent, float* z, float* row_kl,
+                                 float* row_log_ratio) override {
+    // By sample rows r = b K + k (the KL of image b from its k = 0 row), so
+    // that a few images with many samples still spread over the threads.
+    const long rows = long(images) * samples;
+#pragma omp parallel for schedule(static) if (rows * latent >= kParallelThreshold)
+    for (long r = 0; r < rows; ++r) {
+      const long b = r / samples;
+      const float* mean = encoder_out + static_cast<size_t>(b) * 2 * latent;
       float log_ratio;
-      row_kl[r] = reparameterize_kl_row(mean, mean + latent, eps + static_cast<size_t>(r) * latent,
-                                        latent, z + static_cast<size_t>(r) * latent, &log_ratio);
+      const float kl = reparameterize_kl_row(mean, mean + latent, eps + static_cast<size_t>(r) * latent,
+                                             latent, z + static_cast<size_t>(r) * latent, &log_ratio);
+      if (r % samples == 0 && row_kl != nullptr) row_kl[b] = kl;
       if (row_log_ratio != nullptr) row_log_ratio[r] = log_ratio;
     }
   }
 
   void reparameterize_kl_backward(const float* dz, const float* encoder_out, const float* eps,
-                                  int rows, int latent, float kl_scale,
+                                  int images, int samples, int latent, float kl_scale,
                                   float* d_encoder_out) override {
-#pragma omp parallel for schedule(static) if (long(rows) * latent >= kParallelThreshold)
-    for (int r = 0; r < rows; ++r) {
-      const size_t out_row = static_cast<size_t>(r) * 2 * latent;
-      const size_t z_row = static_cast<size_t>(r) * latent;
-      reparameterize_kl_backward_row(dz + z_row, encoder_out + out_row,
-                                     encoder_out + out_row + latent, eps + z_row, latent, kl_scale,
-                                     d_encoder_out + out_row, d_encoder_out + out_row + latent);
-    }
+    for_each_image_backward(images, samples, latent, encoder_out, d_encoder_out,
+                            [&](int b, const float* mean, const float* log_std, float* dmean, float* dlog_std) {
+      const size_t first = static_cast<size_t>(b) * samples * latent;
+      if (samples == 1) {
+        reparameterize_kl_backward_row(dz + first, mean, log_std, eps + first, latent, kl_scale,
+                                       dmean, dlog_std);
+        return;
+      }
+      sum_sample_terms(log_std, samples, latent, dmean, dlog_std,
+                       [&](int k, int j, float sigma, float* dm, float* dls) {
+        const size_t i = first + static_cast<size_t>(k) * latent + j;
+        *dm = dz[i];
+        *dls = dz[i] * sigma * eps[i];
+      });
+      add_kl_gradient_row(mean, log_std, latent, kl_scale, dmean, dlog_std);
+    });
+  }
+
+  void importance_weighted_latent_backward(const float* dz, const float* encoder_out,
+                                           const float* eps, const float* z, const float* weights,
+                                           int images, int samples, int latent, float scale,
+                                           bool dreg, float* d_encoder_out) override {
+    for_each_image_backward(images, samples, latent, encoder_out, d_encoder_out,
+                            [&](int b, const float*, const float* log_std, float* dmean, float* dlog_std) {
+      const size_t first = static_cast<size_t>(b) * samples;
+      sum_sample_terms(log_std, samples, latent, dmean, dlog_std,
+                       [&](int k, int j, float sigma, float* dm, float* dls) {
+        const size_t i = (first + static_cast<size_t>(k)) * latent + j;
+        *dm = importance_weighted_dz(dz[i], z[i], eps[i], sigma, weights[first + k], scale, dreg);
+        *dls = *dm * sigma * eps[i];
+      });
+      // IWAE: log w's explicit + log_std (from -log q), weighted by sum_k w~_k = 1.
+      if (!dreg) {
+        for (int j = 0; j < latent; ++j) dlog_std[j] -= scale;
+      }
+    });
   }
 
   void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, int cols,
-                                  float grad_scale, float* dlogits,
+                                  int samples, float grad_scale, float* dlogits,
                                   float* row_logprob) override {
 #pragma omp parallel for schedule(static) if (long(rows) * cols >= kParallelThreshold)
     for (int r = 0; r < rows; ++r) {
       const size_t offset = static_cast<size_t>(r) * cols;
+      const float* x_row = x + static_cast<size_t>(r / samples) * cols;  // the sample's image
       const float sum = dlogits != nullptr
-                            ? bernoulli_row(x + offset, logits + offset, cols, grad_scale, dlogits + offset)
-                            : bernoulli_row_logprob(x + offset, logits + offset, cols);
+                            ? bernoulli_row(x_row, logits + offset, cols, grad_scale, dlogits + offset)
+                            : bernoulli_row_logprob(x_row, logits + offset, cols);
       row_logprob[r] = sum;
     }
   }
 
-  void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows,
+  void accumulate_elbo(const float* row_logprob, const float* row_kl, int images, int samples,
                        double* accumulator) override {
     double sum = 0.0;
-    for (int r = 0; r < rows; ++r) sum += static_cast<double>(row_logprob[r]) - row_kl[r];
+    for (int b = 0; b < images; ++b) {
+      double logprob = 0.0;
+      for (int k = 0; k < samples; ++k) logprob += static_cast<double>(row_logprob[size_t(b) * samples + k]);
+      sum += logprob / samples - (row_kl != nullptr ? static_cast<double>(row_kl[b]) : 0.0);
+    }
     *accumulator += sum;
+  }
+
+  void importance_weights(const float* row_logprob, const float* row_log_ratio, int images,
+                          int samples, float* weights, float* row_bound) override {
+#pragma omp parallel for schedule(static) if (long(images) * samples >= kParallelThreshold / 16)
+    for (int b = 0; b < images; ++b) {
+      const size_t first = static_cast<size_t>(b) * samples;
+      row_bound[b] = importance_weights_row(row_logprob + first, row_log_ratio + first, samples,
+                                            weights != nullptr ? weights + first : nullptr);
+    }
   }
 
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,

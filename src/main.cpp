@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -21,11 +22,16 @@
 #include "cuvae/atomic_file.h"
 #include "cuvae/backend.h"
 #include "cuvae/bench_command.h"
+#include "cuvae/blas_kernel.h"
 #include "cuvae/build_info.h"
+#include "cuvae/cpu_gemm.h"
+#include "cuvae/denormals.h"
 #include "cuvae/error.h"
 #include "cuvae/evaluate.h"
 #include "cuvae/idx.h"
 #include "cuvae/model_file.h"
+#include "cuvae/openmp_wait.h"
+#include "cuvae/picture_commands.h"
 #include "cuvae/task_images.h"
 #include "cuvae/trainer.h"
 #include "cuvae/timing.h"
@@ -136,8 +142,9 @@ void add_image_scale(CLI::App* app, int* scale) {
 // vae sample | reconstruct | interpolate | eval: from a saved model
 
 std::unique_ptr<cuvae::VaeModel> open_model(cuvae::Backend& backend, const std::string& path,
-                                            const cuvae::ModelFile& file, int max_rows) {
-  auto model = std::make_unique<cuvae::VaeModel>(backend, file.arch, max_rows);
+                                            const cuvae::ModelFile& file, int max_rows,
+                                            int max_samples = 1) {
+  auto model = std::make_unique<cuvae::VaeModel>(backend, file.arch, max_rows, max_samples);
   model->set_parameters(file.params);
   std::cout << "model: " << path << " (" << file.arch.describe() << ")\n";
   return model;
@@ -172,26 +179,80 @@ struct EvalOptions {
   int k = 100;
   int limit = 0;
   uint64_t seed = 0;
+  std::string bounds;     // "1,5,50", or empty
+  std::string per_image;  // a file for one line per image, or empty
 };
+
+// "\r  eval: 1200/10000 images, 14 s, about 103 s left" on a terminal.
+std::function<void(int, int)> eval_progress(const cuvae::Clock::time_point& start) {
+  if (::isatty(STDOUT_FILENO) == 0) return nullptr;
+  return [start](int done, int total) {
+    const double seconds = cuvae::seconds_since(start);
+    std::printf("\r  eval: %d/%d images, %.0f s, about %.0f s left   ", done, total, seconds,
+                seconds / done * (total - done));
+    std::fflush(stdout);
+    if (done == total) std::printf("\r%*s\r", 64, "");
+  };
+}
+
+// One "image,log_likelihood" line per image, atomically.
+void write_per_image(const std::string& path, const std::vector<float>& log_likelihood) {
+  std::string text = "image,log_likelihood\n";
+  char line[64];
+  for (size_t i = 0; i < log_likelihood.size(); ++i) {
+    std::snprintf(line, sizeof line, "%zu,%.6f\n", i, static_cast<double>(log_likelihood[i]));
+    text += line;
+  }
+  cuvae::write_file_atomically(path, text.data(), text.size());
+}
 
 int run_eval(const EvalOptions& o) {
   const cuvae::ModelFile file = cuvae::load_model(o.model);  // bad models fail before the data is read
+  cuvae::EvalRequest request;
+  request.k = o.k;
+  request.limit = o.limit;
+  request.seed = o.seed;
+  if (!o.bounds.empty()) request.bounds = cuvae::parse_bounds(o.bounds, o.k);
+  request.per_image = !o.per_image.empty();
+  if (request.per_image) {
+    try {
+      cuvae::check_writable_file_path(o.per_image);  // before the long evaluation
+    } catch (const Error& e) {
+      throw Error(std::string("--per-image: ") + e.what());
+    }
+  }
   const cuvae::IdxImages test = cuvae::load_mnist_split(o.data, false).images;
   std::unique_ptr<cuvae::Backend> backend = cuvae::open_backend(o.device, std::cout);
-  // Batches hold whole images' K samples: at least K rows, about 2000 when K is small.
-  std::unique_ptr<cuvae::VaeModel> model = open_model(*backend, o.model, file, std::max(o.k, 2000 / o.k * o.k));
+  const int chunk = cuvae::eval_images_per_chunk(o.k);
+  cuvae::check_model_fits(*backend, file.arch, chunk, o.k);
+  std::unique_ptr<cuvae::VaeModel> model = open_model(*backend, o.model, file, chunk, o.k);
   const auto start = cuvae::Clock::now();
-  const cuvae::EvalResult r = cuvae::evaluate(*model, test, o.limit, o.k, o.seed);
+  request.progress = eval_progress(start);
+  const cuvae::EvalResult r = cuvae::evaluate(*model, test, request);
   const double seconds = cuvae::seconds_since(start);
   if (!std::isfinite(r.elbo) || !std::isfinite(r.nll)) {
     throw Error(o.model + ": the test-set ELBO or NLL is not finite (a diverged model?)");
   }
+  if (request.per_image) write_per_image(o.per_image, r.log_likelihood);
+  std::string bounds_text;
+  nlohmann::json bounds = nlohmann::json::object();
+  for (const auto& [k, value] : r.bounds) {
+    char text[64];
+    std::snprintf(text, sizeof text, "%sL_%d %.3f", bounds_text.empty() ? "" : ", ", k, value);
+    bounds_text += text;
+    bounds[std::to_string(k)] = value;
+  }
   std::printf("On %d test images (fixed binarization, seed %llu): ELBO %.3f nats, NLL %.3f nats "
-              "(importance sampled, K=%d), in %.1f s.\n",
-              r.images, static_cast<unsigned long long>(o.seed), r.elbo, r.nll, r.k, seconds);
-  const nlohmann::json line = {{"model", o.model}, {"images", r.images}, {"k", r.k},
-                               {"seed", o.seed},   {"elbo", r.elbo},     {"nll", r.nll},
-                               {"seconds", seconds}, {"device", backend->name()}};
+              "(importance sampled, K=%d)%s%s, %d active units of %d, in %.1f s.\n",
+              r.images, static_cast<unsigned long long>(o.seed), r.elbo, r.nll, r.k,
+              bounds_text.empty() ? "" : "; bounds ", bounds_text.c_str(), r.active_units,
+              file.arch.latent_dim, seconds);
+  nlohmann::json line = {{"model", o.model},   {"images", r.images}, {"k", r.k},
+                         {"seed", o.seed},     {"elbo", r.elbo},     {"nll", r.nll},
+                         {"active_units", r.active_units}, {"seconds", seconds},
+                         {"device", backend->name()}};
+  if (!r.bounds.empty()) line["bounds"] = bounds;
+  if (request.per_image) line["per_image"] = o.per_image;
   // Paths need not be UTF-8; replace bad bytes (U+FFFD) rather than throw.
   std::cout << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   return 0;
@@ -211,12 +272,26 @@ int run_info() {
     std::cout << "CUDA device: none (" << why_not << ")\n";
   }
   std::cout << "CPU backend: " << cuvae::make_backend("cpu")->description() << "\n";
+  const cuvae::BlasKernelReport gemm = cuvae::cpu_gemm_kernel();
+  std::cout << "CPU vector ISA: " << cuvae::vector_isa_name(gemm.cpu_isa) << "\n";
+  std::cout << "GEMM kernel: " << gemm.kernel << "\n";
+  std::cout << "OpenMP waiting: " << cuvae::openmp_wait_description() << "\n";
+  std::cout.flush();
+  cuvae::print_cpu_gemm_warning();
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    // First: it may restart the binary.
+    const std::string command = argc > 1 ? argv[1] : "";
+    cuvae::select_blas_kernel_at_startup(argv, command == "train" || command == "eval" || command == "bench");
+  } catch (const Error& e) {
+    std::cerr << "vae: error: " << e.what() << "\n";
+    return 2;
+  }
   CLI::App app{"cuvae: a Variational Autoencoder on MNIST (the seed's model), CPU and CUDA"};
   // At most one; "none" is reported after parsing, so that an unknown flag or
   // subcommand is named rather than hidden behind "A subcommand is required".
@@ -233,7 +308,14 @@ int main(int argc, char** argv) {
   CLI::Option* batch_opt = train_cmd->add_option("--batch-size", train.batch_size, "Images per step (the last partial batch of an epoch is dropped)")->check(integer_in(1, cuvae::TrainConfig::kMaxBatchSize))->capture_default_str();
   CLI::Option* latent_opt = train_cmd->add_option("--latent-dim", train.latent_dim, "Latent dimensions L")->check(integer_in(1, cuvae::Architecture::kMaxWidth))->capture_default_str();
   CLI::Option* hidden_opt = train_cmd->add_option("--hidden", train.hidden, "Hidden layer widths of encoder and decoder, comma-separated")->capture_default_str();
-  CLI::Option* lr_opt = train_cmd->add_option("--lr", train.lr, "Adam step size alpha")->check(kLearningRate)->capture_default_str();
+  CLI::Option* lr_opt = train_cmd->add_option("--lr", train.lr, "Adam step size alpha (with --schedule iwae: the first stage's)")->check(kLearningRate)->capture_default_str();
+  CLI::Option* adam_eps_opt = train_cmd->add_option("--adam-eps", train.adam_eps, "Adam's epsilon (the IWAE paper: 1e-4)")->check(kLearningRate)->capture_default_str();
+  CLI::Option* objective_opt = train_cmd->add_option("--objective", train.objective, "elbo (analytic KL, averaged over K samples), iwae (the K-sample importance-weighted bound) or iwae-dreg (the same, DReG gradients for the encoder)")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg"}))->capture_default_str();
+  CLI::Option* samples_opt = train_cmd->add_option("--samples", train.samples, "K: samples of z per image (the decoder runs on batch * K rows)")->check(integer_in(1, cuvae::ObjectiveConfig::kMaxSamples))->capture_default_str();
+  CLI::Option* activation_opt = train_cmd->add_option("--activation", train.activation, "Hidden layers' nonlinearity: relu (the seed) or tanh (the IWAE paper)")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
+  CLI::Option* init_opt = train_cmd->add_option("--init", train.init, "small-normal (the seed: 0.01 N(0,1)) or glorot (the IWAE paper's code: Glorot-uniform weights, zero biases, output bias at the logit of the mean pixel)")->check(CLI::IsMember({"small-normal", "glorot"}))->capture_default_str();
+  CLI::Option* schedule_opt = train_cmd->add_option("--schedule", train.schedule, "constant, or iwae: 8 stages of 3^i epochs at lr 10^(-i/7) (3280 epochs; --epochs cuts it)")->check(CLI::IsMember({"constant", "iwae"}))->capture_default_str();
+  train_cmd->add_option("--eval-every", train.eval_every, "Evaluate the trained bound on the test set every N epochs and at the end (0: never)")->check(integer_in(0, cuvae::TrainConfig::kMaxEpochs))->capture_default_str();
   CLI::Option* seed_opt = train_cmd->add_option("--seed", train.seed, "Seed of every random draw (init, binarization, eps, shuffles)")->check(kUnsignedInteger)->capture_default_str();
   CLI::Option* max_steps_opt = train_cmd->add_option("--max-steps", train.max_steps, "Stop after this many steps in all, a resumed run's earlier steps included (0: no limit)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
   CLI::Option* shuffle_opt = train_cmd->add_flag("--shuffle", train.shuffle, "Reshuffle the training images every epoch (default: dataset order, as the seed)");
@@ -241,6 +323,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--resume", train.resume, "Continue the run whose output directory is DIR, exactly, from DIR/checkpoint.safetensors; its architecture, batch size, lr, seed, shuffling and data are kept (--epochs, --max-steps, --out, --device, --checkpoint-every, --image-scale may change)")->check(kNonEmpty);
   train_cmd->add_flag("--tf32", train.tf32, "TF32 tensor-core math in the GEMMs (CUDA, sm_80 and newer): faster, about 1e-3 relative error per product; default FP32");
   train_cmd->add_flag("--gemm-epilogues", train.gemm_epilogues, "Dense layers as cuBLASLt GEMMs with fused bias+ReLU and ReLU-gradient+bias-gradient epilogues (CUDA; not yet measured on a GPU, so off by default)");
+  train_cmd->add_flag("--two-branch-graph", train.two_branch_graph, "Run the weight-gradient GEMMs on a second stream, a second branch of the step's CUDA Graph, off the critical path (CUDA; not yet measured on a GPU, so off by default)");
   train_cmd->add_flag("--cuda-graph,!--no-cuda-graph", train.cuda_graph, "Replay each training step as one CUDA Graph (default; needs the training images resident)");
   train_cmd->add_option("--resident-data", train.resident_data, "Keep the training images in backend memory: auto (if they fit), on, off (stream each batch through pinned buffers)")->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   add_image_scale(train_cmd, &train.image_scale);
@@ -269,6 +352,26 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--k", eval.k, "Importance samples per image")->check(integer_in(1, 100000))->capture_default_str();
   eval_cmd->add_option("--limit", eval.limit, "Evaluate only the first N test images (0: all)")->check(kNonNegativeInteger)->capture_default_str();
   eval_cmd->add_option("--seed", eval.seed, "Seed of the fixed binarization and the samples")->check(kUnsignedInteger)->capture_default_str();
+  eval_cmd->add_option("--bounds", eval.bounds, "Also estimate the K-sample IWAE bounds L_k for these k, comma-separated (e.g. 1,5,50; each at most --k), from the same samples");
+  eval_cmd->add_option("--per-image", eval.per_image, "Write each test image's estimated log-likelihood to this CSV file")->check(kNonEmpty);
+
+  // vae manifold | latents: pictures of the latent space (picture_commands.h).
+  cuvae::ManifoldOptions manifold;
+  CLI::App* manifold_cmd = app.add_subcommand("manifold", "Write manifold.png: decoder means over a grid of the prior's quantiles (Kingma & Welling, Fig. 4); L > 2: in the test set's first two principal directions");
+  manifold_cmd->add_option("--model", manifold.model, "Model file written by vae train")->required()->check(kNonEmpty);
+  manifold_cmd->add_option("--data", manifold.data, "Directory with the MNIST IDX files (read when L > 2)")->check(kNonEmpty)->capture_default_str();
+  manifold_cmd->add_option("--out", manifold.out, "Output directory")->check(kNonEmpty)->capture_default_str();
+  manifold_cmd->add_option("--grid", manifold.grid, "Images per side of the grid")->check(integer_in(cuvae::ManifoldOptions::kMinGrid, cuvae::ManifoldOptions::kMaxGrid))->capture_default_str();
+  add_device(manifold_cmd, &manifold.device);
+  manifold_cmd->add_option("--seed", manifold.seed, "Seed of the test set's fixed binarization (L > 2)")->check(kUnsignedInteger)->capture_default_str();
+  add_image_scale(manifold_cmd, &manifold.scale);
+  cuvae::LatentsOptions latents;
+  CLI::App* latents_cmd = app.add_subcommand("latents", "Write latents.png: the test images' posterior means in 2-D (first two principal components when L > 2), coloured by label");
+  latents_cmd->add_option("--model", latents.model, "Model file written by vae train")->required()->check(kNonEmpty);
+  latents_cmd->add_option("--data", latents.data, "Directory with the MNIST IDX files, labels included")->check(kNonEmpty)->capture_default_str();
+  latents_cmd->add_option("--out", latents.out, "Output directory")->check(kNonEmpty)->capture_default_str();
+  add_device(latents_cmd, &latents.device);
+  latents_cmd->add_option("--seed", latents.seed, "Seed of the test set's fixed binarization")->check(kUnsignedInteger)->capture_default_str();
 
   cuvae::BenchOptions bench;
   std::string bench_batches = "200,1000,4096";
@@ -282,6 +385,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--json", bench.json, "Also write the results as JSON to this file")->check(kNonEmpty);
   bench_cmd->add_flag("--tf32", bench.tf32, "TF32 tensor-core GEMMs on the CUDA backend");
   bench_cmd->add_flag("--gemm-epilogues", bench.gemm_epilogues, "Dense layers with cuBLASLt epilogues on the CUDA backend");
+  bench_cmd->add_flag("--two-branch-graph", bench.two_branch_graph, "Weight-gradient GEMMs on a second stream / graph branch (CUDA)");
+  bench_cmd->add_option("--objective", bench.objective, "The step's objective: elbo, iwae or iwae-dreg")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg"}))->capture_default_str();
+  bench_cmd->add_option("--samples", bench.samples, "K samples per image (the decoder runs on batch * K rows)")->check(integer_in(1, cuvae::ObjectiveConfig::kMaxSamples))->capture_default_str();
+  bench_cmd->add_option("--activation", bench.activation, "Hidden layers: relu or tanh")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench.cuda_graph, "Replay each step as a CUDA Graph (default)");
 
   CLI::App* info_cmd = app.add_subcommand("info", "Build facts: version, commit, CUDA, threads, BLAS");
@@ -323,6 +430,9 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // After parsing (whose number checks must see a subnormal --lr as what it
+  // is), before the command starts any thread, so that every thread gets it.
+  cuvae::enable_flush_denormals_to_zero();
   try {
     if (train_cmd->parsed()) {
       train.given_out = out_opt->count() > 0;
@@ -330,6 +440,12 @@ int main(int argc, char** argv) {
       train.given_latent_dim = latent_opt->count() > 0;
       train.given_hidden = hidden_opt->count() > 0;
       train.given_lr = lr_opt->count() > 0;
+      train.given_adam_eps = adam_eps_opt->count() > 0;
+      train.given_objective = objective_opt->count() > 0;
+      train.given_samples = samples_opt->count() > 0;
+      train.given_activation = activation_opt->count() > 0;
+      train.given_init = init_opt->count() > 0;
+      train.given_schedule = schedule_opt->count() > 0;
       train.given_seed = seed_opt->count() > 0;
       train.given_shuffle = shuffle_opt->count() > 0;
       train.given_epochs = epochs_opt->count() > 0;
@@ -340,6 +456,8 @@ int main(int argc, char** argv) {
       if (cmd->parsed()) return run_images(images, name);
     }
     if (eval_cmd->parsed()) return run_eval(eval);
+    if (manifold_cmd->parsed()) return cuvae::run_manifold_command(manifold);
+    if (latents_cmd->parsed()) return cuvae::run_latents_command(latents);
     if (info_cmd->parsed()) return run_info();
     if (bench_cmd->parsed()) {
       bench.batch_sizes = cuvae::parse_widths(bench_batches, "--batch-sizes");

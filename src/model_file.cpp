@@ -38,6 +38,7 @@ void save_model(const std::string& path, const Architecture& arch,
   file.metadata["input_dim"] = std::to_string(arch.input_dim);
   file.metadata["hidden"] = format_widths(arch.hidden);
   file.metadata["latent_dim"] = std::to_string(arch.latent_dim);
+  file.metadata["activation"] = activation_name(arch.activation);
   file.metadata["encoder_output"] = "mean|log_std";
   file.metadata["layer"] = "y = x @ weight + bias, weight [in, out]";
   for (const DenseLayer& layer : layout.all_layers()) {
@@ -63,6 +64,11 @@ ModelFile load_model(const std::string& path) {
   const auto hidden = file.metadata.find("hidden");
   if (hidden == file.metadata.end()) throw Error(path + ": metadata has no 'hidden'");
   model.arch.hidden = parse_widths(hidden->second, path + ": metadata 'hidden'");
+  // Models of builds before tanh have ReLU hidden layers and no 'activation'.
+  const auto activation = file.metadata.find("activation");
+  model.arch.activation = activation == file.metadata.end()
+                              ? Activation::kRelu
+                              : parse_activation(activation->second, path + ": metadata 'activation'");
   try {
     model.arch.validate();
   } catch (const Error& e) {

@@ -34,9 +34,10 @@ void ProfilingBackend::bias_activation_forward(float* y, const float* bias, int 
   timed("bias_activation_forward", [&] { inner_.bias_activation_forward(y, bias, rows, cols, act); });
 }
 void ProfilingBackend::activation_backward_bias_grad(float* dy, const float* y, float* dbias,
-                                                     int rows, int cols, Activation act) {
+                                                     int rows, int cols, Activation act,
+                                                     const float* row_scale) {
   timed("activation_backward_bias_grad",
-        [&] { inner_.activation_backward_bias_grad(dy, y, dbias, rows, cols, act); });
+        [&] { inner_.activation_backward_bias_grad(dy, y, dbias, rows, cols, act, row_scale); });
 }
 void ProfilingBackend::upload_and_binarize(const uint8_t* host_pixels, int rows, int cols,
                                            uint64_t first_row, const RandomKey& key, float* x) {
@@ -54,29 +55,47 @@ void ProfilingBackend::fill_normal(float* out, size_t count, uint64_t first_inde
   timed("fill_normal", [&] { inner_.fill_normal(out, count, first_index, key); });
 }
 void ProfilingBackend::reparameterize_kl_forward(const float* encoder_out, const float* eps,
-                                                 int rows, int latent, float* z, float* row_kl,
-                                                 float* row_log_ratio) {
+                                                 int images, int samples, int latent, float* z,
+                                                 float* row_kl, float* row_log_ratio) {
   timed("reparameterize_kl_forward", [&] {
-    inner_.reparameterize_kl_forward(encoder_out, eps, rows, latent, z, row_kl, row_log_ratio);
+    inner_.reparameterize_kl_forward(encoder_out, eps, images, samples, latent, z, row_kl, row_log_ratio);
   });
 }
 void ProfilingBackend::reparameterize_kl_backward(const float* dz, const float* encoder_out,
-                                                  const float* eps, int rows, int latent,
-                                                  float kl_scale, float* d_encoder_out) {
+                                                  const float* eps, int images, int samples,
+                                                  int latent, float kl_scale, float* d_encoder_out) {
   timed("reparameterize_kl_backward", [&] {
-    inner_.reparameterize_kl_backward(dz, encoder_out, eps, rows, latent, kl_scale, d_encoder_out);
+    inner_.reparameterize_kl_backward(dz, encoder_out, eps, images, samples, latent, kl_scale,
+                                      d_encoder_out);
   });
 }
 void ProfilingBackend::bernoulli_logprob_and_grad(const float* x, const float* logits, int rows,
-                                                  int cols, float grad_scale, float* dlogits,
-                                                  float* row_logprob) {
+                                                  int cols, int samples, float grad_scale,
+                                                  float* dlogits, float* row_logprob) {
   timed("bernoulli_logprob_and_grad", [&] {
-    inner_.bernoulli_logprob_and_grad(x, logits, rows, cols, grad_scale, dlogits, row_logprob);
+    inner_.bernoulli_logprob_and_grad(x, logits, rows, cols, samples, grad_scale, dlogits, row_logprob);
   });
 }
-void ProfilingBackend::accumulate_elbo(const float* row_logprob, const float* row_kl, int rows,
-                                       double* accumulator) {
-  timed("accumulate_elbo", [&] { inner_.accumulate_elbo(row_logprob, row_kl, rows, accumulator); });
+void ProfilingBackend::accumulate_elbo(const float* row_logprob, const float* row_kl, int images,
+                                       int samples, double* accumulator) {
+  timed("accumulate_elbo",
+        [&] { inner_.accumulate_elbo(row_logprob, row_kl, images, samples, accumulator); });
+}
+void ProfilingBackend::importance_weights(const float* row_logprob, const float* row_log_ratio,
+                                          int images, int samples, float* weights,
+                                          float* row_bound) {
+  timed("importance_weights", [&] {
+    inner_.importance_weights(row_logprob, row_log_ratio, images, samples, weights, row_bound);
+  });
+}
+void ProfilingBackend::importance_weighted_latent_backward(
+    const float* dz, const float* encoder_out, const float* eps, const float* z,
+    const float* weights, int images, int samples, int latent, float scale, bool dreg,
+    float* d_encoder_out) {
+  timed("importance_weighted_latent_backward", [&] {
+    inner_.importance_weighted_latent_backward(dz, encoder_out, eps, z, weights, images, samples,
+                                               latent, scale, dreg, d_encoder_out);
+  });
 }
 void ProfilingBackend::adam_step(float* params, const float* grads, float* m, float* v,
                                  size_t count, const AdamStep& step) {

@@ -1,5 +1,6 @@
 #include "cuvae/trainer.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
@@ -25,7 +26,7 @@ std::vector<uint32_t> epoch_permutation(uint64_t seed, uint64_t epoch, uint32_t 
 namespace {
 
 // Checked before any buffer is sized by it.
-int checked_batch_size(const TrainConfig& config, const IdxImages& images) {
+int checked_batch_size(const Backend& backend, const TrainConfig& config, const IdxImages& images) {
   if (config.batch_size < 1 || config.batch_size > images.count) {
     throw Error("--batch-size must be between 1 and the number of training images (" +
                 std::to_string(images.count) + "), got " + std::to_string(config.batch_size));
@@ -34,22 +35,78 @@ int checked_batch_size(const TrainConfig& config, const IdxImages& images) {
     throw Error("images have " + std::to_string(images.pixels_per_image()) +
                 " pixels but the model expects " + std::to_string(config.arch.input_dim));
   }
+  check_model_fits(backend, config.arch, config.batch_size, config.objective.samples);
   return config.batch_size;
 }
 
 }  // namespace
+
+std::vector<double> pixel_means(const IdxImages& images) {
+  const size_t dim = static_cast<size_t>(images.pixels_per_image());
+  std::vector<double> sums(dim, 0.0);
+  for (int i = 0; i < images.count; ++i) {
+    const uint8_t* image = images.pixels.data() + static_cast<size_t>(i) * dim;
+    for (size_t j = 0; j < dim; ++j) sums[j] += image[j];
+  }
+  for (double& sum : sums) sum /= 255.0 * std::max(1, images.count);
+  return sums;
+}
+
+size_t model_bytes(const Architecture& arch, int images, int samples) {
+  const ParameterLayout layout(arch);
+  size_t widest = static_cast<size_t>(std::max(arch.input_dim, 2 * arch.latent_dim));
+  size_t hidden = 0;
+  for (int h : arch.hidden) {
+    widest = std::max(widest, static_cast<size_t>(h));
+    hidden += static_cast<size_t>(h);
+  }
+  const size_t b = static_cast<size_t>(images), rows = b * static_cast<size_t>(samples);
+  const size_t d = static_cast<size_t>(arch.input_dim), l = static_cast<size_t>(arch.latent_dim);
+  // Per decoder row: its layers' outputs, two gradient scratch rows, the
+  // logits' gradient, z, dz, eps and four per-sample values; per image the
+  // encoder's the same and the batch itself.
+  const size_t decoder_floats = rows * (hidden + d + 2 * widest + d + 3 * l + 4);
+  const size_t encoder_floats = b * (hidden + 2 * l + 2 * widest + 2 * l + d + 4);
+  return sizeof(float) * (4 * layout.size() + decoder_floats + encoder_floats);
+}
+
+void check_model_fits(const Backend& backend, const Architecture& arch, int images, int samples) {
+  const size_t available = backend.memory_bytes();
+  if (samples > ObjectiveConfig::kMaxSamples) {
+    throw Error("--samples must be between 1 and " + std::to_string(ObjectiveConfig::kMaxSamples) +
+                ", got " + std::to_string(samples));
+  }
+  const size_t needed = model_bytes(arch, images, samples);
+  if (available > 0 && needed > available) {
+    char text[256];
+    std::snprintf(text, sizeof text,
+                  "--samples %d with --batch-size %d needs %.2f GiB for %lld decoder rows, more "
+                  "than the %s backend's %.2f GiB of memory",
+                  samples, images, static_cast<double>(needed) / (1 << 30),
+                  static_cast<long long>(images) * samples, backend.name().c_str(),
+                  static_cast<double>(available) / (1 << 30));
+    throw Error(text);
+  }
+}
 
 Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images,
                  const TrainerOptions& options)
     : backend_(backend),
       config_(config),
       images_(images),
-      model_(backend, config.arch, checked_batch_size(config, images)),
+      model_(backend, config.arch, checked_batch_size(backend, config, images),
+             config.objective.samples),
       steps_per_epoch_(images.count / std::max(1, config.batch_size)),
       x_(backend, static_cast<size_t>(config.batch_size) * config.arch.input_dim),
-      eps_(backend, static_cast<size_t>(config.batch_size) * config.arch.latent_dim),
+      eps_(backend, static_cast<size_t>(config.batch_size) * config.objective.samples *
+                        config.arch.latent_dim),
       elbo_sum_(backend, 1) {
-  model_.initialize(config.seed);
+  if (config.init == InitScheme::kGlorot) {
+    const std::vector<double> means = pixel_means(images);
+    model_.initialize(config.seed, config.init, &means);
+  } else {
+    model_.initialize(config.seed, config.init);
+  }
   const double zero = 0.0;
   backend_.copy_to_device(elbo_sum_.get(), &zero, sizeof(zero));
   using Placement = TrainerOptions::DataPlacement;
@@ -132,14 +189,21 @@ void Trainer::step() {
   rows_since_take_ += static_cast<uint64_t>(rows);
 }
 
-// Everything after the batch is in x_: draw eps, the ELBO and its gradient,
-// the ELBO sum, Adam.
+// Everything after the batch is in x_: draw eps, the objective and its
+// gradient, the bound's sum, Adam at the schedule's rate.
 void Trainer::step_body(uint64_t t) {
-  const int rows = config_.batch_size;
+  const int images = config_.batch_size;
   backend_.fill_normal(eps_.get(), eps_.size(), 0, RandomKey{config_.seed, RandomStream::kEps, t});
-  model_.forward_backward(x_.get(), eps_.get(), rows, true);
-  backend_.accumulate_elbo(model_.row_logprob(), model_.row_kl(), rows, elbo_sum_.get());
-  model_.adam_update(config_.adam, t);
+  model_.forward_backward(x_.get(), eps_.get(), images, config_.objective, true);
+  model_.accumulate_bound(config_.objective, images, elbo_sum_.get());
+  AdamConfig adam = config_.adam;
+  adam.lr = learning_rate();
+  model_.adam_update(adam, t);
+}
+
+double Trainer::learning_rate() const {
+  const int epoch = static_cast<int>(step_ / static_cast<uint64_t>(steps_per_epoch_));
+  return scheduled_learning_rate(config_.schedule, config_.adam.lr, epoch);
 }
 
 double Trainer::elbo_sum() const {

@@ -7,10 +7,15 @@
 //   ELBO_r = sum_j log p(x_rj | f_rj) - sum_k KL_rk,    loss = -(1/B) sum_r ELBO_r
 // Backward: dloss/df = (sigma(f) - x)/B, through the decoder to dz, through
 // the reparameterization and KL to d[mean | log_std], through the encoder.
+// With K samples per image the decoder runs on B K rows (z_bk from image b's
+// mean and log_std); the ELBO weighs each sample's terms 1/(B K), the IWAE
+// objectives by scale w~_bk (vae_math.h).
 #include "cuvae/vae_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "cuvae/error.h"
 
@@ -40,12 +45,13 @@ std::string Architecture::describe() const {
   s << "-(" << latent_dim << '+' << latent_dim << ") | " << latent_dim;
   for (int h : hidden) s << '-' << h;
   s << '-' << input_dim;
+  if (activation != Activation::kRelu) s << " (" << activation_name(activation) << ")";
   return s.str();
 }
 
 bool Architecture::operator==(const Architecture& other) const {
   return input_dim == other.input_dim && hidden == other.hidden &&
-         latent_dim == other.latent_dim;
+         latent_dim == other.latent_dim && activation == other.activation;
 }
 
 void Architecture::validate() const {
@@ -80,6 +86,57 @@ std::vector<int> parse_widths(const std::string& text, const std::string& what) 
   return widths;
 }
 
+namespace {
+
+// One name per enum value, the flags' and the files' spelling.
+template <typename Enum, size_t N>
+Enum parse_name(const std::pair<Enum, const char*> (&names)[N], const std::string& name,
+                const std::string& what) {
+  std::string choices;
+  for (const auto& [value, text] : names) {
+    if (name == text) return value;
+    choices += std::string(choices.empty() ? "" : ", ") + text;
+  }
+  throw Error(what + " must be one of " + choices + ", got '" + name + "'");
+}
+
+template <typename Enum, size_t N>
+std::string name_of(const std::pair<Enum, const char*> (&names)[N], Enum value) {
+  for (const auto& [v, text] : names) {
+    if (v == value) return text;
+  }
+  return "?";
+}
+
+const std::pair<Activation, const char*> kActivationNames[] = {{Activation::kRelu, "relu"},
+                                                               {Activation::kTanh, "tanh"}};
+const std::pair<Objective, const char*> kObjectiveNames[] = {
+    {Objective::kElbo, "elbo"}, {Objective::kIwae, "iwae"}, {Objective::kIwaeDreg, "iwae-dreg"}};
+const std::pair<InitScheme, const char*> kInitNames[] = {{InitScheme::kSmallNormal, "small-normal"},
+                                                         {InitScheme::kGlorot, "glorot"}};
+
+}  // namespace
+
+Activation parse_activation(const std::string& name, const std::string& what) {
+  return parse_name(kActivationNames, name, what);
+}
+std::string activation_name(Activation act) {
+  return act == Activation::kIdentity ? "identity" : name_of(kActivationNames, act);
+}
+Objective parse_objective(const std::string& name, const std::string& what) {
+  return parse_name(kObjectiveNames, name, what);
+}
+std::string objective_name(Objective objective) { return name_of(kObjectiveNames, objective); }
+InitScheme parse_init(const std::string& name, const std::string& what) {
+  return parse_name(kInitNames, name, what);
+}
+std::string init_name(InitScheme init) { return name_of(kInitNames, init); }
+
+std::string bound_name(Objective objective, int samples) {
+  const std::string base = objective == Objective::kElbo ? "elbo" : "iwae";
+  return samples == 1 && objective == Objective::kElbo ? base : base + "-" + std::to_string(samples);
+}
+
 std::string format_widths(const std::vector<int>& widths) {
   std::string s;
   for (size_t i = 0; i < widths.size(); ++i) s += (i ? "," : "") + std::to_string(widths[i]);
@@ -91,8 +148,8 @@ std::string format_widths(const std::vector<int>& widths) {
 
 namespace {
 
-std::vector<DenseLayer> lay_out(const std::vector<int>& widths, const std::string& prefix,
-                                size_t* offset) {
+std::vector<DenseLayer> lay_out(const std::vector<int>& widths, Activation hidden_activation,
+                                const std::string& prefix, size_t* offset) {
   std::vector<DenseLayer> layers;
   for (size_t i = 0; i + 1 < widths.size(); ++i) {
     DenseLayer layer;
@@ -101,7 +158,7 @@ std::vector<DenseLayer> lay_out(const std::vector<int>& widths, const std::strin
     layer.weight_offset = *offset;
     layer.bias_offset = *offset + static_cast<size_t>(layer.in) * layer.out;
     *offset = layer.bias_offset + layer.out;
-    layer.activation = i + 2 < widths.size() ? Activation::kRelu : Activation::kIdentity;
+    layer.activation = i + 2 < widths.size() ? hidden_activation : Activation::kIdentity;
     layer.name = prefix + "." + std::to_string(i);
     layers.push_back(layer);
   }
@@ -112,8 +169,8 @@ std::vector<DenseLayer> lay_out(const std::vector<int>& widths, const std::strin
 
 ParameterLayout::ParameterLayout(const Architecture& arch) {
   arch.validate();
-  encoder_ = lay_out(arch.encoder_widths(), "encoder", &size_);
-  decoder_ = lay_out(arch.decoder_widths(), "decoder", &size_);
+  encoder_ = lay_out(arch.encoder_widths(), arch.activation, "encoder", &size_);
+  decoder_ = lay_out(arch.decoder_widths(), arch.activation, "decoder", &size_);
 }
 
 std::vector<DenseLayer> ParameterLayout::all_layers() const {
@@ -127,16 +184,15 @@ std::vector<DenseLayer> ParameterLayout::all_layers() const {
 
 Mlp::Mlp(Backend& backend, std::vector<DenseLayer> layers, int max_rows)
     : backend_(backend), layers_(std::move(layers)), max_rows_(max_rows) {
-  int max_width = 0;
-  for (const DenseLayer& layer : layers_) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const DenseLayer& layer = layers_[i];
     outputs_.emplace_back(backend_, static_cast<size_t>(max_rows) * layer.out);
     masks_.emplace_back(backend_, layer.activation == Activation::kRelu
                                       ? backend_.activation_mask_bytes(max_rows, layer.out)
                                       : 0);
-    max_width = std::max({max_width, layer.in, layer.out});
-  }
-  for (DeviceArray<float>& buffer : scratch_) {
-    buffer = DeviceArray<float>(backend_, static_cast<size_t>(max_rows) * max_width);
+    // The top layer's dA is the caller's d_output.
+    const bool top = i + 1 == layers_.size();
+    d_preactivations_.emplace_back(backend_, top ? 0 : static_cast<size_t>(max_rows) * layer.out);
   }
 }
 
@@ -154,21 +210,25 @@ float* Mlp::forward(const float* params, const float* input, int rows) {
 }
 
 void Mlp::backward(const float* params, float* grads, const float* input, float* d_output,
-                   int rows, float* d_input) {
+                   int rows, float* d_input, const float* row_scale) {
   // The top layer: dA = dY * act'(Y); db = column sums of dA. Below it each
   // layer's dA and db come with the dX of the layer above
   // (dense_backward_input).
   const DenseLayer& top = layers_.back();
   backend_.activation_backward_bias_grad(d_output, outputs_.back().get(), grads + top.bias_offset,
-                                         rows, top.out, top.activation);
+                                         rows, top.out, top.activation, row_scale);
   float* da = d_output;
   for (size_t i = layers_.size(); i-- > 0;) {
     const DenseLayer& layer = layers_[i];
     const float* w = params + layer.weight_offset;
     const float* x = i == 0 ? input : outputs_[i - 1].get();
-    // dW = X^T dA (in x out).
+    // dW = X^T dA (in x out): nothing below needs it, so it may run beside
+    // the chain of input gradients (each layer's dA has its own buffer, which
+    // the chain does not overwrite while this GEMM may still read it).
+    backend_.begin_side_branch();
     backend_.gemm(true, false, layer.in, layer.out, rows, 1.0f, x, layer.in, da, layer.out, 0.0f,
                   grads + layer.weight_offset, layer.out);
+    backend_.end_side_branch();
     if (i == 0) {
       // dX = dA W^T (B x in): the network's input has no activation or bias.
       if (d_input != nullptr) {
@@ -177,8 +237,7 @@ void Mlp::backward(const float* params, float* grads, const float* input, float*
       }
       break;
     }
-    // The layer below's dA, into the scratch buffer da is not in.
-    float* da_below = da == scratch_[0].get() ? scratch_[1].get() : scratch_[0].get();
+    float* da_below = d_preactivations_[i - 1].get();
     const DenseLayer& below = layers_[i - 1];
     backend_.dense_backward_input(da, w, rows, layer.in, layer.out, x, masks_[i - 1].get(),
                                   below.activation, da_below, grads + below.bias_offset);
@@ -189,25 +248,29 @@ void Mlp::backward(const float* params, float* grads, const float* input, float*
 // ---------------------------------------------------------------------------
 // VaeModel
 
-VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows)
+VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows, int max_samples)
     : backend_(backend),
       arch_(arch),
       layout_(arch),
       max_rows_(max_rows),
+      max_samples_(max_samples),
       params_(backend, layout_.size()),
       grads_(backend, layout_.size()),
       adam_m_(backend, layout_.size()),
       adam_v_(backend, layout_.size()),
       encoder_(backend, layout_.encoder(), max_rows),
-      decoder_(backend, layout_.decoder(), max_rows),
-      z_(backend, static_cast<size_t>(max_rows) * arch.latent_dim),
-      dlogits_(backend, static_cast<size_t>(max_rows) * arch.input_dim),
-      dz_(backend, static_cast<size_t>(max_rows) * arch.latent_dim),
+      decoder_(backend, layout_.decoder(), max_rows * max_samples),
+      z_(backend, static_cast<size_t>(max_rows) * max_samples * arch.latent_dim),
+      dlogits_(backend, static_cast<size_t>(max_rows) * max_samples * arch.input_dim),
+      dz_(backend, static_cast<size_t>(max_rows) * max_samples * arch.latent_dim),
       d_encoder_out_(backend, static_cast<size_t>(max_rows) * 2 * arch.latent_dim),
-      row_logprob_(backend, static_cast<size_t>(max_rows)),
+      row_logprob_(backend, static_cast<size_t>(max_rows) * max_samples),
       row_kl_(backend, static_cast<size_t>(max_rows)),
-      row_log_ratio_(backend, static_cast<size_t>(max_rows)) {
+      row_log_ratio_(backend, static_cast<size_t>(max_rows) * max_samples),
+      row_bound_(backend, static_cast<size_t>(max_rows)),
+      sample_weights_(backend, static_cast<size_t>(max_rows) * max_samples) {
   if (max_rows < 1) throw Error("batch size must be at least 1, got " + std::to_string(max_rows));
+  if (max_samples < 1) throw Error("--samples must be at least 1, got " + std::to_string(max_samples));
   std::vector<float> zeros(layout_.size(), 0.0f);
   backend_.copy_to_device(params_.get(), zeros.data(), zeros.size() * sizeof(float));
   backend_.copy_to_device(grads_.get(), zeros.data(), zeros.size() * sizeof(float));
@@ -215,16 +278,51 @@ VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows)
   backend_.copy_to_device(adam_v_.get(), zeros.data(), zeros.size() * sizeof(float));
 }
 
-void VaeModel::initialize(uint64_t seed) {
+namespace {
+
+// The IWAE paper's code (yburda/iwae, nnet.py): weights uniform in
+// [-limit, limit], limit = sqrt(6 / (in + out)) (Glorot & Bengio 2010),
+// biases zero, and the decoder's output bias at logit(mean pixel), the mean
+// clipped to [0.001, 0.999], so the untrained decoder draws the average digit.
+void glorot_initialize(const ParameterLayout& layout, uint64_t seed,
+                       const std::vector<double>& pixel_means, std::vector<float>* params) {
   const RandomKey key{seed, RandomStream::kInit, 0};
+  std::fill(params->begin(), params->end(), 0.0f);
+  for (const DenseLayer& layer : layout.all_layers()) {
+    const double limit = std::sqrt(6.0 / (layer.in + layer.out));
+    const size_t count = static_cast<size_t>(layer.in) * layer.out;
+    for (size_t i = 0; i < count; ++i) {
+      const size_t p = layer.weight_offset + i;
+      (*params)[p] = static_cast<float>((2.0 * random_uniform(key, p) - 1.0) * limit);
+    }
+  }
+  const DenseLayer& output = layout.decoder().back();
+  if (pixel_means.size() != static_cast<size_t>(output.out)) {
+    throw Error("--init glorot: " + std::to_string(pixel_means.size()) +
+                " pixel means for a decoder of " + std::to_string(output.out) + " outputs");
+  }
+  for (int j = 0; j < output.out; ++j) {
+    const double mean = std::clamp(pixel_means[j], 0.001, 0.999);
+    (*params)[output.bias_offset + j] = static_cast<float>(std::log(mean / (1.0 - mean)));
+  }
+}
+
+}  // namespace
+
+void VaeModel::initialize(uint64_t seed, InitScheme init, const std::vector<double>* pixel_means) {
   std::vector<float> host(layout_.size());
-  for (size_t i = 0; i < host.size(); ++i) host[i] = 0.01f * random_normal(key, i);
+  if (init == InitScheme::kGlorot) {
+    if (pixel_means == nullptr) throw Error("--init glorot needs the training images' pixel means");
+    glorot_initialize(layout_, seed, *pixel_means, &host);
+  } else {
+    const RandomKey key{seed, RandomStream::kInit, 0};
+    for (size_t i = 0; i < host.size(); ++i) host[i] = 0.01f * random_normal(key, i);
+  }
   set_parameters(host);
   std::vector<float> zeros(layout_.size(), 0.0f);
   backend_.copy_to_device(adam_m_.get(), zeros.data(), zeros.size() * sizeof(float));
   backend_.copy_to_device(adam_v_.get(), zeros.data(), zeros.size() * sizeof(float));
 }
-
 
 std::vector<float> VaeModel::parameters() const { return to_host(backend_, params_.get(), params_.size()); }
 std::vector<float> VaeModel::gradients() const { return to_host(backend_, grads_.get(), grads_.size()); }
@@ -267,25 +365,59 @@ const float* VaeModel::decode(const float* z, int rows) {
   return decoder_.forward(params_.get(), z, rows);
 }
 
-void VaeModel::forward_backward(const float* x, const float* eps, int rows,
-                                bool compute_gradients) {
-  check_rows(rows);
-  const int latent = arch_.latent_dim;
-  const float* encoder_out = encoder_.forward(params_.get(), x, rows);
-  backend_.reparameterize_kl_forward(encoder_out, eps, rows, latent, z_.get(), row_kl_.get(),
-                                     row_log_ratio_.get());
+void VaeModel::check_samples(int samples) const {
+  if (samples < 1 || samples > max_samples_) {
+    throw Error(std::to_string(samples) + " samples per image do not fit buffers sized for " +
+                std::to_string(max_samples_));
+  }
+}
+
+void VaeModel::forward_backward(const float* x, const float* eps, int images,
+                                const ObjectiveConfig& objective, bool compute_gradients) {
+  check_rows(images);
+  check_samples(objective.samples);
+  const int latent = arch_.latent_dim, samples = objective.samples;
+  const int rows = images * samples;  // the decoder's
+  const float* encoder_out = encoder_.forward(params_.get(), x, images);
+  encoder_out_ = encoder_out;
+  backend_.reparameterize_kl_forward(encoder_out, eps, images, samples, latent, z_.get(),
+                                     row_kl_.get(), row_log_ratio_.get());
   const float* logits = decoder_.forward(params_.get(), z_.get(), rows);
   logits_ = logits;
-  // The loss is the batch mean of -ELBO, so each row's terms weigh 1/B.
-  const float scale = 1.0f / static_cast<float>(rows);
-  backend_.bernoulli_logprob_and_grad(x, logits, rows, arch_.input_dim, scale,
+  // The loss is the batch mean of -bound: each image's bound weighs 1/B.
+  const float scale = 1.0f / static_cast<float>(images);
+  const bool elbo = objective.objective == Objective::kElbo;
+  // The ELBO's samples weigh 1/(B K) each; the IWAE objectives' Bernoulli
+  // gradient gets scale here and its weight w~ in the decoder's top layer.
+  const float logprob_scale = elbo ? 1.0f / static_cast<float>(rows) : scale;
+  backend_.bernoulli_logprob_and_grad(x, logits, rows, arch_.input_dim, samples, logprob_scale,
                                       compute_gradients ? dlogits_.get() : nullptr,
                                       row_logprob_.get());
+  if (!elbo) {
+    backend_.importance_weights(row_logprob_.get(), row_log_ratio_.get(), images, samples,
+                                sample_weights_.get(), row_bound_.get());
+  }
   if (!compute_gradients) return;
-  decoder_.backward(params_.get(), grads_.get(), z_.get(), dlogits_.get(), rows, dz_.get());
-  backend_.reparameterize_kl_backward(dz_.get(), encoder_out, eps, rows, latent, scale,
-                                      d_encoder_out_.get());
-  encoder_.backward(params_.get(), grads_.get(), x, d_encoder_out_.get(), rows, nullptr);
+  decoder_.backward(params_.get(), grads_.get(), z_.get(), dlogits_.get(), rows, dz_.get(),
+                    elbo ? nullptr : sample_weights_.get());
+  if (elbo) {
+    backend_.reparameterize_kl_backward(dz_.get(), encoder_out, eps, images, samples, latent,
+                                        scale, d_encoder_out_.get());
+  } else {
+    backend_.importance_weighted_latent_backward(
+        dz_.get(), encoder_out, eps, z_.get(), sample_weights_.get(), images, samples, latent,
+        scale, objective.objective == Objective::kIwaeDreg, d_encoder_out_.get());
+  }
+  encoder_.backward(params_.get(), grads_.get(), x, d_encoder_out_.get(), images, nullptr);
+  backend_.join_side_branches();  // every gradient complete before Adam reads them
+}
+
+void VaeModel::accumulate_bound(const ObjectiveConfig& objective, int images, double* accumulator) {
+  if (objective.objective == Objective::kElbo) {
+    backend_.accumulate_elbo(row_logprob_.get(), row_kl_.get(), images, objective.samples, accumulator);
+  } else {
+    backend_.accumulate_elbo(row_bound_.get(), nullptr, images, 1, accumulator);
+  }
 }
 
 void VaeModel::adam_update(const AdamConfig& config, uint64_t t) {

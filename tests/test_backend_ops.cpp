@@ -97,7 +97,7 @@ TEST_P(BackendOps, BiasActivationForwardAndBackward) {
     const std::vector<float> dy0 = normals(y0.size(), 3);
     auto dy = to_device(*backend, dy0);
     DeviceArray<float> dbias(*backend, cols);
-    backend->activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols, act);
+    backend->activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols, act, nullptr);
     std::vector<double> expected_dy(y0.size()), expected_db(cols, 0.0), abs_sum(cols, 0.0);
     for (size_t i = 0; i < y0.size(); ++i) {
       expected_dy[i] = relu ? (y1[i] > 0 ? dy0[i] : 0.0) : dy0[i];
@@ -287,9 +287,9 @@ TEST_P(BackendOps, ReparameterizeKlForwardAndBackward) {
   auto enc_d = to_device(*backend, enc), eps_d = to_device(*backend, eps), dz_d = to_device(*backend, dz);
   DeviceArray<float> z(*backend, eps.size()), kl(*backend, rows), ratio(*backend, rows);
   DeviceArray<float> d_enc(*backend, enc.size());
-  backend->reparameterize_kl_forward(enc_d.get(), eps_d.get(), rows, latent, z.get(), kl.get(), ratio.get());
+  backend->reparameterize_kl_forward(enc_d.get(), eps_d.get(), rows, 1, latent, z.get(), kl.get(), ratio.get());
   const float scale = 0.125f;
-  backend->reparameterize_kl_backward(dz_d.get(), enc_d.get(), eps_d.get(), rows, latent, scale, d_enc.get());
+  backend->reparameterize_kl_backward(dz_d.get(), enc_d.get(), eps_d.get(), rows, 1, latent, scale, d_enc.get());
 
   std::vector<double> ez(eps.size()), ekl(rows, 0), eratio(rows, 0), ed(enc.size());
   std::vector<double> kl_abs(rows, 0), ratio_abs(rows, 0);
@@ -330,7 +330,7 @@ TEST_P(BackendOps, BernoulliLogProbAndGradWithExtremeLogits) {
   auto x_d = to_device(*backend, x), f_d = to_device(*backend, logits);
   DeviceArray<float> dlogits(*backend, logits.size()), rowsum(*backend, rows);
   const float scale = 0.25f;
-  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, scale, dlogits.get(), rowsum.get());
+  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, 1, scale, dlogits.get(), rowsum.get());
   std::vector<double> ed(logits.size()), erow(rows, 0), erow_abs(rows, 0);
   for (size_t i = 0; i < logits.size(); ++i) {
     const double f = logits[i];
@@ -348,7 +348,7 @@ TEST_P(BackendOps, BernoulliLogProbAndGradWithExtremeLogits) {
   }
   // Without a gradient buffer the sums are the same.
   DeviceArray<float> rowsum2(*backend, rows);
-  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, scale, nullptr, rowsum2.get());
+  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, 1, scale, nullptr, rowsum2.get());
   EXPECT_EQ(to_host(*backend, rowsum2.get(), rows), got);
 }
 
@@ -358,12 +358,145 @@ TEST_P(BackendOps, AccumulateElboAddsInDouble) {
   const std::vector<float> logp = normals(rows, 10, 100.0f), kl = normals(rows, 11, 10.0f);
   auto logp_d = to_device(*backend, logp), kl_d = to_device(*backend, kl);
   auto acc = to_device(*backend, std::vector<double>{5.0});
-  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, acc.get());
-  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, acc.get());
+  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, 1, acc.get());
+  backend->accumulate_elbo(logp_d.get(), kl_d.get(), rows, 1, acc.get());
   double expected = 5.0;
   for (int pass = 0; pass < 2; ++pass)
     for (int r = 0; r < rows; ++r) expected += static_cast<double>(logp[r]) - kl[r];
   EXPECT_NEAR(to_host(*backend, acc.get(), 1)[0], expected, 1e-9 * std::fabs(expected) + 1e-9);
+}
+
+// K samples per image: z from image b's mean and log_std, the KL once per
+// image, the log-ratio per sample, the Bernoulli rows sharing their image's
+// x, and the ELBO accumulator averaging each image's samples.
+TEST_P(BackendOps, SamplesShareTheirImage) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int images = 5, k = 3, latent = 7, cols = 11, rows = images * k;
+  const std::vector<float> enc = normals(static_cast<size_t>(images) * 2 * latent, 21, 0.5f);
+  const std::vector<float> eps = normals(static_cast<size_t>(rows) * latent, 22);
+  auto enc_d = to_device(*backend, enc), eps_d = to_device(*backend, eps);
+  DeviceArray<float> z(*backend, eps.size()), kl(*backend, images), ratio(*backend, rows);
+  backend->reparameterize_kl_forward(enc_d.get(), eps_d.get(), images, k, latent, z.get(), kl.get(), ratio.get());
+  std::vector<double> ez(eps.size()), ekl(images, 0.0), eratio(rows, 0.0);
+  for (int r = 0; r < rows; ++r) {
+    const int b = r / k;
+    for (int j = 0; j < latent; ++j) {
+      const double m = enc[b * 2 * latent + j], s = enc[b * 2 * latent + latent + j], e = eps[r * latent + j];
+      const double zj = m + std::exp(s) * e;
+      ez[r * latent + j] = zj;
+      eratio[r] += 0.5 * (e * e - zj * zj) + s;
+      if (r % k == 0) ekl[b] += 0.5 * (std::exp(2 * s) + m * m - 1 - 2 * s);
+    }
+  }
+  expect_all_close(to_host(*backend, z.get(), eps.size()), ez, 1e-6, 1e-6, "K-sample z");
+  expect_all_close(to_host(*backend, kl.get(), images), ekl, 1e-5, 1e-5, "K-sample KL per image");
+  expect_all_close(to_host(*backend, ratio.get(), rows), eratio, 1e-5, 1e-5, "K-sample log-ratio");
+
+  std::vector<float> x(static_cast<size_t>(images) * cols);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = i % 3 == 0 ? 1.0f : 0.0f;
+  const std::vector<float> logits = normals(static_cast<size_t>(rows) * cols, 23, 3.0f);
+  auto x_d = to_device(*backend, x), f_d = to_device(*backend, logits);
+  DeviceArray<float> logp(*backend, rows), dlogits(*backend, logits.size());
+  backend->bernoulli_logprob_and_grad(x_d.get(), f_d.get(), rows, cols, k, 0.5f, dlogits.get(), logp.get());
+  std::vector<double> elogp(rows, 0.0), ed(logits.size());
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) {
+      const double xv = x[(r / k) * cols + c], f = logits[r * cols + c];
+      elogp[r] += xv * f - std::log1p(std::exp(-std::fabs(f))) - std::max(f, 0.0);
+      ed[r * cols + c] = 0.5 * (1.0 / (1.0 + std::exp(-f)) - xv);
+    }
+  }
+  expect_all_close(to_host(*backend, logp.get(), rows), elogp, 1e-5, 1e-5, "K-sample Bernoulli log p");
+  expect_all_close(to_host(*backend, dlogits.get(), logits.size()), ed, 1e-5, 1e-6, "K-sample Bernoulli gradient");
+
+  auto acc = to_device(*backend, std::vector<double>{0.0});
+  backend->accumulate_elbo(logp.get(), kl.get(), images, k, acc.get());
+  const std::vector<float> got_logp = to_host(*backend, logp.get(), rows), got_kl = to_host(*backend, kl.get(), images);
+  double expected = 0.0;
+  for (int b = 0; b < images; ++b) {
+    double mean = 0.0;
+    for (int s = 0; s < k; ++s) mean += got_logp[b * k + s];
+    expected += mean / k - got_kl[b];
+  }
+  EXPECT_NEAR(to_host(*backend, acc.get(), 1)[0], expected, 1e-9 * std::fabs(expected));
+}
+
+// The K-sample bound and normalized weights against long double, for K = 1,
+// 5 and 5000 with log-weights spread over hundreds of nats: finite, the
+// weights summing to 1.
+TEST_P(BackendOps, ImportanceWeightsAreStableOverHundredsOfNats) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  for (int k : {1, 5, 5000}) {
+    const int images = 3;
+    std::vector<float> logp = normals(static_cast<size_t>(images) * k, 31, 150.0f);
+    const std::vector<float> ratio = normals(logp.size(), 32, 20.0f);
+    for (float& v : logp) v -= 400.0f;  // log w around -400, spread over ~900 nats
+    auto logp_d = to_device(*backend, logp), ratio_d = to_device(*backend, ratio);
+    DeviceArray<float> weights(*backend, logp.size()), bound(*backend, images);
+    backend->importance_weights(logp_d.get(), ratio_d.get(), images, k, weights.get(), bound.get());
+    std::vector<double> ebound(images), ew(logp.size());
+    for (int b = 0; b < images; ++b) {
+      long double max = -INFINITY, sum = 0;
+      for (int s = 0; s < k; ++s) max = std::max<long double>(max, (long double)logp[b * k + s] + ratio[b * k + s]);
+      for (int s = 0; s < k; ++s) sum += std::exp((long double)logp[b * k + s] + ratio[b * k + s] - max);
+      ebound[b] = static_cast<double>(max + std::log(sum / k));
+      for (int s = 0; s < k; ++s) {
+        ew[b * k + s] = static_cast<double>(std::exp((long double)logp[b * k + s] + ratio[b * k + s] - max) / sum);
+      }
+    }
+    // The bound: float log-weights' rounding (~3e-5 at 400 nats) dominates.
+    expect_all_close(to_host(*backend, bound.get(), images), ebound, 1e-6, 1e-4, "bound K=" + std::to_string(k));
+    const std::vector<float> w = to_host(*backend, weights.get(), logp.size());
+    // Weights: log w = log p + log ratio is added in float, off by up to half
+    // an ulp of ~1000 nats (3e-5), which exp turns into that relative error;
+    // samples more than 87 nats below the max clamp at ~1e-38 / sum.
+    expect_all_close(w, ew, 1e-4, 1e-30, "weights K=" + std::to_string(k));
+    for (int b = 0; b < images; ++b) {
+      double total = 0.0;
+      for (int s = 0; s < k; ++s) total += w[b * k + s];
+      EXPECT_NEAR(total, 1.0, 1e-5) << "K=" << k << " image " << b;
+    }
+  }
+}
+
+// The IWAE and DReG backward to the encoder outputs against the formula of
+// backend.h in double.
+TEST_P(BackendOps, ImportanceWeightedLatentBackwardMatchesTheFormula) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int images = 4, k = 6, latent = 9, rows = images * k;
+  const std::vector<float> enc = normals(static_cast<size_t>(images) * 2 * latent, 41, 0.5f);
+  const std::vector<float> eps = normals(static_cast<size_t>(rows) * latent, 42);
+  const std::vector<float> dz = normals(eps.size(), 43, 0.1f);
+  std::vector<float> weights(rows), z(eps.size());
+  for (int r = 0; r < rows; ++r) weights[r] = static_cast<float>(r % k + 1) / (k * (k + 1) / 2.0f);
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < latent; ++j)
+      z[r * latent + j] = enc[(r / k) * 2 * latent + j] + std::exp(enc[(r / k) * 2 * latent + latent + j]) * eps[r * latent + j];
+  auto enc_d = to_device(*backend, enc), eps_d = to_device(*backend, eps), dz_d = to_device(*backend, dz);
+  auto z_d = to_device(*backend, z), w_d = to_device(*backend, weights);
+  const float scale = 0.25f;
+  for (bool dreg : {false, true}) {
+    DeviceArray<float> d_enc(*backend, enc.size());
+    backend->importance_weighted_latent_backward(dz_d.get(), enc_d.get(), eps_d.get(), z_d.get(), w_d.get(),
+                                                 images, k, latent, scale, dreg, d_enc.get());
+    std::vector<double> expected(enc.size(), 0.0);
+    for (int r = 0; r < rows; ++r) {
+      const int b = r / k;
+      for (int j = 0; j < latent; ++j) {
+        const size_t i = static_cast<size_t>(r) * latent + j;
+        const double sigma = std::exp(enc[b * 2 * latent + latent + j]), w = weights[r];
+        const double d = dreg ? w * dz[i] + scale * w * w * (z[i] - eps[i] / sigma) : dz[i] + scale * w * z[i];
+        expected[b * 2 * latent + j] += d;
+        expected[b * 2 * latent + latent + j] += d * sigma * eps[i];
+      }
+    }
+    if (!dreg) {
+      for (int b = 0; b < images; ++b)
+        for (int j = 0; j < latent; ++j) expected[b * 2 * latent + latent + j] -= scale;
+    }
+    expect_all_close(to_host(*backend, d_enc.get(), enc.size()), expected, 1e-5, 1e-6,
+                     dreg ? "DReG latent backward" : "IWAE latent backward");
+  }
 }
 
 TEST_P(BackendOps, AdamStepMatchesDoubleFormula) {
@@ -413,7 +546,7 @@ TEST(CpuBackend, BiasGradientBitsDoNotDependOnTheThreadCount) {
     auto dy = to_device(*cpu, dy0);
     auto yd = to_device(*cpu, y);
     DeviceArray<float> db(*cpu, cols);
-    cpu->activation_backward_bias_grad(dy.get(), yd.get(), db.get(), rows, cols, Activation::kRelu);
+    cpu->activation_backward_bias_grad(dy.get(), yd.get(), db.get(), rows, cols, Activation::kRelu, nullptr);
     results.push_back(to_host(*cpu, db.get(), cols));
   }
   omp_set_num_threads(threads_before);
@@ -421,7 +554,7 @@ TEST(CpuBackend, BiasGradientBitsDoNotDependOnTheThreadCount) {
   EXPECT_EQ(0, std::memcmp(results[0].data(), results[2].data(), cols * sizeof(float)));
   // And no rows: a zero gradient, whatever the buffer held.
   auto db = to_device(*cpu, std::vector<float>(cols, 7.0f));
-  cpu->activation_backward_bias_grad(nullptr, nullptr, db.get(), 0, cols, Activation::kRelu);
+  cpu->activation_backward_bias_grad(nullptr, nullptr, db.get(), 0, cols, Activation::kRelu, nullptr);
   EXPECT_EQ(to_host(*cpu, db.get(), cols), std::vector<float>(cols, 0.0f));
 }
 

@@ -548,19 +548,22 @@ TEST(CliTrain, TinyRunWritesModelMetricsAndImages) {
   std::istringstream lines(metrics);
   std::string line;
   ASSERT_TRUE(std::getline(lines, line));
-  EXPECT_EQ(line, "epoch,elbo,seconds,samples_per_s");
+  EXPECT_EQ(line, "epoch,objective,bound,lr,seconds,images_per_s,test_bound");
   int rows = 0;
   while (std::getline(lines, line)) {
     ++rows;
     std::istringstream fields(line);
-    std::string field;
-    std::vector<double> values;
-    while (std::getline(fields, field, ',')) values.push_back(std::strtod(field.c_str(), nullptr));
-    ASSERT_EQ(values.size(), 4u) << line;
-    EXPECT_EQ(values[0], rows) << line;
-    EXPECT_TRUE(std::isfinite(values[1]) && values[1] < 0) << line;
-    EXPECT_GE(values[2], 0) << line;
-    EXPECT_GT(values[3], 0) << line;
+    std::vector<std::string> cells;
+    for (std::string field; std::getline(fields, field, ',');) cells.push_back(field);
+    if (!line.empty() && line.back() == ',') cells.push_back("");  // the empty last cell
+    ASSERT_EQ(cells.size(), 7u) << line;
+    EXPECT_EQ(std::stod(cells[0]), rows) << line;
+    EXPECT_EQ(cells[1], "elbo") << line;
+    EXPECT_TRUE(std::isfinite(std::stod(cells[2])) && std::stod(cells[2]) < 0) << line;
+    EXPECT_EQ(std::stod(cells[3]), 1e-3) << line;
+    EXPECT_GE(std::stod(cells[4]), 0) << line;
+    EXPECT_GT(std::stod(cells[5]), 0) << line;
+    EXPECT_EQ(cells[6], "") << line << ": no --eval-every, no test bound";
   }
   EXPECT_EQ(rows, 2) << metrics;
 

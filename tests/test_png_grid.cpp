@@ -15,16 +15,7 @@
 
 #include "cuvae/error.h"
 
-// Third-party decoder: keep its warnings and its symbols out of our build.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wconversion"
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#pragma GCC diagnostic ignored "-Wunused-function"
-#define STB_IMAGE_IMPLEMENTATION
-#define STB_IMAGE_STATIC
-#define STBI_ONLY_PNG
-#include <stb_image.h>
-#pragma GCC diagnostic pop
+#include "png_decoder.h"
 
 namespace {
 

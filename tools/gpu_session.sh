@@ -3,7 +3,16 @@
 # a 30-epoch training run on both backends, the benchmarks, the PyTorch
 # reference on the same GPU, and an Nsight Compute profile of training steps.
 #
-#   tools/gpu_session.sh STEP...      STEP: tests sanitize train bench kernels torch compare ncu
+#   tools/gpu_session.sh STEP...      STEP: full tests sanitize train bench kernels torch compare ncu
+#
+# `full` is issue 16's one-call plan (about 8 minutes, each part under its own
+# timeout so the whole stays inside a 9-minute call): the whole test suite,
+# compute-sanitizer memcheck and racecheck on the kernel tests, `vae bench` at
+# batch 20, 200 and 4096 with and without --gemm-epilogues and
+# --two-branch-graph, PyTorch eager and torch.compile at the same sizes, the
+# IWAE K = 50 bench at batch 20, and a table of all of it last. The sm_90
+# build is tools/gpu_prepare.sh's, made here before the call (the device
+# machine has no Debian libraries to build against).
 #
 # Environment: SANITIZE_TOOLS, SANITIZE_FILTER, SANITIZE_TIMEOUT, TRAIN_DEVICES,
 # TRAIN_SEEDS, TRAIN_FLAGS (extra `vae train` flags for train and ncu, e.g.
@@ -50,11 +59,76 @@ run_torch() {
   for b in $TORCH_BATCHES; do
     for mode in ${TORCH_MODES:-eager compile}; do
       step "PyTorch reference on the GPU: batch $b, $mode"
-      python3 tools/torch_reference.py --device cuda --data data/mnist --epochs 4 --batch-size "$b" \
+      timeout "${TORCH_TIMEOUT:-600}" python3 tools/torch_reference.py --device cuda --data data/mnist --epochs "${TORCH_EPOCHS:-4}" --batch-size "$b" \
         $([[ $mode == compile ]] && echo --compile) --json "$work/torch-$b-$mode.json" 2>&1 \
         | tee "$work/torch-$b-$mode.log" | grep -v '^epoch  *[23] '
     done
   done
+}
+# full: the bench variants, and a bench of the IWAE objective where `vae bench` has it.
+FULL_BATCHES="${FULL_BATCHES:-20 200 4096}"
+FULL_VARIANTS=("" --gemm-epilogues --two-branch-graph "--gemm-epilogues --two-branch-graph")
+run_full() {
+  step "whole test suite (CUDA tests included)"
+  timeout "${TESTS_TIMEOUT:-150}" build-gpu/cuvae_tests --gtest_brief=1 2>&1 | tee "$work/tests.log" | grep -v '^\[       OK \]'
+  echo "tests exit: ${PIPESTATUS[0]}"
+  local kernel_tests='*/BackendOps.*/cuda:CudaIwae*:K/CudaIwaeSamples.*:TwoBranchStep.*:StepGraph.*'
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer --tool $tool over the kernel tests"
+    timeout "${SANITIZE_TIMEOUT:-60}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      build-gpu/cuvae_tests --gtest_filter="$kernel_tests" --gtest_brief=1 2>&1 | tail -15
+    echo "$tool exit: ${PIPESTATUS[0]}"
+  done
+  local variant flags batches
+  for variant in "${FULL_VARIANTS[@]}"; do
+    step "vae bench --device cuda $variant"
+    read -ra flags <<< "$variant"
+    timeout 60 build-gpu/vae bench --device cuda --data data/mnist --batch-sizes "${FULL_BATCHES// /,}" "${flags[@]}" \
+      --json "$work/$(bench_name "$variant").json" | tee "$work/$(bench_name "$variant").txt"
+  done
+  step "vae bench --objective iwae --samples 50 --batch-sizes 20"
+  if build-gpu/vae bench --help 2>&1 | grep -q -- --objective; then
+    timeout 60 build-gpu/vae bench --device cuda --data data/mnist --batch-sizes 20 --objective iwae --samples 50 \
+      --json "$work/vae_bench-iwae-50.json" | tee "$work/vae_bench-iwae-50.txt"
+    timeout 60 build-gpu/vae bench --device cuda --data data/mnist --batch-sizes 20 --objective iwae --samples 50 \
+      --two-branch-graph --json "$work/vae_bench-iwae-50-two-branch-graph.json" | tee "$work/vae_bench-iwae-50-two-branch-graph.txt"
+  else
+    echo "skipped: this build's vae bench has no --objective (issue 13's CLI not merged)"
+  fi
+  TORCH_BATCHES="$FULL_BATCHES" TORCH_EPOCHS=3 TORCH_TIMEOUT=45 run_torch
+  step "throughput, same GPU, same call (PyTorch: median of epochs 2-3; cuvae: median of its repeats)"
+  read -ra batches <<< "$FULL_BATCHES"
+  python3 - "$work" "${batches[@]}" <<'PY' | tee "$work/full.txt"
+import json, os, statistics, sys
+work, batches = sys.argv[1], sys.argv[2:]
+def ours(variant, batch):
+    path = f"{work}/vae_bench{variant}.json"
+    if not os.path.exists(path):
+        return float("nan")
+    return next((r["samples_per_s"] for r in json.load(open(path))["results"] if r["batch"] == int(batch)), float("nan"))
+def step_us(variant, batch):
+    rate = ours(variant, batch)
+    return int(batch) / rate * 1e6 if rate == rate and rate > 0 else float("nan")
+def theirs(mode, batch):
+    path = f"{work}/torch-{batch}-{mode}.json"
+    if not os.path.exists(path):
+        return float("nan")
+    epochs = json.load(open(path))["epochs"]
+    return statistics.median(e["samples_per_s"] for e in epochs[1:] or epochs)
+variants = [("", "cuvae"), ("-gemm-epilogues", "epilogues"), ("-two-branch-graph", "2-branch"),
+            ("-gemm-epilogues-two-branch-graph", "both")]
+print("samples/s (step us in brackets)")
+print(f"{'batch':>6} {'torch eager':>12} {'torch.compile':>14}" + "".join(f" {name:>18}" for _, name in variants))
+for b in batches:
+    row = f"{b:>6} {theirs('eager', b):12,.0f} {theirs('compile', b):14,.0f}"
+    row += "".join(f" {ours(v, b):10,.0f} ({step_us(v, b):5.0f})" for v, _ in variants)
+    print(row)
+for name in ("vae_bench-iwae-50", "vae_bench-iwae-50-two-branch-graph"):
+    path = f"{work}/{name}.json"
+    if os.path.exists(path):
+        r = json.load(open(path))["results"][0]
+        print(f"{name}: batch {r['batch']}, {r['samples_per_s']:,.0f} images/s, step {r['step_ms'] * 1e3:.0f} us")
+PY
 }
 echo "gpu_session: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short=12 HEAD 2>/dev/null)$(git diff --quiet HEAD -- src include kernels tests tools 2>/dev/null || echo -dirty); steps: $*"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
@@ -63,6 +137,7 @@ build-gpu/vae info
 
 for s in "$@"; do
   case "$s" in
+    full) run_full ;;
     tests)
       step "whole test suite (CUDA tests included)"
       timeout "${TESTS_TIMEOUT:-300}" build-gpu/cuvae_tests --gtest_brief=1 2>&1 | tee "$work/tests.log" | grep -v '^\[       OK \]'
@@ -137,7 +212,7 @@ PY
         python3 tools/ncu_summary.py "$work/ncu-$b.csv" || tail -5 "$work/ncu-$b.out"
       done
       ;;
-    *) echo "gpu_session: unknown step '$s' (tests sanitize train bench kernels torch compare ncu)"; exit 2 ;;
+    *) echo "gpu_session: unknown step '$s' (full tests sanitize train bench kernels torch compare ncu)"; exit 2 ;;
   esac
   # After every step (a later one may time out); models and checkpoints stay behind (size).
   tar czf "$OUT/results.tar.gz" --exclude="*.safetensors" -C runs gpu 2>/dev/null

@@ -4,16 +4,20 @@
 # reference comparison, tools/torch_reference.py)
 # All are Debian/Ubuntu packages. libopenblas-openmp-dev is OpenBLAS built
 # with OpenMP: it shares our OpenMP thread pool (the pthread build's threads
-# spin against ours and make a step ~5x slower). The CUDA toolkit is not installed here: the
+# spin against ours and make a step ~5x slower). libdnnl-dev is oneDNN, whose
+# sgemm runs the CPU GEMMs (faster on the model's shapes). The CUDA toolkit is not installed here: the
 # build uses nvcc when it finds one (/usr/local/cuda) and builds CPU-only
 # when it does not. clang and libclang-rt-dev (clang's libFuzzer and sanitizer
 # runtimes, which --no-install-recommends would leave out) are for
-# tools/fuzz.sh, which tools/test.sh runs.
+# tools/fuzz.sh, which tools/test.sh runs. python3-matplotlib draws the charts
+# (tools/plot.py: training_curve.png, latents.png); without it they are
+# skipped with a note and their tests skip. Fashion-MNIST's Debian package is
+# installed by tools/fetch_data.sh when asked for.
 set -euo pipefail
 
-packages=(g++ cmake make git libopenblas-dev libopenblas-openmp-dev libstb-dev libcli11-dev nlohmann-json3-dev
+packages=(g++ cmake make git libopenblas-dev libopenblas-openmp-dev libdnnl-dev libstb-dev libcli11-dev nlohmann-json3-dev
           zlib1g-dev libgtest-dev libbenchmark-dev ca-certificates
-          clang libclang-rt-dev)
+          clang libclang-rt-dev python3-matplotlib)
 if [[ "${1:-}" == "--torch" ]]; then
   packages+=(python3-torch python3-numpy)
 fi

@@ -3,18 +3,31 @@
 
 Usage:
     /usr/bin/python3 tools/torch_reference.py --data data/mnist [--epochs 30] [--eval-k 100] [--json out.json]
+        [--objective elbo|iwae|iwae-dreg] [--samples K] [--activation relu|tanh] [--init small-normal|glorot]
+        [--adam-eps 1e-8]
 
 (Use Debian's /usr/bin/python3, which has python3-torch; a pyenv python3 on PATH may lack torch.)
 
 Model (same as cuvae, after the practice in shared/seed/000_dfccf9fb7559ecfd.txt):
   * MNIST raw IDX files (plain or .gz), pixels / 255 as float32.
   * Every training step binarizes its batch afresh: x = (pixel > u), u ~ U(0,1).
-  * Encoder MLP 784 -> 200 -> 200 -> 2L (ReLU hidden, linear output; first L = mean,
-    last L = log_std).  Decoder MLP L -> 200 -> 200 -> 784 (ReLU hidden, output = Bernoulli logits).
-  * Layers are y = x @ W + b with W of shape [in, out]; every W and b initialised 0.01 * N(0,1).
-  * z = mean + exp(log_std) * eps.
+  * Encoder MLP 784 -> 200 -> 200 -> 2L (ReLU or, --activation tanh, tanh hidden; linear output; first
+    L = mean, last L = log_std).  Decoder MLP L -> 200 -> 200 -> 784 (same hidden activation, output =
+    Bernoulli logits).
+  * Layers are y = x @ W + b with W of shape [in, out]; --init small-normal (default): every W and b
+    0.01 * N(0,1); --init glorot (the IWAE paper's code): W uniform in +-sqrt(6/(in+out)), b = 0, the
+    decoder's output bias at logit(mean training pixel intensity clipped to [0.001, 0.999]).
+  * K = --samples draws per image: z_k = mean + exp(log_std) * eps_k (eps row b*K + k, as cuvae).
   * log p(x|z) = sum_pixels x*f - softplus(f);  KL = sum_j 0.5*(exp(2 log_std) + mean^2 - 1 - 2 log_std).
-  * Objective: maximise the batch mean of ELBO = log p(x|z) - KL with Adam(1e-3, 0.9, 0.999, 1e-8).
+  * --objective (maximised, batch mean, Adam(lr, 0.9, 0.999, --adam-eps)):
+      elbo       (1/K) sum_k log p(x|z_k) - KL (analytic KL); K = 1 is the seed's ELBO.
+      iwae       log (1/K) sum_k w_k, log w_k = log p(x|z_k) + log N(z_k;0,I) - log N(z_k;mean,sigma^2);
+                 gradient by autograd.
+      iwae-dreg  the same bound; decoder gradient IWAE's (autograd of the bound), encoder gradient DReG
+                 (Tucker et al. 2019, as in their code): autograd of sum_k stop(w~_k)^2 log w_k with
+                 log q evaluated at stop(mean), stop(sigma), so the encoder's gradient flows through z_k
+                 only; w~ = softmax_k log w_k.
+    The per-epoch value printed is the bound being trained ("elbo" or "iwae-K").
 """
 
 import argparse
@@ -177,46 +190,98 @@ def cpu_model():
 
 # ----------------------------------------------------------------------------- model
 
-def init_mlp(sizes, gen, device):
-    """Weights W [in, out] and biases b [out], each 0.01 * N(0,1), drawn in layer order W then b."""
+def init_mlp(sizes, gen, device, init="small-normal", output_bias=None):
+    """Weights W [in, out] and biases b [out], drawn in layer order W then b.
+
+    small-normal: each 0.01 * N(0,1).  glorot: W ~ U(-l, l), l = sqrt(6/(in+out)), b = 0, and the last
+    layer's bias = output_bias when given."""
     params = []
-    for din, dout in zip(sizes[:-1], sizes[1:]):
-        W = torch.randn(din, dout, generator=gen) * 0.01
-        b = torch.randn(dout, generator=gen) * 0.01
+    for i, (din, dout) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if init == "glorot":
+            limit = math.sqrt(6.0 / (din + dout))
+            W = (torch.rand(din, dout, generator=gen) * 2.0 - 1.0) * limit
+            b = torch.zeros(dout)
+            if output_bias is not None and i == len(sizes) - 2:
+                b = output_bias.clone().float()
+        else:
+            W = torch.randn(din, dout, generator=gen) * 0.01
+            b = torch.randn(dout, generator=gen) * 0.01
         params += [W.to(device).requires_grad_(), b.to(device).requires_grad_()]
     return params
 
 
-def mlp(params, x):
+def mlp(params, x, activation="relu"):
     n = len(params) // 2
     for i in range(n):
         x = torch.addmm(params[2 * i + 1], x, params[2 * i])  # x @ W + b
         if i < n - 1:
-            x = torch.relu(x)
+            x = torch.relu(x) if activation == "relu" else torch.tanh(x)
     return x
 
 
-def elbo_terms(enc, dec, x, eps):
-    """Per-example log p(x|z) and KL for binary x [B,784] and noise eps [B,L]."""
-    h = mlp(enc, x)
+def elbo_terms(enc, dec, x, eps, activation="relu"):
+    """Per-example log p(x|z) and KL for binary x [B,784] and noise eps [B,L] (one sample)."""
+    h = mlp(enc, x, activation)
     L = h.shape[1] // 2
     mean, log_std = h[:, :L], h[:, L:]
     z = mean + torch.exp(log_std) * eps
-    f = mlp(dec, z)
+    f = mlp(dec, z, activation)
     logp = (x * f - F.softplus(f)).sum(1)
     kl = 0.5 * (torch.exp(2.0 * log_std) + mean * mean - 1.0 - 2.0 * log_std).sum(1)
     return logp, kl
 
 
 def train_loss(enc, dec, pixels, u, eps):
+    """The seed's one-sample ELBO loss (kept for callers of this module)."""
     x = (pixels > u).to(pixels.dtype)
     logp, kl = elbo_terms(enc, dec, x, eps)
     elbo = (logp - kl).mean()
     return -elbo, elbo.detach()
 
 
+def objective_forward(enc, dec, pixels, u, eps, objective, K, activation):
+    """Per-image bound [B] and, for iwae-dreg, the encoder's DReG surrogate [B] (else None).
+
+    eps is [B*K, L], sample k of image b in row b*K + k."""
+    x = (pixels > u).to(pixels.dtype)
+    h = mlp(enc, x, activation)
+    B, L = x.shape[0], h.shape[1] // 2
+    mean, log_std = h[:, :L], h[:, L:]
+    e = eps.reshape(B, K, L)
+    sigma = torch.exp(log_std)
+    z = mean.unsqueeze(1) + sigma.unsqueeze(1) * e                                # [B,K,L]
+    f = mlp(dec, z.reshape(B * K, L), activation).reshape(B, K, -1)
+    logpx = (x.unsqueeze(1) * f - F.softplus(f)).sum(2)                          # [B,K]
+    if objective == "elbo":
+        kl = 0.5 * (torch.exp(2.0 * log_std) + mean * mean - 1.0 - 2.0 * log_std).sum(1)
+        return logpx.mean(1) - kl, None
+    # log p(z) - log q(z|x); the log(2 pi) constants cancel.
+    log_prior = (-0.5 * z * z).sum(2)
+    def log_q(m, ls):
+        v = (z - m.unsqueeze(1)) / torch.exp(ls).unsqueeze(1)
+        return (-0.5 * v * v - ls.unsqueeze(1)).sum(2)
+    logw = logpx + log_prior - log_q(mean, log_std)
+    bound = torch.logsumexp(logw, 1) - math.log(K)
+    if objective == "iwae":
+        return bound, None
+    logw_stop = logpx + log_prior - log_q(mean.detach(), log_std.detach())
+    wt = torch.softmax(logw_stop.detach(), 1)
+    return bound, (wt * wt * logw_stop).sum(1)
+
+
+def objective_backward(enc, dec, bound, surrogate):
+    """Sets .grad of every parameter to d(-mean bound)/d(param); DReG's encoder gradient when surrogate."""
+    if surrogate is None:
+        (-bound.mean()).backward()
+        return
+    dec_g = torch.autograd.grad(-bound.mean(), dec, retain_graph=True)
+    enc_g = torch.autograd.grad(-surrogate.mean(), enc)
+    for p, g in zip(enc + dec, list(enc_g) + list(dec_g)):
+        p.grad = g
+
+
 @torch.no_grad()
-def evaluate(enc, dec, test_pixels, k, seed, device, latent, chunk=100):
+def evaluate(enc, dec, test_pixels, k, seed, device, latent, chunk=100, activation="relu"):
     """Test ELBO and importance-sampled NLL (K samples) on a fixed seeded binarization.
 
     test_elbo = mean over images of [mean_k log p(x|z_k)] - KL  (analytic KL, same estimand as training).
@@ -233,10 +298,10 @@ def evaluate(enc, dec, test_pixels, k, seed, device, latent, chunk=100):
         x = xb[s:s + chunk].to(device)
         B = x.shape[0]
         eps = torch.randn(k, B, latent, generator=gen).to(device)
-        h = mlp(enc, x)
+        h = mlp(enc, x, activation)
         mean, log_std = h[:, :latent], h[:, latent:]
         z = mean.unsqueeze(0) + torch.exp(log_std).unsqueeze(0) * eps          # [K,B,L]
-        f = mlp(dec, z.reshape(k * B, latent)).reshape(k, B, -1)             # [K,B,784]
+        f = mlp(dec, z.reshape(k * B, latent), activation).reshape(k, B, -1)  # [K,B,784]
         logp = (x.unsqueeze(0) * f - F.softplus(f)).sum(2)                   # [K,B]
         log_prior = (-0.5 * z * z - 0.5 * LOG_2PI).sum(2)
         log_q = (-0.5 * eps * eps - log_std.unsqueeze(0) - 0.5 * LOG_2PI).sum(2)
@@ -266,6 +331,13 @@ def parse_args(argv=None):
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", default="200,200", help="comma-separated hidden layer widths (encoder; decoder mirrors)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--adam-eps", type=float, default=1e-8, help="Adam's epsilon (the IWAE paper: 1e-4)")
+    p.add_argument("--objective", choices=["elbo", "iwae", "iwae-dreg"], default="elbo",
+                   help="the trained bound (see the module docstring)")
+    p.add_argument("--samples", type=int, default=1, help="K: samples of z per image")
+    p.add_argument("--activation", choices=["relu", "tanh"], default="relu", help="hidden layers' nonlinearity")
+    p.add_argument("--init", choices=["small-normal", "glorot"], default="small-normal",
+                   help="parameter initialization (see the module docstring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shuffle", action="store_true", help="reshuffle the training set every epoch")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many training steps in total (0 = no limit)")
@@ -284,9 +356,11 @@ def parse_args(argv=None):
         p.error("--hidden must be comma-separated integers, e.g. 200,200")
     if not a.hidden_sizes or min(a.hidden_sizes) <= 0:
         p.error("--hidden needs at least one positive width")
-    for name in ("epochs", "batch_size", "latent_dim"):
+    for name in ("epochs", "batch_size", "latent_dim", "samples"):
         if getattr(a, name) <= 0:
             p.error("--%s must be positive" % name.replace("_", "-"))
+    if a.adam_eps <= 0:
+        p.error("--adam-eps must be positive")
     if a.max_steps < 0 or a.eval_k < 0 or a.eval_limit < 0 or a.threads < 0:
         p.error("--max-steps, --eval-k, --eval-limit and --threads must be >= 0")
     return a
@@ -339,23 +413,34 @@ def main(argv=None):
         sys.exit("error: --batch-size %d exceeds the training set size %d" % (B, N))
     dropped = N - steps_per_epoch * B
     L = args.latent_dim
+    K = args.samples
+    bound_name = "elbo" if args.objective == "elbo" and K == 1 else \
+        ("elbo" if args.objective == "elbo" else "iwae") + "-%d" % K
     print("data %s: train %d, test %d; batch %d, %d steps/epoch%s; latent %d, hidden %s, lr %g, seed %d%s"
           % (data_dir, N, test_np.shape[0], B, steps_per_epoch,
              (" (last %d images dropped)" % dropped) if dropped else "",
              L, args.hidden_sizes, args.lr, args.seed, ", shuffle" if args.shuffle else ""), flush=True)
+    print("objective %s, K %d (bound %s); activation %s; init %s; Adam eps %g"
+          % (args.objective, K, bound_name, args.activation, args.init, args.adam_eps), flush=True)
 
     init_gen = torch.Generator().manual_seed(args.seed)
-    enc = init_mlp([784] + args.hidden_sizes + [2 * L], init_gen, device)
-    dec = init_mlp([L] + args.hidden_sizes[::-1] + [784], init_gen, device)
-    opt = torch.optim.Adam(enc + dec, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    output_bias = None
+    if args.init == "glorot":
+        m = torch.from_numpy(train_np.astype(np.float64).mean(0)).clamp(0.001, 0.999)
+        output_bias = torch.log(m / (1.0 - m))
+    enc = init_mlp([784] + args.hidden_sizes + [2 * L], init_gen, device, args.init)
+    dec = init_mlp([L] + args.hidden_sizes[::-1] + [784], init_gen, device, args.init, output_bias)
+    opt = torch.optim.Adam(enc + dec, lr=args.lr, betas=(0.9, 0.999), eps=args.adam_eps)
     # Training noise (binarization, eps, shuffling) comes from a device generator.
     noise_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
     train = torch.from_numpy(np.ascontiguousarray(train_np)).to(device)
 
-    loss_fn = train_loss
+    def forward_fn(enc, dec, pix, u, eps):
+        return objective_forward(enc, dec, pix, u, eps, args.objective, K, args.activation)
+    loss_fn = forward_fn
     if args.compile:
         try:
-            loss_fn = torch.compile(train_loss)
+            loss_fn = torch.compile(forward_fn)
         except Exception as e:  # pragma: no cover
             sys.exit("error: torch.compile failed: %s" % e)
 
@@ -378,12 +463,12 @@ def main(argv=None):
                 break
             pix = train[order[i * B:(i + 1) * B]] if order is not None else train[i * B:(i + 1) * B]
             u = torch.rand(pix.shape, generator=noise_gen, device=device)
-            eps = torch.randn(B, L, generator=noise_gen, device=device)
+            eps = torch.randn(B * K, L, generator=noise_gen, device=device)  # K = 1: the seed's draw
             opt.zero_grad(set_to_none=True)
-            loss, elbo = loss_fn(enc, dec, pix, u, eps)
-            loss.backward()
+            bound, surrogate = loss_fn(enc, dec, pix, u, eps)
+            objective_backward(enc, dec, bound, surrogate)
             opt.step()
-            elbo_acc += elbo
+            elbo_acc += bound.detach().mean()
             nsteps += 1
             step += 1
         if nsteps == 0:
@@ -393,11 +478,13 @@ def main(argv=None):
         secs = time.perf_counter() - t0
         sps = nsteps * B / secs
         if not math.isfinite(mean_elbo):
-            print("epoch %3d  ELBO is %s -- diverged" % (epoch, mean_elbo), flush=True)
-        print("epoch %3d  elbo %10.4f  %8.2f s  %10.1f samples/s  (%d steps)"
-              % (epoch, mean_elbo, secs, sps, nsteps), flush=True)
-        history.append({"epoch": epoch, "elbo": mean_elbo, "seconds": secs, "samples_per_s": sps,
-                        "steps": nsteps})
+            print("epoch %3d  %s is %s -- diverged" % (epoch, bound_name, mean_elbo), flush=True)
+        print("epoch %3d  %s %10.4f  %8.2f s  %10.1f samples/s  (%d steps)"
+              % (epoch, bound_name, mean_elbo, secs, sps, nsteps), flush=True)
+        row = {"epoch": epoch, "bound": mean_elbo, "seconds": secs, "samples_per_s": sps, "steps": nsteps}
+        if args.objective == "elbo":
+            row["elbo"] = mean_elbo  # the name tools/agreement_torch.sh reads
+        history.append(row)
         if stop:
             break
     train_secs = sum(h["seconds"] for h in history)
@@ -414,7 +501,8 @@ def main(argv=None):
             test = test[:args.eval_limit]
         sync()
         t0 = time.perf_counter()
-        test_elbo, test_nll = evaluate(enc, dec, test, args.eval_k, args.seed, device, L)
+        test_elbo, test_nll = evaluate(enc, dec, test, args.eval_k, args.seed, device, L,
+                                       activation=args.activation)
         sync()
         eval_secs = time.perf_counter() - t0
         print("test (%d images, K=%d): elbo %.4f  NLL %.4f nats/example  (%.1f s)"
@@ -424,8 +512,11 @@ def main(argv=None):
         summary = {
             "tool": "tools/torch_reference.py",
             "config": {"data": data_dir, "epochs": args.epochs, "batch_size": B, "latent_dim": L,
-                       "hidden": args.hidden_sizes, "lr": args.lr, "adam_betas": [0.9, 0.999], "adam_eps": 1e-8,
-                       "init_std": 0.01, "seed": args.seed, "shuffle": args.shuffle,
+                       "hidden": args.hidden_sizes, "lr": args.lr, "adam_betas": [0.9, 0.999],
+                       "adam_eps": args.adam_eps, "objective": args.objective, "samples": K,
+                       "bound": bound_name, "activation": args.activation, "init": args.init,
+                       "init_std": 0.01 if args.init == "small-normal" else None,
+                       "seed": args.seed, "shuffle": args.shuffle,
                        "max_steps": args.max_steps, "device": str(device), "compile": args.compile,
                        "threads": torch.get_num_threads(), "eval_k": args.eval_k,
                        "eval_limit": args.eval_limit, "steps_per_epoch": steps_per_epoch,

@@ -25,7 +25,8 @@ void check_writable_file_path(const std::string& path);
 
 // Removes the temporaries of write_file_atomically in `dir` whose writer is
 // dead ("<name>.tmp.<pid>" where <name> is a file vae writes there: the
-// model, checkpoint, metrics.csv, task_3_*.png; a regular file; kill(pid, 0)
+// model, checkpoint, metrics.csv, task_3_*.png, training_curve.png,
+// manifold.png, latents.png, latents.csv; a regular file; kill(pid, 0)
 // says ESRCH): a run killed mid-write leaves one, and the next run's PID
 // differs. Files of live processes and every other name are left. Returns
 // how many went.

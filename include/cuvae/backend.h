@@ -21,8 +21,6 @@
 
 namespace cuvae {
 
-enum class Activation { kIdentity, kRelu };
-
 // What a backend keeps between runs of one fixed sequence of its calls (a
 // training step): the CUDA backend's CUDA Graph (step_graph.h).
 class StepRecording {
@@ -48,6 +46,9 @@ class Backend {
   // True when backend memory is host memory (the CPU), so host data can be
   // handed to the backend's operations as it is, without a copy.
   virtual bool memory_is_host() const { return false; }
+  // The backend's memory in bytes (the CPU's physical memory, a GPU's), for
+  // refusing a configuration that cannot fit; 0 where unknown.
+  virtual size_t memory_bytes() const { return 0; }
 
   // ---- memory
   virtual void* allocate(size_t bytes) = 0;
@@ -66,9 +67,12 @@ class Backend {
   virtual void bias_activation_forward(float* y, const float* bias, int rows, int cols,
                                        Activation act) = 0;
   // dy[r][c] *= act'(y[r][c]) in place (y is the layer's output), then
-  // dbias[c] = sum_r dy[r][c]: the layer's backward epilogue.
+  // dbias[c] = sum_r dy[r][c]: the layer's backward epilogue. If row_scale
+  // is not null, row r of dy is first multiplied by row_scale[r] (the IWAE
+  // objectives' per-sample weights on the decoder's output gradient).
   virtual void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows,
-                                             int cols, Activation act) = 0;
+                                             int cols, Activation act,
+                                             const float* row_scale) = 0;
 
   // ---- whole dense layers (what the model calls; a backend may fuse them)
   // y = act(x W + b): x is rows x in, W in x out, y rows x out. `mask` is
@@ -108,25 +112,54 @@ class Backend {
   // out[i] = standard normal element (first_index + i) of `key`.
   virtual void fill_normal(float* out, size_t count, uint64_t first_index,
                            const RandomKey& key) = 0;
-  // encoder_out is rows x 2L (mean | log_std). z = mean + exp(log_std) eps;
-  // row_kl[r] = sum_j KL term; if row_log_ratio is not null it receives
-  // sum_j log p(z) - log q(z|x) (for importance sampling).
-  virtual void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows,
-                                         int latent, float* z, float* row_kl,
+  // K samples per image (samples = K; K = 1 is the seed's one sample).
+  // encoder_out is images x 2L (mean | log_std); eps, z and row_log_ratio
+  // have images * K rows, sample k of image b in row b K + k:
+  //   z = mean_b + exp(log_std_b) eps;  row_kl[b] = sum_j KL term (analytic), if not null;
+  //   row_log_ratio[b K + k] = sum_j log p(z) - log q(z|x), if not null.
+  virtual void reparameterize_kl_forward(const float* encoder_out, const float* eps, int images,
+                                         int samples, int latent, float* z, float* row_kl,
                                          float* row_log_ratio) = 0;
-  // d_encoder_out (rows x 2L) from dz, with KL weight kl_scale.
+  // The K-sample ELBO's backward: d_encoder_out (images x 2L) from dz
+  // (images * K rows, each the decoder's gradient), plus the analytic KL's
+  // gradient with weight kl_scale:
+  //   d mean_b    = sum_k dz_bk + kl_scale mean_b
+  //   d log_std_b = sum_k dz_bk exp(log_std_b) eps_bk + kl_scale expm1(2 log_std_b)
   virtual void reparameterize_kl_backward(const float* dz, const float* encoder_out,
-                                          const float* eps, int rows, int latent, float kl_scale,
-                                          float* d_encoder_out) = 0;
-  // row_logprob[r] = sum_j log p(x[r][j] | logits[r][j]); if dlogits is not
-  // null, dlogits = -grad_scale * d(log p)/d(logits) = grad_scale (sigma - x).
+                                          const float* eps, int images, int samples, int latent,
+                                          float kl_scale, float* d_encoder_out) = 0;
+  // row_logprob[r] = sum_j log p(x[r / samples][j] | logits[r][j]) for the
+  // rows x cols logits (x has rows / samples rows: sample rows share their
+  // image); if dlogits is not null, dlogits = -grad_scale * d(log p)/d(logits)
+  // = grad_scale (sigma - x).
   virtual void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows,
-                                          int cols, float grad_scale, float* dlogits,
-                                          float* row_logprob) = 0;
-  // *accumulator += sum_r (row_logprob[r] - row_kl[r]), in double, in a fixed
-  // order: the ELBO sum stays on the device until the caller reads it.
-  virtual void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows,
-                               double* accumulator) = 0;
+                                          int cols, int samples, float grad_scale,
+                                          float* dlogits, float* row_logprob) = 0;
+  // *accumulator += sum_b ((1/K) sum_k row_logprob[b K + k] - row_kl[b]) in
+  // double, in a fixed order (row_kl may be null: no KL term); the sum stays
+  // on the device until the caller reads it. With K = 1 and no KL, it adds
+  // row_logprob's values: the per-image bounds of importance_weights.
+  virtual void accumulate_elbo(const float* row_logprob, const float* row_kl, int images,
+                               int samples, double* accumulator) = 0;
+  // The K-sample importance-weighted bound of each image (vae_math.h):
+  // log w_bk = row_logprob[b K + k] + row_log_ratio[b K + k];
+  // row_bound[b] = log (1/K) sum_k w_bk, max-shifted, its sum in double;
+  // weights[b K + k] = w~_bk = w_bk / sum_j w_bj if weights is not null.
+  virtual void importance_weights(const float* row_logprob, const float* row_log_ratio,
+                                  int images, int samples, float* weights, float* row_bound) = 0;
+  // The IWAE (dreg false) or DReG (dreg true) backward to the encoder
+  // outputs, for loss = -scale sum_b L_K(b): dz (images * K rows) from the
+  // decoder, whose Bernoulli gradient had weight scale * w~_bk on row b K + k;
+  // z, eps and weights are the forward's. With
+  // dz'_bk = importance_weighted_dz(dz_bk, z_bk, eps_bk, sigma_b, w~_bk, scale, dreg):
+  //   d mean_b    = sum_k dz'_bk
+  //   d log_std_b = sum_k dz'_bk sigma_b eps_bk - (dreg ? 0 : scale)
+  // (IWAE's -scale: log w's explicit + log_std, weighted by sum_k w~_bk = 1.)
+  virtual void importance_weighted_latent_backward(const float* dz, const float* encoder_out,
+                                                   const float* eps, const float* z,
+                                                   const float* weights, int images, int samples,
+                                                   int latent, float scale, bool dreg,
+                                                   float* d_encoder_out) = 0;
   // One Adam step over the whole flat parameter buffer.
   virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                          const AdamStep& step) = 0;
@@ -158,6 +191,25 @@ class Backend {
   virtual bool set_gemm_epilogues(bool on) { return !on; }
   // Since the backend was made; all zero where set_gemm_epilogues is off.
   virtual DenseFusionCounts dense_fusion_counts() const { return {}; }
+
+  // ---- work off the critical path (the CUDA backend's two-branch step)
+  // The calls between begin_side_branch() and end_side_branch() may run
+  // concurrently with the calls after them, up to join_side_branches(); the
+  // CUDA backend with set_two_branch(true) runs them on a second stream,
+  // forked from its main one at begin and joined at the join (in a CUDA
+  // Graph step: a second branch of the graph). The caller promises that no
+  // call between begin and the join writes what a side call reads, or reads
+  // or writes what a side call writes. The model: each layer's weight-gradient
+  // GEMM goes on the side branch (nothing below reads it), and the join comes
+  // before anything reads the gradients (Adam). Side branches do not nest; a
+  // recorded step must end joined. No-ops where the calls run in order (the
+  // CPU, and the CUDA backend by default).
+  virtual void begin_side_branch() {}
+  virtual void end_side_branch() {}
+  virtual void join_side_branches() {}
+  // Side-branch calls on a second stream (the CUDA backend); false if this
+  // backend cannot do what is asked. Not inside a step.
+  virtual bool set_two_branch(bool on) { return !on; }
 };
 
 // A typed backend allocation, freed on destruction.

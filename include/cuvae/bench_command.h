@@ -17,6 +17,11 @@ struct BenchOptions {
   bool tf32 = false;        // TF32 GEMMs on the CUDA backend
   bool gemm_epilogues = false;  // dense layers with cuBLASLt epilogues (CUDA)
   bool cuda_graph = true;   // replay the step as a CUDA Graph
+  bool two_branch_graph = false;  // weight gradients on a second stream (CUDA)
+  // The step's objective (samples = K per image) and hidden activation.
+  std::string objective = "elbo";
+  int samples = 1;
+  std::string activation = "relu";
 };
 
 // Prints, per backend and batch size: samples/s (median of the repetitions,

@@ -42,23 +42,32 @@ void fill_normal(float* out, size_t count, uint64_t first_index, RandomKey key,
 void bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,
                              const LaunchTarget& on);
 // `scratch` holds bias_grad_scratch_floats(rows, cols) floats (per-chunk
-// column sums, added in a fixed order by a second kernel).
+// column sums, added in a fixed order by a second kernel); row_scale may be
+// null (no per-row scaling).
 void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
-                                   Activation act, float* scratch, const LaunchTarget& on);
+                                   Activation act, const float* row_scale, float* scratch,
+                                   const LaunchTarget& on);
 size_t bias_grad_scratch_floats(int rows, int cols);
-// kernels/reparameterize_kl.cu
-void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
-                               float* z, float* row_kl, float* row_log_ratio,
+// kernels/reparameterize_kl.cu (K = samples per image; rows b K + k)
+void reparameterize_kl_forward(const float* encoder_out, const float* eps, int images, int samples,
+                               int latent, float* z, float* row_kl, float* row_log_ratio,
                                const LaunchTarget& on);
 void reparameterize_kl_backward(const float* dz, const float* encoder_out, const float* eps,
-                                int rows, int latent, float kl_scale, float* d_encoder_out,
-                                const LaunchTarget& on);
+                                int images, int samples, int latent, float kl_scale,
+                                float* d_encoder_out, const LaunchTarget& on);
 // kernels/bernoulli_logprob.cu
 void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, int cols,
-                                float grad_scale, float* dlogits, float* row_logprob,
+                                int samples, float grad_scale, float* dlogits, float* row_logprob,
                                 const LaunchTarget& on);
-void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows, double* accumulator,
-                     const LaunchTarget& on);
+void accumulate_elbo(const float* row_logprob, const float* row_kl, int images, int samples,
+                     double* accumulator, const LaunchTarget& on);
+// kernels/importance_weights.cu
+void importance_weights(const float* row_logprob, const float* row_log_ratio, int images,
+                        int samples, float* weights, float* row_bound, const LaunchTarget& on);
+void importance_weighted_latent_backward(const float* dz, const float* encoder_out,
+                                         const float* eps, const float* z, const float* weights,
+                                         int images, int samples, int latent, float scale,
+                                         bool dreg, float* d_encoder_out, const LaunchTarget& on);
 // kernels/adam.cu
 void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                const AdamStep& step, const LaunchTarget& on);

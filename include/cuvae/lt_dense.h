@@ -54,7 +54,8 @@ class LtDense {
   }
 
   // y = act(x W + b), and for ReLU with a mask, the mask. False: not done
-  // (no cuBLASLt algorithm); the caller runs the unfused layer.
+  // (an activation other than identity or ReLU, e.g. tanh, or no cuBLASLt
+  // algorithm); the caller runs the unfused layer.
   bool forward(const float* x, const float* w, const float* b, int rows, int in, int out,
                Activation act, float* y, void* mask, StepGraph* graph);
   // dx = (da W^T) * relu'(x) and x_dbias = column sums of dx, where x_mask

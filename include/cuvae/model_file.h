@@ -3,9 +3,10 @@
 //
 // Tensors: "<net>.<i>.weight" [in, out] (y = x @ weight + bias) and
 // "<net>.<i>.bias" [out], net = encoder | decoder. Metadata: format
-// "cuvae-vae/1", input_dim, hidden ("200,200"), latent_dim,
-// encoder_output ("mean|log_std"), and whatever the writer adds (seed,
-// epochs, commit).
+// "cuvae-vae/1", input_dim, hidden ("200,200"), latent_dim, activation
+// ("relu" or "tanh"; absent in older files: relu), encoder_output
+// ("mean|log_std"), and whatever the writer adds (vae train: seed, epochs,
+// objective, samples, init, schedule, commit).
 #pragma once
 
 #include <map>

@@ -10,6 +10,18 @@
 // Our counter layout: key = the run's 64-bit seed; counter = (group of four
 // elements: 64 bits, step: 56 bits, stream: 8 bits). Each purpose (init,
 // binarization, eps, ...) has its own stream, so they never share numbers.
+//
+// This is exactly cuRAND's Philox4_32_10 layout, which the CUDA kernels draw
+// from (include/cuvae/curand_block.h). curand_init(seed, subsequence, offset)
+// (curand_kernel.h, curand_philox4x32_x.h) sets key = (seed low 32 bits,
+// seed high 32), counter words 2-3 = subsequence (low, high) and words 0-1 =
+// offset / 4, and curand4 then returns the block for that counter. So
+//   random_block(key, g) = curand4 after curand_init(key.seed,
+//                          curand_subsequence(key), curand_offset(g))
+// with subsequence = stream << 56 | step (its low 56 bits) and offset = 4 g
+// (g < 2^62, as every group of a 64-bit element index is).
+// tests/test_curand_mapping.cpp checks this against cuRAND's own functions,
+// compiled for the host, and known answers.
 #pragma once
 
 #include <cmath>
@@ -74,6 +86,13 @@ CUVAE_HD Philox4 random_block(const RandomKey& key, uint64_t group) {
   return philox4x32_10(counter, static_cast<uint32_t>(key.seed),
                        static_cast<uint32_t>(key.seed >> 32));
 }
+
+// cuRAND's (subsequence, offset) for random_block(key, group): see the top.
+CUVAE_HD uint64_t curand_subsequence(const RandomKey& key) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(key.stream) & 0xFFu) << 56) |
+         (key.step & 0x00FFFFFFFFFFFFFFull);
+}
+CUVAE_HD uint64_t curand_offset(uint64_t group) { return group * 4; }
 
 // Uniform in [0, 1): the top 24 bits, so every value is exact in float.
 CUVAE_HD float uniform_from_bits(uint32_t bits) {

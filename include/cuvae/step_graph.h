@@ -13,7 +13,11 @@
 //    replay can be prepared while the last one runs);
 //  - a call that cannot be updated (a cuBLAS GEMM, whose kernels we do not
 //    own) must repeat exactly; a difference is a programming error and
-//    throws rather than replaying something else.
+//    throws rather than replaying something else;
+//  - with the two-branch step (Backend::begin_side_branch), every call must
+//    be on the branch it was captured on, with the forks and joins in the
+//    same places (`branches`, step_branches.h): the graph's dependencies are
+//    those of the captured step.
 // Only for .cu files and the CUDA backend.
 #pragma once
 
@@ -26,6 +30,7 @@
 #include <vector>
 
 #include "cuvae/backend.h"
+#include "cuvae/step_branches.h"
 
 namespace cuvae {
 
@@ -64,6 +69,10 @@ class StepGraph final : public StepRecording {
   size_t recorded_calls() const { return calls_.size(); }
 
   bool warmed_up = false;  // the step has run once without the graph
+  // The captured step's branch structure (recorded by begin_capture ..
+  // end_capture, checked by begin_replay .. end_replay); the backend adds
+  // the forks, ends and joins, kernel() and call() the calls.
+  StepBranches branches;
 
  private:
   struct Call {

@@ -15,6 +15,13 @@ struct TrainOptions {
   int latent_dim = 50;
   std::string hidden = "200,200";
   double lr = 1e-3;
+  double adam_eps = 1e-8;
+  std::string objective = "elbo";      // elbo, iwae, iwae-dreg
+  int samples = 1;                     // K
+  std::string activation = "relu";     // relu, tanh
+  std::string init = "small-normal";   // small-normal, glorot
+  std::string schedule = "constant";   // constant, iwae
+  int eval_every = 0;                  // epochs between test-set bounds; 0: never
   uint64_t seed = 0;
   int64_t max_steps = 0;      // 0: no limit; counts the whole run, resumed or not
   bool shuffle = false;
@@ -25,6 +32,7 @@ struct TrainOptions {
   bool tf32 = false;
   bool gemm_epilogues = false;  // cuBLASLt epilogues (CUDA); changes summation order
   bool cuda_graph = true;
+  bool two_branch_graph = false;  // weight gradients on a second stream (CUDA); the same GEMMs
   std::string resident_data = "auto";  // auto, on, off
 
   // Which flags were given explicitly: when resuming, those that must agree
@@ -32,7 +40,9 @@ struct TrainOptions {
   // the checkpoint's.
   bool given_batch_size = false, given_latent_dim = false, given_hidden = false,
        given_lr = false, given_seed = false, given_shuffle = false, given_out = false,
-       given_epochs = false, given_max_steps = false;
+       given_epochs = false, given_max_steps = false, given_adam_eps = false,
+       given_objective = false, given_samples = false, given_activation = false,
+       given_init = false, given_schedule = false;
 };
 
 // Runs training as the options say, printing progress to stdout. Returns the

@@ -1,5 +1,6 @@
 // Training: batches in dataset order (or reshuffled each epoch), dynamic
-// binarization, one sample of eps per example, Adam over the flat buffer.
+// binarization, K samples of eps per example, the objective's gradient, Adam
+// over the flat buffer at the schedule's learning rate.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "cuvae/idx.h"
+#include "cuvae/schedule.h"
 #include "cuvae/vae_model.h"
 
 namespace cuvae {
@@ -20,7 +22,10 @@ struct TrainConfig {
   int batch_size = 200;
   uint64_t seed = 0;
   bool shuffle = false;
-  AdamConfig adam;
+  AdamConfig adam;  // adam.lr is the schedule's base rate
+  ObjectiveConfig objective;
+  InitScheme init = InitScheme::kSmallNormal;
+  Schedule schedule = Schedule::kConstant;
 };
 
 // How a step runs; none of this changes the numbers a run computes (the
@@ -56,12 +61,15 @@ class Trainer {
   uint64_t steps_done() const { return step_; }
 
   // One training step on the next batch: binarize it afresh, draw eps, compute
-  // the ELBO and its gradient, take an Adam step. The batch's ELBO sum is
-  // added to an accumulator that stays on the device.
+  // the objective and its gradient, take an Adam step. The batch's bound sum
+  // is added to an accumulator that stays on the device.
   void step();
+  // The learning rate of the next step (the schedule's, for its epoch).
+  double learning_rate() const;
 
-  // The mean ELBO per example over the steps since the last take (reads the
-  // device accumulator once), then resets it.
+  // The mean bound (ELBO or IWAE bound, as trained) per example over the
+  // steps since the last take (reads the device accumulator once), then
+  // resets it.
   double take_mean_elbo();
   // The same without resetting (for a progress line).
   double peek_mean_elbo() const;
@@ -105,6 +113,17 @@ class Trainer {
   std::string data_note_;                   // why not resident, for describe_step
   std::unique_ptr<StepRecording> recording_;
 };
+
+// The mean of each pixel over the images, in [0, 1] (--init glorot's
+// decoder output bias).
+std::vector<double> pixel_means(const IdxImages& images);
+
+// The bytes a model for `images` images of `samples` samples needs (the
+// parameters, Adam's moments and every activation and gradient buffer), and
+// a check that it fits the backend's memory (an error naming --samples and
+// --batch-size and the bytes needed where it does not).
+size_t model_bytes(const Architecture& arch, int images, int samples);
+void check_model_fits(const Backend& backend, const Architecture& arch, int images, int samples);
 
 // A random permutation of 0..n-1 for epoch `epoch` (Fisher-Yates driven by
 // the kShuffle stream): a function of (seed, epoch) alone.

@@ -287,6 +287,74 @@ CUVAE_HD float binarize(uint8_t pixel, float u) {
 CUVAE_HD float relu(float a) { return positive_part(a); }
 CUVAE_HD float relu_backward(float dy, float y) { return y > 0.0f ? dy : 0.0f; }
 
+// tanh(a) = sign(a) (1 - e^-2|a|) / (1 + e^-2|a|) = -sign(a) t / (2 + t),
+// t = expm1(-2|a|) in (-1, 0]: expm1 keeps the small-|a| digits that
+// 1 - e^-2|a| would cancel (tanh(a) ~ a there), and e^-2|a| cannot overflow.
+// Branch-free on the host (the loops vectorize); tanhf on the device.
+CUVAE_HD float tanh_activation(float a) {
+#if defined(__CUDA_ARCH__)
+  return tanhf(a);
+#else
+  const float t = expm1_accurate(-2.0f * fabsf(a));
+  const float magnitude = -t / (2.0f + t);
+  return a < 0.0f ? -magnitude : magnitude;
+#endif
+}
+// d tanh(a)/da = 1 - tanh(a)^2, from the layer's output y = tanh(a).
+CUVAE_HD float tanh_backward(float dy, float y) { return dy * (1.0f - y * y); }
+
+// A hidden layer's nonlinearity (the seed's ReLU, the IWAE paper's tanh), or
+// none for the output layers.
+enum class Activation { kIdentity, kRelu, kTanh };
+
+CUVAE_HD float activate(float a, Activation act) {
+  return act == Activation::kRelu ? relu(a) : act == Activation::kTanh ? tanh_activation(a) : a;
+}
+// dy * act'(a), from the output y = act(a).
+CUVAE_HD float activation_backward(float dy, float y, Activation act) {
+  return act == Activation::kRelu   ? relu_backward(dy, y)
+         : act == Activation::kTanh ? tanh_backward(dy, y)
+                                    : dy;
+}
+
+// ---------------------------------------------------------------------------
+// K importance samples per image (Burda, Grosse & Salakhutdinov, ICLR 2016).
+//
+// Image b has K log-weights log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)
+// (z_k = mean + exp(log_std) eps_k). The K-sample bound and its gradient:
+//   L_K     = log (1/K) sum_k w_k = m + log(sum_k exp(log w_k - m)) - log K,
+//             m = max_k log w_k (nothing exponentiated is above 1: no overflow,
+//             and the largest term is exactly 1: no underflow of the sum)
+//   dL_K    = sum_k w~_k d log w_k,   w~_k = exp(log w_k - m) / sum_j exp(log w_j - m)
+// The sum of exponentials is added in double: K = 5000 terms in float would
+// lose ~3 of its 7 digits.
+
+// exp(log w - m), the max-shifted weight; its argument is <= 0.
+CUVAE_HD double shifted_importance_weight(float log_w, float max_log_w) {
+  return static_cast<double>(exp_nonpositive(log_w - max_log_w));
+}
+
+// L_K from m, the sum of the shifted weights and K.
+CUVAE_HD double log_mean_exp_from(float max_log_w, double shifted_sum, int samples) {
+  return static_cast<double>(max_log_w) + log(shifted_sum) - log(static_cast<double>(samples));
+}
+
+// The loss's gradient with respect to one sample's z_k, given dz_k from the
+// decoder (the decoder's backward ran with weight scale * w~_k on that sample's
+// Bernoulli gradient), for loss = -scale * L_K (scale = 1/B):
+//   IWAE: log w_k also depends on z_k through log p(z_k) = -z_k^2/2 + c:
+//           dz_k += scale w~_k z_k
+//   DReG (Tucker, Lawson, Gu & Maddison, ICLR 2019), encoder's gradient
+//   sum_k w~_k^2 d log w_k / d z_k dz_k/dphi, with q's parameters held fixed in
+//   log q, so d log q / d z_k = -(z_k - mean)/sigma^2 = -eps_k/sigma:
+//           dz_k = w~_k dz_k + scale w~_k^2 (z_k - eps_k / sigma)
+//   (w~_k dz_k turns the decoder's w~_k weighting into w~_k^2).
+CUVAE_HD float importance_weighted_dz(float dz, float z, float eps, float sigma, float weight,
+                                      float scale, bool dreg) {
+  return dreg ? weight * dz + scale * weight * weight * (z - eps / sigma)
+              : dz + scale * weight * z;
+}
+
 // Adam's hyper-parameters for one step t (1-based). 1 - beta and the bias
 // corrections 1 - beta^t are computed once per step on the host, in double:
 // in float, 1 - 0.999f is 0.00099998713, off by 1.3e-5 relative.

@@ -1,10 +1,18 @@
 // The VAE: architecture, the flat parameter layout, and the forward and
 // backward passes, written once against the Backend interface.
 //
-// Encoder (recognition net): input -> hidden... -> 2L, ReLU on hidden layers,
-// linear output; the first L outputs are the posterior mean, the last L its
-// log standard deviation. Decoder (generator): L -> hidden... -> input, ReLU
-// hidden, linear output = Bernoulli logits. A dense layer computes
+// Encoder (recognition net): input -> hidden... -> 2L, ReLU (the seed) or
+// tanh (the IWAE paper) on hidden layers, linear output; the first L outputs
+// are the posterior mean, the last L its log standard deviation. Decoder
+// (generator): L -> hidden... -> input, the same hidden activation, linear
+// output = Bernoulli logits.
+//
+// Objectives for K samples z_k ~ q(z|x) per image (vae_math.h has the math):
+//   elbo       (1/K) sum_k log p(x|z_k) - KL(q(z|x) || p(z))   (analytic KL)
+//   iwae       log (1/K) sum_k w_k, w_k = p(x|z_k) p(z_k) / q(z_k|x)
+//   iwae-dreg  the same bound, the encoder's gradient by DReG (Tucker et al. 2019)
+// The encoder runs on B rows, the decoder on B K (sample k of image b in row
+// b K + k). A dense layer computes
 // y = x W + b with W stored [in, out] row-major (the seed's np.dot(x, W) + b).
 //
 // All parameters live in one flat buffer, encoder layers then decoder layers,
@@ -23,6 +31,7 @@ struct Architecture {
   int input_dim = 784;
   std::vector<int> hidden = {200, 200};
   int latent_dim = 50;
+  Activation activation = Activation::kRelu;  // of the hidden layers
 
   std::vector<int> encoder_widths() const;  // input, hidden..., 2L
   std::vector<int> decoder_widths() const;  // L, hidden..., input
@@ -38,6 +47,34 @@ struct Architecture {
 // "200,200" -> {200, 200}; throws cuvae::Error naming `what` on anything else.
 std::vector<int> parse_widths(const std::string& text, const std::string& what);
 std::string format_widths(const std::vector<int>& widths);
+
+// "relu" | "tanh" and back; throws cuvae::Error naming `what` otherwise.
+Activation parse_activation(const std::string& name, const std::string& what);
+std::string activation_name(Activation act);
+
+enum class Objective { kElbo, kIwae, kIwaeDreg };
+// "elbo" | "iwae" | "iwae-dreg" and back.
+Objective parse_objective(const std::string& name, const std::string& what);
+std::string objective_name(Objective objective);
+// What the epoch line and metrics.csv call the bound being trained:
+// "elbo" or "iwae-5" style names ("elbo-5" for the K = 5 ELBO).
+std::string bound_name(Objective objective, int samples);
+
+// The training objective and its K samples per image.
+struct ObjectiveConfig {
+  Objective objective = Objective::kElbo;
+  int samples = 1;
+  static constexpr int kMaxSamples = 100000;
+};
+
+// How the parameters start (stream kInit of the seed).
+enum class InitScheme {
+  kSmallNormal,  // the seed: every weight and bias 0.01 N(0,1)
+  kGlorot,       // the IWAE paper's code: Glorot-uniform weights, zero biases,
+                 // the decoder's output bias at the logit of the mean pixel
+};
+InitScheme parse_init(const std::string& name, const std::string& what);
+std::string init_name(InitScheme init);
 
 struct DenseLayer {
   int in = 0;
@@ -63,8 +100,8 @@ class ParameterLayout {
 };
 
 // A multilayer perceptron over a slice of the flat buffers. It owns the
-// activations of each layer (for the backward pass) and two gradient buffers
-// it alternates between layers.
+// activations of each layer (for the backward pass) and, below the top
+// layer, each layer's gradient with respect to its pre-activation.
 class Mlp {
  public:
   Mlp(Backend& backend, std::vector<DenseLayer> layers, int max_rows);
@@ -74,8 +111,10 @@ class Mlp {
   // Given the last forward's input and d_output = dloss/d(output) (rows x
   // out, overwritten), writes each layer's weight and bias gradient into
   // `grads` at the layer's offsets and, if d_input is not null, dloss/d(input).
+  // If row_scale is not null, row r of d_output is multiplied by
+  // row_scale[r] first.
   void backward(const float* params, float* grads, const float* input, float* d_output, int rows,
-                float* d_input);
+                float* d_input, const float* row_scale = nullptr);
 
  private:
   Backend& backend_;
@@ -83,7 +122,7 @@ class Mlp {
   int max_rows_;
   std::vector<DeviceArray<float>> outputs_;
   std::vector<DeviceArray<unsigned char>> masks_;  // per layer; empty on most backends
-  DeviceArray<float> scratch_[2];
+  std::vector<DeviceArray<float>> d_preactivations_;  // per layer; empty for the top
 };
 
 // Adam's hyper-parameters (the seed's defaults).
@@ -96,18 +135,22 @@ struct AdamConfig {
 
 class VaeModel {
  public:
-  // Buffers are sized for batches of up to max_rows.
-  VaeModel(Backend& backend, const Architecture& arch, int max_rows);
+  // Buffers are sized for batches of up to max_rows images with up to
+  // max_samples samples each (the decoder's max_rows * max_samples rows).
+  VaeModel(Backend& backend, const Architecture& arch, int max_rows, int max_samples = 1);
 
   const Architecture& architecture() const { return arch_; }
   const ParameterLayout& layout() const { return layout_; }
   Backend& backend() { return backend_; }
   int max_rows() const { return max_rows_; }
+  int max_samples() const { return max_samples_; }
 
-  // Every weight and bias 0.01 * N(0,1), drawn on the host from the run's
-  // seed (stream kInit), so both backends start from the same bits. Resets
-  // Adam's moments.
-  void initialize(uint64_t seed);
+  // The parameters as `init` says, drawn on the host from the run's seed
+  // (stream kInit), so both backends start from the same bits; resets Adam's
+  // moments. kGlorot needs pixel_means (input_dim values in [0, 1]) for the
+  // decoder's output bias.
+  void initialize(uint64_t seed, InitScheme init = InitScheme::kSmallNormal,
+                  const std::vector<double>* pixel_means = nullptr);
   std::vector<float> parameters() const;
   void set_parameters(const std::vector<float>& host_params);
   std::vector<float> gradients() const;
@@ -119,34 +162,49 @@ class VaeModel {
   // Decoder logits (rows x input_dim) of z (rows x L).
   const float* decode(const float* z, int rows);
 
-  // The ELBO of a batch with given noise: x (rows x input_dim, binary), eps
-  // (rows x L). Fills row_logprob() and row_kl() (and row_log_ratio() for
-  // importance sampling); with compute_gradients, gradients() receives
-  // d(-mean ELBO)/d(params).
-  void forward_backward(const float* x, const float* eps, int rows, bool compute_gradients);
+  // The objective of a batch with given noise: x (images x input_dim,
+  // binary), eps (images * K rows x L). Fills row_logprob() and
+  // row_log_ratio() (images * K rows), row_kl() (images rows) and, for the
+  // IWAE objectives, row_bound() and sample_weights(); with
+  // compute_gradients, gradients() receives d(-batch mean bound)/d(params).
+  void forward_backward(const float* x, const float* eps, int images,
+                        const ObjectiveConfig& objective, bool compute_gradients);
+  // The one-sample ELBO (the seed's objective).
+  void forward_backward(const float* x, const float* eps, int images, bool compute_gradients) {
+    forward_backward(x, eps, images, ObjectiveConfig{}, compute_gradients);
+  }
+  // *accumulator += the sum over the last forward's images of its bound.
+  void accumulate_bound(const ObjectiveConfig& objective, int images, double* accumulator);
   // One Adam step t (1-based) over the flat buffer with the last gradients.
   void adam_update(const AdamConfig& config, uint64_t t);
 
   const float* z() const { return z_.get(); }
+  // The encoder's output (images x 2L: mean | log_std) of the last forward_backward.
+  const float* encoder_output() const { return encoder_out_; }
   // The decoder's logits (rows x input_dim) of the last forward_backward.
   const float* logits() const { return logits_; }
   const float* row_logprob() const { return row_logprob_.get(); }
   const float* row_kl() const { return row_kl_.get(); }
   const float* row_log_ratio() const { return row_log_ratio_.get(); }
+  const float* row_bound() const { return row_bound_.get(); }
+  const float* sample_weights() const { return sample_weights_.get(); }
   float* params() { return params_.get(); }
 
  private:
   void check_rows(int rows) const;
+  void check_samples(int samples) const;
 
   Backend& backend_;
   Architecture arch_;
   ParameterLayout layout_;
   int max_rows_;
+  int max_samples_;
   DeviceArray<float> params_, grads_, adam_m_, adam_v_;
   Mlp encoder_, decoder_;
   DeviceArray<float> z_, dlogits_, dz_, d_encoder_out_;
-  DeviceArray<float> row_logprob_, row_kl_, row_log_ratio_;
+  DeviceArray<float> row_logprob_, row_kl_, row_log_ratio_, row_bound_, sample_weights_;
   const float* logits_ = nullptr;
+  const float* encoder_out_ = nullptr;
 };
 
 }  // namespace cuvae

@@ -4,7 +4,12 @@
 // memory (binarize_rows) or through pinned staging buffers on a second (copy)
 // stream, double-buffered and ordered with events, so the next batch's copy
 // overlaps this batch's compute (upload_and_binarize). A training step can be
-// recorded once as a CUDA Graph and replayed (run_step, step_graph.h).
+// recorded once as a CUDA Graph and replayed (run_step, step_graph.h). With
+// set_two_branch, the calls the model marks as off the critical path (its
+// weight-gradient GEMMs, Backend::begin_side_branch) run on a third (side)
+// stream with its own cuBLAS handle, workspace and bias-gradient scratch,
+// forked from and joined into the compute stream with events, so a captured
+// step is a graph of two branches.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -76,10 +81,19 @@ class CudaBackend final : public Backend {
     }
     CUVAE_CUDA_WARN(cudaEventDestroy(timing_start_));
     CUVAE_CUDA_WARN(cudaEventDestroy(timing_stop_));
+    if (side_.stream != nullptr) {
+      CUVAE_CUDA_WARN(cudaStreamSynchronize(side_.stream));
+      cublasDestroy(side_.cublas);
+      CUVAE_CUDA_WARN(cudaFree(side_.workspace));
+      CUVAE_CUDA_WARN(cudaFree(side_.bias_scratch.data));
+      CUVAE_CUDA_WARN(cudaEventDestroy(side_.forked));
+      CUVAE_CUDA_WARN(cudaEventDestroy(side_.done));
+      CUVAE_CUDA_WARN(cudaStreamDestroy(side_.stream));
+    }
     lt_.reset();
     cublasDestroy(cublas_);  // its status has no cudaError_t; nothing to do on failure
     CUVAE_CUDA_WARN(cudaFree(workspace_));
-    CUVAE_CUDA_WARN(cudaFree(bias_scratch_));
+    CUVAE_CUDA_WARN(cudaFree(bias_scratch_.data));
     CUVAE_CUDA_WARN(cudaStreamDestroy(compute_));
     CUVAE_CUDA_WARN(cudaStreamDestroy(copy_));
   }
@@ -123,21 +137,24 @@ class CudaBackend final : public Backend {
 
   void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
     not_in_a_step("copy_to_device");
+    join_before_host_wait("copy_to_device");  // the side branch may read dst
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, compute_));
     // A pageable source may be reused by the caller at once: wait.
     CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
     not_in_a_step("copy_to_host");
+    join_before_host_wait("copy_to_host");
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, compute_));
     CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
   void copy_on_device(void* dst, const void* src, size_t bytes) override {
     if (graph_ != nullptr && !graph_->call("cudaMemcpyAsync", call_key(dst, src, bytes))) return;
-    CUVAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, compute_));
+    CUVAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
   }
   void synchronize() override {
     not_in_a_step("synchronize");
+    join_before_host_wait("synchronize");
     CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
 
@@ -150,20 +167,27 @@ class CudaBackend final : public Backend {
                                               ldb, beta, c, ldc, tf32_))) {
       return;
     }
-    CUVAE_CUBLAS_CHECK(cublasSgemm(cublas_, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+    CUVAE_CUBLAS_CHECK(cublasSgemm(on_side() ? side_.cublas : cublas_, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b,
                                    ldb, a, lda, &beta, c, ldc));
   }
 
   void dense_forward(const float* x, const float* w, const float* b, int rows, int in, int out,
                      Activation act, float* y, void* mask) override {
-    if (gemm_epilogues_ && lt_->forward(x, w, b, rows, in, out, act, y, mask, graph_)) return;
+    // cuBLASLt's epilogues have bias and bias + ReLU, no tanh: LtDense::forward
+    // refuses a tanh layer (counted unfused), which then runs gemm + our kernel.
+    // LtDense runs on the compute stream: on the side branch, the unfused layer.
+    if (gemm_epilogues_ && !on_side() && lt_->forward(x, w, b, rows, in, out, act, y, mask, graph_)) {
+      return;
+    }
     Backend::dense_forward(x, w, b, rows, in, out, act, y, mask);
   }
   void dense_backward_input(const float* da, const float* w, int rows, int in, int out,
                             const float* x, const void* x_mask, Activation x_act, float* dx,
                             float* x_dbias) override {
-    if (gemm_epilogues_ && x_act == Activation::kRelu &&
+    // Only ReLU has a fused input gradient (DRELU_BGRAD, from the forward's
+    // bit mask); identity and tanh layers run gemm + our kernel.
+    if (gemm_epilogues_ && !on_side() && x_act == Activation::kRelu &&
         lt_->backward_input(da, w, rows, in, out, x_mask, dx, x_dbias, graph_)) {
       return;
     }
@@ -178,24 +202,27 @@ class CudaBackend final : public Backend {
     kernels::bias_activation_forward(y, bias, rows, cols, act, target());
   }
   void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
-                                     Activation act) override {
+                                     Activation act, const float* row_scale) override {
+    // Each branch has its own scratch: the two may run at once.
+    Scratch& scratch = on_side() ? side_.bias_scratch : bias_scratch_;
     const size_t needed = kernels::bias_grad_scratch_floats(rows, cols);
-    if (bias_scratch_floats_ < needed) {
+    if (scratch.floats < needed) {
       // Sized by the eager first run of a step, so never inside a capture.
       not_in_a_step("growing the bias-gradient scratch buffer");
-      CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));  // the old buffer may be in use
-      deallocate(bias_scratch_);
-      bias_scratch_ = nullptr;
-      bias_scratch_floats_ = 0;
-      bias_scratch_ = static_cast<float*>(allocate(needed * sizeof(float)));
-      bias_scratch_floats_ = needed;
+      CUVAE_CUDA_CHECK(cudaStreamSynchronize(stream()));  // the old buffer may be in use
+      deallocate(scratch.data);
+      scratch = Scratch{};
+      scratch.data = static_cast<float*>(allocate(needed * sizeof(float)));
+      scratch.floats = needed;
     }
-    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, bias_scratch_, target());
+    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, row_scale, scratch.data,
+                                           target());
   }
 
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
                            const RandomKey& key, float* x) override {
     not_in_a_step("upload_and_binarize");
+    join_before_host_wait("upload_and_binarize");  // the side branch may read x
     const size_t bytes = static_cast<size_t>(rows) * cols;
     Staging& s = staging_[next_staging_];
     next_staging_ = (next_staging_ + 1) % staging_.size();
@@ -235,26 +262,39 @@ class CudaBackend final : public Backend {
     kernels::fill_normal(out, count, first_index, key, target());
   }
 
-  void reparameterize_kl_forward(const float* encoder_out, const float* eps, int rows, int latent,
-                                 float* z, float* row_kl, float* row_log_ratio) override {
-    kernels::reparameterize_kl_forward(encoder_out, eps, rows, latent, z, row_kl, row_log_ratio,
-                                       target());
+  void reparameterize_kl_forward(const float* encoder_out, const float* eps, int images,
+                                 int samples, int latent, float* z, float* row_kl,
+                                 float* row_log_ratio) override {
+    kernels::reparameterize_kl_forward(encoder_out, eps, images, samples, latent, z, row_kl,
+                                       row_log_ratio, target());
   }
   void reparameterize_kl_backward(const float* dz, const float* encoder_out, const float* eps,
-                                  int rows, int latent, float kl_scale,
+                                  int images, int samples, int latent, float kl_scale,
                                   float* d_encoder_out) override {
-    kernels::reparameterize_kl_backward(dz, encoder_out, eps, rows, latent, kl_scale,
+    kernels::reparameterize_kl_backward(dz, encoder_out, eps, images, samples, latent, kl_scale,
                                         d_encoder_out, target());
   }
   void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, int cols,
-                                  float grad_scale, float* dlogits,
+                                  int samples, float grad_scale, float* dlogits,
                                   float* row_logprob) override {
-    kernels::bernoulli_logprob_and_grad(x, logits, rows, cols, grad_scale, dlogits, row_logprob,
-                                        target());
+    kernels::bernoulli_logprob_and_grad(x, logits, rows, cols, samples, grad_scale, dlogits,
+                                        row_logprob, target());
   }
-  void accumulate_elbo(const float* row_logprob, const float* row_kl, int rows,
+  void accumulate_elbo(const float* row_logprob, const float* row_kl, int images, int samples,
                        double* accumulator) override {
-    kernels::accumulate_elbo(row_logprob, row_kl, rows, accumulator, target());
+    kernels::accumulate_elbo(row_logprob, row_kl, images, samples, accumulator, target());
+  }
+  void importance_weights(const float* row_logprob, const float* row_log_ratio, int images,
+                          int samples, float* weights, float* row_bound) override {
+    kernels::importance_weights(row_logprob, row_log_ratio, images, samples, weights, row_bound,
+                                target());
+  }
+  void importance_weighted_latent_backward(const float* dz, const float* encoder_out,
+                                           const float* eps, const float* z, const float* weights,
+                                           int images, int samples, int latent, float scale,
+                                           bool dreg, float* d_encoder_out) override {
+    kernels::importance_weighted_latent_backward(dz, encoder_out, eps, z, weights, images, samples,
+                                                 latent, scale, dreg, d_encoder_out, target());
   }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override {
@@ -265,6 +305,7 @@ class CudaBackend final : public Backend {
     not_in_a_step("device_seconds");
     CUVAE_CUDA_CHECK(cudaEventRecord(timing_start_, compute_));
     work();
+    join_before_host_wait("device_seconds");  // the side branch's work counts too
     CUVAE_CUDA_CHECK(cudaEventRecord(timing_stop_, compute_));
     CUVAE_CUDA_CHECK(cudaEventSynchronize(timing_stop_));
     float milliseconds = 0.0f;
@@ -279,7 +320,7 @@ class CudaBackend final : public Backend {
   void run_step(StepRecording* recording, const std::function<void()>& step) override {
     auto* graph = dynamic_cast<StepGraph*>(recording);
     if (graph == nullptr) {
-      step();
+      run_eagerly(step);
       return;
     }
     if (graph->instantiated()) {
@@ -287,6 +328,7 @@ class CudaBackend final : public Backend {
       {
         const ActiveStep active(graph_, graph);
         step();
+        finish_side_branch();
       }
       graph->end_replay(compute_);
       return;
@@ -294,7 +336,7 @@ class CudaBackend final : public Backend {
     if (!graph->warmed_up) {
       // The first run goes eagerly: whatever a call sets up on first use
       // (cuBLAS's kernels, buffers) is then in place before the capture.
-      step();
+      run_eagerly(step);
       graph->warmed_up = true;
       return;
     }
@@ -302,6 +344,7 @@ class CudaBackend final : public Backend {
     try {
       const ActiveStep active(graph_, graph);
       step();
+      finish_side_branch();  // a capture must end with every stream joined
     } catch (...) {
       graph->abort_capture(compute_);
       throw;
@@ -313,6 +356,9 @@ class CudaBackend final : public Backend {
   bool set_tf32(bool on) override {
     if (on && properties_.major < 8) return false;  // tensor-core TF32 needs sm_80+
     CUVAE_CUBLAS_CHECK(cublasSetMathMode(cublas_, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    if (side_.cublas != nullptr) {
+      CUVAE_CUBLAS_CHECK(cublasSetMathMode(side_.cublas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    }
     tf32_ = on;
     lt_->set_tf32(on);
     return true;
@@ -324,6 +370,35 @@ class CudaBackend final : public Backend {
     return true;
   }
   DenseFusionCounts dense_fusion_counts() const override { return lt_->counts(); }
+
+  bool set_two_branch(bool on) override {
+    not_in_a_step("set_two_branch");
+    join_before_host_wait("set_two_branch");
+    if (on && side_.stream == nullptr) make_side_branch();
+    two_branch_ = on;
+    return true;
+  }
+
+  // The fork: the side stream starts after everything issued so far on the
+  // compute stream. Replaying a graph, the graph has the edges: nothing to issue.
+  void begin_side_branch() override {
+    if (!two_branch_) return;
+    branches().fork();
+    if (replaying()) return;
+    CUVAE_CUDA_CHECK(cudaEventRecord(side_.forked, compute_));
+    CUVAE_CUDA_CHECK(cudaStreamWaitEvent(side_.stream, side_.forked, 0));
+  }
+  void end_side_branch() override {
+    if (!two_branch_) return;
+    branches().end_branch();
+    if (replaying()) return;
+    // The side stream runs in order, so the last end covers every branch before it.
+    CUVAE_CUDA_CHECK(cudaEventRecord(side_.done, side_.stream));
+  }
+  void join_side_branches() override {
+    if (!two_branch_ || !branches().join() || replaying()) return;
+    CUVAE_CUDA_CHECK(cudaStreamWaitEvent(compute_, side_.done, 0));
+  }
 
  private:
   struct Staging {
@@ -349,7 +424,65 @@ class CudaBackend final : public Backend {
     StepGraph*& slot_;
   };
 
-  kernels::LaunchTarget target() const { return {compute_, graph_}; }
+  // A branch's bias-gradient scratch: per-chunk column sums.
+  struct Scratch {
+    float* data = nullptr;
+    size_t floats = 0;
+  };
+  // The side branch's stream, cuBLAS handle (and workspace: two GEMMs may
+  // run at once), scratch, and the events of its fork and of its last end.
+  struct SideBranch {
+    cudaStream_t stream = nullptr;
+    cublasHandle_t cublas = nullptr;
+    void* workspace = nullptr;
+    Scratch bias_scratch;
+    cudaEvent_t forked = nullptr, done = nullptr;
+  };
+
+  void make_side_branch() {
+    CUVAE_CUDA_CHECK(cudaStreamCreateWithFlags(&side_.stream, cudaStreamNonBlocking));
+    CUVAE_CUDA_CHECK(cudaEventCreateWithFlags(&side_.forked, cudaEventDisableTiming));
+    CUVAE_CUDA_CHECK(cudaEventCreateWithFlags(&side_.done, cudaEventDisableTiming));
+    CUVAE_CUBLAS_CHECK(cublasCreate(&side_.cublas));
+    CUVAE_CUBLAS_CHECK(cublasSetStream(side_.cublas, side_.stream));
+    CUVAE_CUBLAS_CHECK(cublasSetMathMode(side_.cublas, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    // The same workspace size as the main handle's, so cuBLAS picks the same
+    // algorithms (and bits) on either branch.
+    side_.workspace = allocate(kCublasWorkspaceBytes);
+    CUVAE_CUBLAS_CHECK(cublasSetWorkspace(side_.cublas, side_.workspace, kCublasWorkspaceBytes));
+  }
+
+  // The branch structure being followed: the step graph's while one is
+  // captured or replayed, else the backend's own (checked, nothing kept).
+  StepBranches& branches() { return graph_ != nullptr ? graph_->branches : eager_branches_; }
+  const StepBranches& branches() const { return graph_ != nullptr ? graph_->branches : eager_branches_; }
+  bool on_side() const { return branches().branch() == StepBranches::Branch::kSide; }
+  bool replaying() const { return graph_ != nullptr && graph_->replaying(); }
+  cudaStream_t stream() const { return on_side() ? side_.stream : compute_; }
+  // The end of a step: back on the main branch (ending on the side branch is
+  // the caller's error), the side branch joined.
+  void finish_side_branch() {
+    if (on_side()) throw Error("a step ended inside a side branch (begin_side_branch without end_side_branch)");
+    join_side_branches();
+  }
+  // A step run as it is (no graph), its side branch joined at the end; a step
+  // that throws leaves the backend on the main branch.
+  void run_eagerly(const std::function<void()>& step) {
+    try {
+      step();
+      finish_side_branch();
+    } catch (...) {
+      eager_branches_ = StepBranches{};
+      throw;
+    }
+  }
+  // Before the host waits for the compute stream: the side branch's work too.
+  void join_before_host_wait(const char* what) {
+    if (on_side()) throw Error(std::string(what) + " inside a side branch (an internal error)");
+    join_side_branches();
+  }
+
+  kernels::LaunchTarget target() const { return {stream(), graph_}; }
   // Calls that wait for the host cannot be part of a CUDA Graph step.
   void not_in_a_step(const char* what) const {
     if (graph_ != nullptr) {
@@ -365,8 +498,10 @@ class CudaBackend final : public Backend {
   std::array<Staging, 2> staging_{};
   size_t next_staging_ = 0;
   void* workspace_ = nullptr;
-  float* bias_scratch_ = nullptr;  // per-chunk column sums of the bias gradient
-  size_t bias_scratch_floats_ = 0;
+  Scratch bias_scratch_;  // the main branch's
+  SideBranch side_;       // made by set_two_branch(true)
+  bool two_branch_ = false;
+  StepBranches eager_branches_;  // outside a captured or replayed step
   StepGraph* graph_ = nullptr;  // the step being captured or replayed
   bool tf32_ = false;
   std::unique_ptr<LtDense> lt_;  // dense layers with cuBLASLt epilogues

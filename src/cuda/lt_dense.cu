@@ -149,6 +149,11 @@ bool LtDense::forward(const float* x, const float* w, const float* b, int rows, 
   const bool relu = act == Activation::kRelu;
   const bool with_mask = relu && mask != nullptr;
   written_masks_.erase(mask);  // written below only if this call is fused
+  // The epilogues are BIAS and RELU(_AUX)_BIAS: no tanh (or any other) activation.
+  if (act != Activation::kRelu && act != Activation::kIdentity) {
+    ++counts_.unfused;
+    return false;
+  }
   // Y^T (out x rows) = W^T (out x in, stored lda = out) X^T (in x rows, ldb = in).
   const Shape shape{false, out, rows, in, out, in, out,
                     with_mask ? CUBLASLT_EPILOGUE_RELU_AUX_BIAS

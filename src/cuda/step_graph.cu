@@ -17,10 +17,12 @@ void StepGraph::begin_capture(cudaStream_t stream) {
   // not break this capture, while this thread's would be reported.
   CUVAE_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   capturing_ = true;
+  branches.begin_recording();
 }
 
 void StepGraph::end_capture(cudaStream_t stream) {
   capturing_ = false;
+  branches.end_step();  // the backend joined the side branch: a capture must end joined
   CUVAE_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
   const cudaError_t status = cudaGraphInstantiate(&exec_, graph_, 0);
   if (status != cudaSuccess) {
@@ -45,6 +47,7 @@ void StepGraph::abort_capture(cudaStream_t stream) noexcept {
 void StepGraph::begin_replay() {
   next_ = 0;
   replaying_ = true;
+  branches.begin_checking();
 }
 
 void StepGraph::end_replay(cudaStream_t stream) {
@@ -54,6 +57,7 @@ void StepGraph::end_replay(cudaStream_t stream) {
                 " calls, the recorded step " + std::to_string(calls_.size()) +
                 " (an internal error; --no-cuda-graph avoids it)");
   }
+  branches.end_step();
   launch(stream);
 }
 
@@ -79,6 +83,7 @@ void StepGraph::kernel(const void* function, dim3 grid, dim3 block, size_t share
   if (!replaying_) {
     CUVAE_CUDA_CHECK(cudaLaunchKernel(function, grid, block, args, shared_bytes, stream));
     if (!capturing_) return;
+    branches.call("a kernel launch");
     Call c;
     c.function = function;
     c.grid = grid;
@@ -89,7 +94,8 @@ void StepGraph::kernel(const void* function, dim3 grid, dim3 block, size_t share
     const cudaGraphNode_t* last = nullptr;
     size_t count = 0;
     CUVAE_CUDA_CHECK(cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &last, nullptr, &count));
-    // One stream, so the stream's only dependency is the node just added.
+    // Right after a launch, the launching stream's (main or side) only
+    // dependency is the node just added, whatever it depended on before.
     if (status != cudaStreamCaptureStatusActive || count != 1) {
       throw Error("CUDA Graph capture: cannot find the node of a kernel launch");
     }
@@ -97,6 +103,7 @@ void StepGraph::kernel(const void* function, dim3 grid, dim3 block, size_t share
     calls_.push_back(std::move(c));
     return;
   }
+  branches.call("a kernel launch");
   Call& c = next_recorded("a kernel launch");
   if (c.function != function || c.grid.x != grid.x || c.grid.y != grid.y || c.grid.z != grid.z ||
       c.block.x != block.x || c.block.y != block.y || c.block.z != block.z ||
@@ -120,6 +127,7 @@ void StepGraph::kernel(const void* function, dim3 grid, dim3 block, size_t share
 bool StepGraph::call(const char* what, const std::vector<unsigned char>& key) {
   if (!replaying_) {
     if (capturing_) {
+      branches.call(what);
       Call c;
       c.what = what;
       c.args = key;
@@ -127,6 +135,7 @@ bool StepGraph::call(const char* what, const std::vector<unsigned char>& key) {
     }
     return true;
   }
+  branches.call(what);
   Call& c = next_recorded(what);
   if (c.function != nullptr || c.what != what || c.args != key) {
     replaying_ = false;

@@ -89,11 +89,14 @@
 #include <vector>
 
 #include "cuvae/backend.h"
+#include "cuvae/blas_kernel.h"
 #include "cuvae/build_info.h"
 #include "cuvae/cpu_backend.h"
+#include "cuvae/denormals.h"
 #include "cuvae/philox.h"
 #include "cuvae/vae_math.h"
 #include "cuvae/vae_model.h"
+#include "denormal_step.h"
 #include "unfused.h"
 
 namespace {
@@ -387,7 +390,7 @@ void bm_relu_bwd_bias(benchmark::State& state, Target* t, int rows, bool fused) 
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
       b.activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols,
-                                      Activation::kRelu);
+                                      Activation::kRelu, nullptr);
     } else {
       cuvae::bench::unfused::relu_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols);
     }
@@ -485,7 +488,7 @@ void bm_reparam_kl_fwd(benchmark::State& state, Target* t, int rows, bool fused)
   }
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
-      b.reparameterize_kl_forward(encoder_out.get(), eps.get(), rows, latent, z.get(), row_kl.get(),
+      b.reparameterize_kl_forward(encoder_out.get(), eps.get(), rows, 1, latent, z.get(), row_kl.get(),
                                   row_log_ratio.get());
     } else {
       cuvae::bench::unfused::reparameterize_kl_forward(encoder_out.get(), eps.get(), rows, latent,
@@ -508,7 +511,7 @@ void bm_reparam_kl_bwd(benchmark::State& state, Target* t, int rows, bool fused)
   const float kl_scale = 1.0f / static_cast<float>(rows);
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
-      b.reparameterize_kl_backward(dz.get(), encoder_out.get(), eps.get(), rows, latent, kl_scale,
+      b.reparameterize_kl_backward(dz.get(), encoder_out.get(), eps.get(), rows, 1, latent, kl_scale,
                                    d_encoder_out.get());
     } else {
       cuvae::bench::unfused::reparameterize_kl_backward(
@@ -536,7 +539,7 @@ void bm_bernoulli(benchmark::State& state, Target* t, int rows, bool fused) {
   }
   const double seconds = time_loop(state, *t, [&] {
     if (fused) {
-      b.bernoulli_logprob_and_grad(x.get(), logits.get(), rows, cols, kGradScale, dlogits.get(),
+      b.bernoulli_logprob_and_grad(x.get(), logits.get(), rows, cols, 1, kGradScale, dlogits.get(),
                                    row_logprob.get());
     } else {
       cuvae::bench::unfused::bernoulli_logprob_and_grad(x.get(), logits.get(), rows, cols,
@@ -743,6 +746,13 @@ void print_help() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    cuvae::select_blas_kernel_at_startup(argv, true);  // as the vae binary: may restart it
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vae-bench: error: %s\n", e.what());
+    return 2;
+  }
+  cuvae::enable_flush_denormals_to_zero();  // as the vae binary runs
   // Our default minimum time goes first, so that one given on the command
   // line (parsed after it) wins.
   std::string min_time_flag = std::string("--benchmark_min_time=") + kDefaultMinTime;
@@ -802,6 +812,7 @@ int main(int argc, char** argv) {
     }
 
     for (const auto& target : g_targets) register_target(target.get());
+    register_denormal_step_benchmarks(g_targets[0]->backend.get());
     benchmark::RunSpecifiedBenchmarks();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vae-bench: error: %s\n", e.what());

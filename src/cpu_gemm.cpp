@@ -1,0 +1,113 @@
+// The CPU backend's SGEMM (include/cuvae/cpu_gemm.h).
+#include "cuvae/cpu_gemm.h"
+
+#include <cblas.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "cuvae/blas_kernel.h"
+#include "cuvae/error.h"
+
+#if CUVAE_HAVE_DNNL
+#include <dnnl.h>
+#endif
+
+namespace cuvae {
+
+namespace {
+
+std::string env_or_empty(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? value : "";
+}
+
+bool use_onednn() {
+#if CUVAE_HAVE_DNNL
+  // Opt-in: with oneDNN 2.6.3 (Debian 12) running the GEMMs, `vae train`
+  // at batch 100 on the 2-core Xeon of 2026-12-01 (family 6 model 167, AMX)
+  // corrupted the heap (glibc: "corrupted size vs. prev_size" at exit, 3 of
+  // 3 runs; OpenBLAS: 0 of 3), and it lost at batch 20 (docs/performance.md).
+  static const bool chosen = env_or_empty("CUVAE_CPU_GEMM") == "onednn";
+  return chosen;
+#else
+  return false;
+#endif
+}
+
+#if CUVAE_HAVE_DNNL
+// oneDNN's effective ISA: its name and level.
+std::string onednn_isa_name(dnnl_cpu_isa_t isa, VectorIsa* level) {
+  switch (isa) {
+    case dnnl_cpu_isa_avx512_core_amx: *level = VectorIsa::kAvx512; return "avx512_core_amx";
+    case dnnl_cpu_isa_avx512_core_bf16: *level = VectorIsa::kAvx512; return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_vnni: *level = VectorIsa::kAvx512; return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core: *level = VectorIsa::kAvx512; return "avx512_core";
+    case dnnl_cpu_isa_avx2_vnni: *level = VectorIsa::kAvx2; return "avx2_vnni";
+    case dnnl_cpu_isa_avx2: *level = VectorIsa::kAvx2; return "avx2";
+    case dnnl_cpu_isa_avx: *level = VectorIsa::kAvx; return "avx";
+    default: *level = VectorIsa::kSse; return "sse41";
+  }
+}
+
+BlasKernelReport onednn_kernel() {
+  VectorIsa level = VectorIsa::kSse;
+  const std::string isa = onednn_isa_name(dnnl_get_effective_cpu_isa(), &level);
+  const dnnl_version_t* v = dnnl_version();
+  std::string origin = "oneDNN's own choice from the CPU's features";
+  for (const char* name : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
+    if (!env_or_empty(name).empty()) origin = std::string(name) + "=" + env_or_empty(name) + " set by the user";
+  }
+  return assess_gemm_kernel(detect_cpu_features(),
+                            "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+                                std::to_string(v->patch),
+                            isa, level, origin, "unset ONEDNN_MAX_CPU_ISA");
+}
+#endif
+
+}  // namespace
+
+void check_cpu_gemm_choice() {
+  const std::string choice = env_or_empty("CUVAE_CPU_GEMM");
+#if CUVAE_HAVE_DNNL
+  if (choice.empty() || choice == "auto" || choice == "onednn" || choice == "openblas") return;
+  throw Error("CUVAE_CPU_GEMM must be auto, onednn or openblas, got '" + choice + "'");
+#else
+  if (choice.empty() || choice == "auto" || choice == "openblas") return;
+  throw Error("CUVAE_CPU_GEMM must be auto or openblas (this build has no oneDNN), got '" + choice + "'");
+#endif
+}
+
+void cpu_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
+               int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+#if CUVAE_HAVE_DNNL
+  if (use_onednn()) {
+    const dnnl_status_t status = dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k,
+                                            alpha, a, lda, b, ldb, beta, c, ldc);
+    if (status != dnnl_success) {
+      throw Error("oneDNN's sgemm failed (status " + std::to_string(static_cast<int>(status)) + ") on " +
+                  std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k));
+    }
+    return;
+  }
+#endif
+  cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
+              transpose_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+bool cpu_gemm_is_onednn() { return use_onednn(); }
+
+void print_cpu_gemm_warning() {
+  const BlasKernelReport report = cpu_gemm_kernel();
+  if (!report.warning.empty()) std::fprintf(stderr, "vae: warning: %s\n", report.warning.c_str());
+}
+
+BlasKernelReport cpu_gemm_kernel() {
+#if CUVAE_HAVE_DNNL
+  if (use_onednn()) return onednn_kernel();
+#endif
+  return current_blas_kernel();
+}
+
+}  // namespace cuvae
