@@ -46,6 +46,11 @@ if [[ -f /usr/include/dnnl.h ]]; then
   g++ "${flags[@]}" -DGEMM_WITH_DNNL=1 "$src" -o "$work/dnnl" -ldnnl
   variants+=("dnnl:")
 fi
+if [[ -f /usr/include/libxsmm.h && -f /usr/lib/libxsmm.a ]]; then
+  g++ "${flags[@]}" -DGEMM_WITH_LIBXSMM=1 -I/usr/include/$(basename $arch)/openblas-openmp "$src" -o "$work/libxsmm" \
+    -L/usr/lib -lxsmm -lxsmmext -L$arch/openblas-openmp -Wl,-rpath,$arch/openblas-openmp -lopenblas -fopenmp -lpthread -ldl -lm
+  variants+=("libxsmm:")
+fi
 
 run_variant() {  # LIBRARY:CORETYPE -> the program's lines
   local lib="${1%%:*}" core="${1#*:}"
@@ -54,6 +59,7 @@ run_variant() {  # LIBRARY:CORETYPE -> the program's lines
               else OPENBLAS_CORETYPE="$core" OMP_NUM_THREADS=$threads "$work/openblas"; fi ;;
     blis) BLIS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$work/blis" ;;
     dnnl) OMP_NUM_THREADS=$threads "$work/dnnl" ;;
+    libxsmm) OMP_NUM_THREADS=$threads "$work/libxsmm" ;;
   esac
 }
 label() { local lib="${1%%:*}" core="${1#*:}"; [[ -n "$core" ]] && echo "$lib $core" || echo "$lib"; }
@@ -76,7 +82,7 @@ corename="$(printf '#include <stdio.h>\nchar* openblas_get_corename(void);\nint 
   echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ') model $(grep -m1 '^model\s' /proc/cpuinfo | cut -d: -f2 | tr -d ' '), $(nproc) cores, $threads GEMM threads, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, load average before the run: $load"
   echo "- vector flags: $(tr ' ' '\n' <<<"$cpu_flags" | grep -E '^(sse4_2|avx|avx2|fma|avx512[a-z_0-9]*|amx[a-z_0-9]*)$' | tr '\n' ' ')"
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- tools/bench/gemm_shapes.cpp tools/bench_gemm_kernels.sh || echo ' (modified)')"
-  echo "- OpenBLAS $(dpkg-query -W -f '${Version}' libopenblas0-openmp 2>/dev/null || echo '?'), own choice on this CPU: $corename; BLIS $(dpkg-query -W -f '${Version}' libblis4-openmp 2>/dev/null || echo 'not installed'); oneDNN $(dpkg-query -W -f '${Version}' libdnnl2 2>/dev/null || echo 'not installed')"
+  echo "- OpenBLAS $(dpkg-query -W -f '${Version}' libopenblas0-openmp 2>/dev/null || echo '?'), own choice on this CPU: $corename; BLIS $(dpkg-query -W -f '${Version}' libblis4-openmp 2>/dev/null || echo 'not installed'); oneDNN $(dpkg-query -W -f '${Version}' libdnnl2 2>/dev/null || echo 'not installed'); libxsmm $(dpkg-query -W -f '${Version}' libxsmm-dev 2>/dev/null || echo 'not installed') (single-threaded JIT kernels; OpenBLAS for shapes it declines)"
   echo "- $rounds rounds, variants alternating; each cell: median over rounds of ms for one step's GEMMs of that pass"
   echo "  (fwd: Y = X W, dW = X^T dY, dX = dY W^T; GFLOP/s in parentheses)"
   echo
