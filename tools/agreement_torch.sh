@@ -27,7 +27,7 @@ vae="${VAE:-build/vae}"  # VAE: another binary (a copy, so that rebuilding does 
 out=runs/agreement
 [[ "$objective" != elbo || "$samples" != 1 ]] && out="runs/agreement-$objective-$samples"
 mkdir -p "$out"
-echo "agreement_torch: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC'); cuvae: $("$vae" --version 2>/dev/null || echo "$vae")"
+echo "agreement_torch: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc --all) cores; $(date -u '+%Y-%m-%d %H:%M UTC'); cuvae: $("$vae" --version 2>/dev/null || echo "$vae")"
 echo "agreement_torch: objective $objective, K = $samples, $epochs epochs, seeds $seeds${threads:+, $threads thread(s) each}"
 for seed in $seeds; do
   # A seed whose results are already there (an earlier call) is reused.
@@ -47,7 +47,7 @@ for s in seeds:
     m = list(csv.DictReader(open(f"{out}/cuvae-{s}/metrics.csv")))
     e = json.load(open(f"{out}/cuvae-{s}-eval.json"))
     t = json.load(open(f"{out}/torch-{s}.json"))
-    rows.append((s, float(m[-1]["bound"]), e["elbo"], e["nll"], t["epochs"][-1]["elbo"], t["test_elbo"], t["test_nll"]))
+    rows.append((s, float(m[-1]["bound"]), e["elbo"], e["nll"], t["epochs"][-1]["bound"], t["test_elbo"], t["test_nll"]))
 print(f"{'seed':>4} | {'cuvae: train bound':>18} {'test ELBO':>10} {'test NLL':>9} | {'torch: train bound':>18} {'test ELBO':>10} {'test NLL':>9}")
 for r in rows:
     print(f"{r[0]:>4} | {r[1]:18.3f} {r[2]:10.3f} {r[3]:9.3f} | {r[4]:18.3f} {r[5]:10.3f} {r[6]:9.3f}")

@@ -46,7 +46,7 @@ for r in range(1, rounds + 1):
     ref_rates.append(statistics.median(e["samples_per_s"] for e in ref["epochs"]))
     print(f"  batch {batch} round {r}: cuvae {ours_rates[-1]:,.0f} samples/s, PyTorch {ref_rates[-1]:,.0f}: "
           f"{ours_rates[-1] / ref_rates[-1]:.2f}x; bound after epoch {len(ours)}: cuvae {float(ours[-1]['bound']):.3f}, "
-          f"PyTorch {ref['epochs'][-1]['elbo']:.3f}")
+          f"PyTorch {ref['epochs'][-1]['bound']:.3f}")
 device_line = next(l for l in open(f"{out}/cuvae-{batch}-r1.log") if l.startswith("device:")).strip()
 print(f"  cuvae  {device_line}")
 print(f"  torch  {ref['torch_version']}, BLAS {ref['blas']['kind']} ({ref['blas'].get('openblas_config', ', '.join(ref['blas']['libraries'][-1:]))}), {ref['config']['threads']} threads")
