@@ -22,7 +22,7 @@ namespace {
 
 // Set in the restarted process's environment: that it was restarted, the
 // core OpenBLAS had picked (if the restart changed it), and whether the
-// restart set OMP_WAIT_POLICY.
+// restart set GOMP_SPINCOUNT.
 constexpr const char* kRestarted = "CUVAE_RESTARTED";
 constexpr const char* kRestartMarker = "CUVAE_BLAS_RESTARTED_FROM";
 constexpr const char* kWaitMarker = "CUVAE_WAIT_SET";
@@ -63,9 +63,9 @@ void note_restart() {
     unsetenv("OPENBLAS_CORETYPE");
   }
   if (env_or_empty(kWaitMarker) == "1") {
-    set_openmp_wait_description(std::string("OMP_WAIT_POLICY=") + env_or_empty("OMP_WAIT_POLICY") +
+    set_openmp_wait_description(std::string("GOMP_SPINCOUNT=") + env_or_empty("GOMP_SPINCOUNT") +
                                 " (set by cuvae; CUVAE_OMP_WAIT=keep keeps libgomp's default)");
-    unsetenv("OMP_WAIT_POLICY");
+    unsetenv("GOMP_SPINCOUNT");
   }
   unsetenv(kRestartMarker);
   unsetenv(kWaitMarker);
@@ -82,7 +82,7 @@ void select_blas_kernel_at_startup(char** argv, bool long_running) {
   check_cpu_gemm_choice();
   const std::string core = openblas_core_wanted();
   const std::string user_wait = env_or_empty("OMP_WAIT_POLICY"), user_spin = env_or_empty("GOMP_SPINCOUNT");
-  const std::string wait = openmp_wait_policy_to_request(user_wait, user_spin, env_or_empty("CUVAE_OMP_WAIT"),
+  const std::string wait = openmp_spin_count_to_request(user_wait, user_spin, env_or_empty("CUVAE_OMP_WAIT"),
                                                          omp_get_max_threads());
   if (!user_wait.empty() || !user_spin.empty()) {
     set_openmp_wait_description((user_wait.empty() ? "GOMP_SPINCOUNT=" + user_spin : "OMP_WAIT_POLICY=" + user_wait) +
@@ -90,7 +90,7 @@ void select_blas_kernel_at_startup(char** argv, bool long_running) {
   }
   const bool restart_for_wait = !wait.empty() && long_running;
   if (!wait.empty() && !long_running) {
-    set_openmp_wait_description("libgomp's default in this command; train, eval and bench run with OMP_WAIT_POLICY=" +
+    set_openmp_wait_description("libgomp's default in this command; train, eval and bench run with GOMP_SPINCOUNT=" +
                                 wait + " (CUVAE_OMP_WAIT=keep: libgomp's default)");
   }
   if (core.empty() && !restart_for_wait) return;
@@ -100,7 +100,7 @@ void select_blas_kernel_at_startup(char** argv, bool long_running) {
   }
   if (restart_for_wait) {
     setenv(kWaitMarker, "1", 1);
-    setenv("OMP_WAIT_POLICY", wait.c_str(), 1);
+    setenv("GOMP_SPINCOUNT", wait.c_str(), 1);
   }
   setenv(kRestarted, "1", 1);
   std::fflush(nullptr);
@@ -111,7 +111,7 @@ void select_blas_kernel_at_startup(char** argv, bool long_running) {
                " failed: " + std::strerror(errno) + ")";
     unsetenv("OPENBLAS_CORETYPE");
   }
-  if (restart_for_wait) unsetenv("OMP_WAIT_POLICY");
+  if (restart_for_wait) unsetenv("GOMP_SPINCOUNT");
   unsetenv(kRestartMarker);
   unsetenv(kWaitMarker);
   unsetenv(kRestarted);

@@ -70,12 +70,11 @@ CUVAE_VECTORIZED_ROW void bias_activation_row(float* __restrict y, const float* 
   for (int c = 0; c < cols; ++c) y[c] = activate(y[c] + bias[c], kAct);
 }
 
-// The row loops' instances for a run-time activation.
+// The row loops' instances for a run-time activation (the identity's
+// backward is add_row alone: no mask row for it).
 using MaskRow = void (*)(float*, const float*, int, float*);
 MaskRow mask_row_for(Activation act) {
-  return act == Activation::kRelu   ? mask_and_add_row<Activation::kRelu>
-         : act == Activation::kTanh ? mask_and_add_row<Activation::kTanh>
-                                    : mask_and_add_row<Activation::kIdentity>;
+  return act == Activation::kRelu ? mask_and_add_row<Activation::kRelu> : mask_and_add_row<Activation::kTanh>;
 }
 using BiasRow = void (*)(float*, const float*, int);
 BiasRow bias_row_for(Activation act) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cuvae/blas_kernel.h"
+#include "cuvae/cpu_gemm_small.h"
 #include "cuvae/error.h"
 
 #if CUVAE_HAVE_DNNL
@@ -34,6 +35,13 @@ bool use_onednn() {
 #else
   return false;
 #endif
+}
+
+// libxsmm runs the small shapes unless the user named one library.
+bool use_small_gemm() {
+  static const bool chosen = !small_sgemm_library().empty() &&
+                             (env_or_empty("CUVAE_CPU_GEMM").empty() || env_or_empty("CUVAE_CPU_GEMM") == "auto");
+  return chosen;
 }
 
 #if CUVAE_HAVE_DNNL
@@ -92,6 +100,10 @@ void cpu_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float al
     return;
   }
 #endif
+  if (use_small_gemm() &&
+      small_sgemm(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) {
+    return;
+  }
   cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
               transpose_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
@@ -107,7 +119,13 @@ BlasKernelReport cpu_gemm_kernel() {
 #if CUVAE_HAVE_DNNL
   if (use_onednn()) return onednn_kernel();
 #endif
-  return current_blas_kernel();
+  BlasKernelReport report = current_blas_kernel();
+  if (use_small_gemm()) {
+    report.small_gemm = small_sgemm_library();
+    const std::string isa = ", CPU vector ISA ";
+    report.summary.insert(report.summary.rfind(isa), ", small GEMMs " + report.small_gemm);
+  }
+  return report;
 }
 
 }  // namespace cuvae

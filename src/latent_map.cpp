@@ -94,6 +94,17 @@ bool orthonormalize(std::vector<double> v[2]) {
 
 }  // namespace
 
+void check_latent_size_for_plane(int latent, const std::string& path, const std::string& picture) {
+  if (latent < 2) {
+    throw Error("--model " + path + ": latent size " + std::to_string(latent) + "; " + picture +
+                " needs at least 2 latent dimensions");
+  }
+  if (latent > kMaxPrincipalDim) {
+    throw Error("--model " + path + ": latent size " + std::to_string(latent) + "; " + picture +
+                "'s principal directions are computed for up to " + std::to_string(kMaxPrincipalDim));
+  }
+}
+
 PrincipalPlane principal_plane(const std::vector<double>& points, int n, int dim) {
   if (dim < 2 || dim > kMaxPrincipalDim) {
     throw Error("principal directions: the latent size must be 2 to " +

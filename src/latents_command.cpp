@@ -47,15 +47,7 @@ int run_latents_command(const LatentsOptions& o) {
   const ModelFile file = load_model(o.model);  // bad models fail before the data is read
   const Architecture& arch = file.arch;
   const int latent = arch.latent_dim;
-  if (latent < 2) {
-    throw Error("--model " + o.model + ": latent size " + std::to_string(latent) +
-                "; the latent map needs at least 2 latent dimensions");
-  }
-  if (latent > kMaxPrincipalDim) {
-    throw Error("--model " + o.model + ": latent size " + std::to_string(latent) +
-                "; the principal components are computed for up to " +
-                std::to_string(kMaxPrincipalDim));
-  }
+  check_latent_size_for_plane(latent, o.model, "the latent map");
   // Images and labels, their counts checked against each other.
   const MnistSplit test = load_mnist_split(o.data, false);
   if (test.images.pixels_per_image() != arch.input_dim) {

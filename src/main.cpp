@@ -275,6 +275,9 @@ int run_info() {
   const cuvae::BlasKernelReport gemm = cuvae::cpu_gemm_kernel();
   std::cout << "CPU vector ISA: " << cuvae::vector_isa_name(gemm.cpu_isa) << "\n";
   std::cout << "GEMM kernel: " << gemm.kernel << "\n";
+  std::cout << "Small GEMMs: "
+            << (gemm.small_gemm.empty() ? std::string("the GEMM kernel's too") : gemm.small_gemm + " (m n k up to 2^23; CUVAE_CPU_GEMM=openblas: OpenBLAS for all)")
+            << "\n";
   std::cout << "OpenMP waiting: " << cuvae::openmp_wait_description() << "\n";
   std::cout.flush();
   cuvae::print_cpu_gemm_warning();

@@ -49,15 +49,7 @@ int run_manifold_command(const ManifoldOptions& o) {
   const ModelFile file = load_model(o.model);  // bad models fail before anything else
   const Architecture& arch = file.arch;
   const int latent = arch.latent_dim;
-  if (latent < 2) {
-    throw Error("--model " + o.model + ": latent size " + std::to_string(latent) +
-                "; the manifold needs at least 2 latent dimensions");
-  }
-  if (latent > kMaxPrincipalDim) {
-    throw Error("--model " + o.model + ": latent size " + std::to_string(latent) +
-                "; the manifold's principal directions are computed for up to " +
-                std::to_string(kMaxPrincipalDim));
-  }
+  check_latent_size_for_plane(latent, o.model, "the manifold");
   const int side = square_side(arch.input_dim, o.model);
   IdxImages test;
   if (latent > 2) test = load_mnist_split(o.data, false).images;

@@ -73,7 +73,7 @@ median() {  # INDEX KIND -> the median over rounds
   echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src include || echo ' (src or include modified)')"
   echo "- $("$vae" info | grep '^CPU backend:')"
-  echo "- default: cuvae's environment (since this change: OMP_WAIT_POLICY=passive via the start-up restart); CUVAE_OMP_WAIT=keep: libgomp's default spinning, as before"
+  echo "- default: cuvae's environment (GOMP_SPINCOUNT=1000 via the start-up restart, include/cuvae/openmp_wait.h); CUVAE_OMP_WAIT=keep: libgomp's default spinning (300,000)"
   echo "- each run: \`vae bench --device cpu --batch-sizes $batch --warmup 5 --steps $steps --repeats 5\` (median step);"
   echo "  the competitor: \`sh -c 'while :; do :; done'\`, started 1 s before the busy run; $rounds rounds, each variant idle then busy; cells: median over rounds"
   echo

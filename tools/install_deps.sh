@@ -4,8 +4,10 @@
 # reference comparison, tools/torch_reference.py)
 # All are Debian/Ubuntu packages. libopenblas-openmp-dev is OpenBLAS built
 # with OpenMP: it shares our OpenMP thread pool (the pthread build's threads
-# spin against ours and make a step ~5x slower). libdnnl-dev is oneDNN, whose
-# sgemm runs the CPU GEMMs (faster on the model's shapes). The CUDA toolkit is not installed here: the
+# spin against ours and make a step ~5x slower). libxsmm-dev's JIT kernels run
+# the small GEMMs of a small-batch step (include/cuvae/cpu_gemm_small.h).
+# libdnnl-dev is oneDNN, whose sgemm can run the CPU GEMMs with
+# CUVAE_CPU_GEMM=onednn (src/cpu_gemm.cpp says why it is opt-in). The CUDA toolkit is not installed here: the
 # build uses nvcc when it finds one (/usr/local/cuda) and builds CPU-only
 # when it does not. clang and libclang-rt-dev (clang's libFuzzer and sanitizer
 # runtimes, which --no-install-recommends would leave out) are for
@@ -15,7 +17,7 @@
 # installed by tools/fetch_data.sh when asked for.
 set -euo pipefail
 
-packages=(g++ cmake make git libopenblas-dev libopenblas-openmp-dev libdnnl-dev libstb-dev libcli11-dev nlohmann-json3-dev
+packages=(g++ cmake make git libopenblas-dev libopenblas-openmp-dev libxsmm-dev libdnnl-dev libstb-dev libcli11-dev nlohmann-json3-dev
           zlib1g-dev libgtest-dev libbenchmark-dev ca-certificates
           clang libclang-rt-dev python3-matplotlib)
 if [[ "${1:-}" == "--torch" ]]; then

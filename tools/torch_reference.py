@@ -483,7 +483,7 @@ def main(argv=None):
               % (epoch, bound_name, mean_elbo, secs, sps, nsteps), flush=True)
         row = {"epoch": epoch, "bound": mean_elbo, "seconds": secs, "samples_per_s": sps, "steps": nsteps}
         if args.objective == "elbo":
-            row["elbo"] = mean_elbo  # the name tools/agreement_torch.sh reads
+            row["elbo"] = mean_elbo  # the older name, for files read by older scripts
         history.append(row)
         if stop:
             break

@@ -30,7 +30,7 @@ namespace cuvae {
 // or CUVAE_CPU_GEMM. If the exec fails, goes
 // on with OpenBLAS's pick (the report's origin says why).
 // With long_running (training, evaluation, benchmarks) the restart also sets
-// OMP_WAIT_POLICY (openmp_wait.h), which alone is worth a restart (~0.1 s)
+// GOMP_SPINCOUNT (openmp_wait.h), which alone is worth a restart (~0.1 s)
 // only for commands that compute for a while.
 void select_blas_kernel_at_startup(char** argv, bool long_running);
 

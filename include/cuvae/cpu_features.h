@@ -61,7 +61,8 @@ struct BlasKernelReport {
   VectorIsa kernel_isa = VectorIsa::kSse;
   VectorIsa cpu_isa = VectorIsa::kSse;
   std::string kernel;      // "OpenBLAS SkylakeX (AVX-512, OpenBLAS's own choice)"
-  std::string summary;     // "GEMM kernel " + kernel + ", CPU vector ISA AVX-512"
+  std::string small_gemm;  // "libxsmm 1.17.0 (JIT for spr)" when it runs the small shapes, else ""
+  std::string summary;     // "GEMM kernel " + kernel + [", small GEMMs " + small_gemm] + ", CPU vector ISA AVX-512"
   std::string warning;     // "" unless the kernel is below the CPU's level
 };
 // Any GEMM library's kernel: `library` "OpenBLAS" or "oneDNN", `kernel` its

@@ -7,7 +7,12 @@
 // development Xeon (src/cpu_gemm.cpp): opt-in until that is understood. Both
 // run on the OpenMP pool's threads.
 //
-// CUVAE_CPU_GEMM: auto (or unset) and openblas select OpenBLAS, onednn oneDNN.
+// In a build with libxsmm, its JIT kernels take the small shapes (a batch-20
+// step's; include/cuvae/cpu_gemm_small.h) unless CUVAE_CPU_GEMM names a
+// library.
+//
+// CUVAE_CPU_GEMM: auto (or unset) selects OpenBLAS with libxsmm for small
+// shapes, openblas OpenBLAS alone, onednn oneDNN alone.
 #pragma once
 
 #include <string>

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "cuvae/idx.h"
@@ -33,6 +34,10 @@ struct PrincipalPlane {
 
 // Largest dimension principal_plane takes (it forms the dim x dim covariance).
 constexpr int kMaxPrincipalDim = 1024;
+
+// Throws cuvae::Error naming --model `path` unless its latent size is from 2
+// to kMaxPrincipalDim; `picture` names what needs it ("the latent map").
+void check_latent_size_for_plane(int latent, const std::string& path, const std::string& picture);
 
 // Orthogonal (subspace) iteration on the covariance matrix, in double.
 // Throws cuvae::Error when n < 3, dim < 2 or dim > kMaxPrincipalDim, or when

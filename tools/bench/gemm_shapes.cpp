@@ -2,8 +2,14 @@
 // 784-200-200-100, decoder 50-200-200-784) at several batch sizes, timed
 // through one GEMM library, so that libraries and OpenBLAS kernels can be
 // compared on the shapes that matter. tools/bench_gemm_kernels.sh builds it
-// once per library (-DGEMM_WITH_DNNL for oneDNN's dnnl_sgemm, else any CBLAS:
-// OpenBLAS or BLIS) and runs the builds alternately.
+// once per library (-DGEMM_WITH_DNNL for oneDNN's dnnl_sgemm,
+// -DGEMM_WITH_LIBXSMM for libxsmm's JIT kernels, else any CBLAS: OpenBLAS or
+// BLIS) and runs the builds alternately.
+//
+// libxsmm (1.17): a kernel JIT-compiled per shape by libxsmm_smmdispatch,
+// single-threaded (libxsmm's small-matrix kernels are; THREADS=1 compares it
+// fairly); shapes it declines (its JIT takes no transposed A) go through
+// libxsmm_sgemm, which hands them to the BLAS it is linked with (OpenBLAS).
 //
 // Per batch, three passes as src/vae_model.cpp calls them: fwd Y = X W
 // (rows x in times in x out), dW = X^T dY, dX = dY W^T (none for the
@@ -21,6 +27,8 @@
 
 #if GEMM_WITH_DNNL
 #include <dnnl.h>
+#elif GEMM_WITH_LIBXSMM
+#include <libxsmm.h>
 #else
 #include <cblas.h>
 #endif
@@ -38,6 +46,20 @@ void sgemm(const Shape& s, const float* a, const float* b, float* c) {
 #if GEMM_WITH_DNNL
   dnnl_sgemm(s.transpose_a ? 'T' : 'N', s.transpose_b ? 'T' : 'N', s.m, s.n, s.k, 1.0f, a, lda, b,
              ldb, 0.0f, c, s.n);
+#elif GEMM_WITH_LIBXSMM
+  // Column-major, as libxsmm is: row-major C = op(A) op(B) is C^T = op(B)^T op(A)^T.
+  const libxsmm_blasint m = s.n, n = s.m, k = s.k, ld_first = ldb, ld_second = lda, ldc = s.n;
+  const float alpha = 1.0f, beta = 0.0f;
+  const int flags = (s.transpose_b ? LIBXSMM_GEMM_FLAG_TRANS_A : 0) |
+                    (s.transpose_a ? LIBXSMM_GEMM_FLAG_TRANS_B : 0);
+  const libxsmm_smmfunction kernel = libxsmm_smmdispatch(m, n, k, &ld_first, &ld_second, &ldc,
+                                                         &alpha, &beta, &flags, nullptr);
+  if (kernel != nullptr) {
+    kernel(b, a, c);
+  } else {
+    const char first = s.transpose_b ? 'T' : 'N', second = s.transpose_a ? 'T' : 'N';
+    libxsmm_sgemm(&first, &second, &m, &n, &k, &alpha, b, &ld_first, a, &ld_second, &beta, c, &ldc);
+  }
 #else
   cblas_sgemm(CblasRowMajor, s.transpose_a ? CblasTrans : CblasNoTrans,
               s.transpose_b ? CblasTrans : CblasNoTrans, s.m, s.n, s.k, 1.0f, a, lda, b, ldb, 0.0f,

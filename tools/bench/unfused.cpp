@@ -189,9 +189,7 @@ void adam_step(float* params, const float* grads, float* m, float* v, size_t cou
   for (long i = 0; i < n; ++i) v[i] = s.beta2 * v[i] + s.one_minus_beta2 * grads[i] * grads[i];
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
   for (long i = 0; i < n; ++i) {
-    const float m_hat = m[i] / s.bias_correction1;
-    const float v_hat = v[i] / s.bias_correction2;
-    params[i] -= s.lr * m_hat / (sqrtf(v_hat) + s.eps);
+    params[i] -= s.step_size * m[i] / (sqrtf(v[i]) * s.inv_sqrt_bias_correction2 + s.eps);
   }
 }
 

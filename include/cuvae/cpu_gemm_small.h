@@ -1,0 +1,27 @@
+// Small GEMMs through libxsmm's JIT-compiled kernels (libxsmm-dev), for the
+// shapes of a small-batch step, where OpenBLAS's packing and threading cost
+// more than the arithmetic: at batch 20 on one AVX-512 core libxsmm ran the
+// forward and dW GEMMs 1.3x faster than OpenBLAS SkylakeX
+// (docs/results/2026-12-02-cpu/gemm-kernels-1-thread.md).
+//
+// C is cut into 16-wide blocks of rows or columns that depend on the shape
+// alone, shared out among the OpenMP threads, so the bits do not depend on
+// the thread count (tested), unlike OpenBLAS's on these shapes.
+#pragma once
+
+#include <string>
+
+namespace cuvae {
+
+// Row-major C = op(A) op(B) + beta C through libxsmm, when this build has it,
+// the shape is small (m n k at most 2^23: batch 20, not 200), alpha is 1,
+// beta is 0 or 1 and B is not transposed (libxsmm 1.17's JIT takes no
+// transposed first operand, which is our B in its column-major terms).
+// Returns false, having done nothing, otherwise.
+bool small_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
+                 int lda, const float* b, int ldb, float beta, float* c, int ldc);
+
+// "libxsmm 1.17.0 (JIT for avx512_core)" or "" in a build without it.
+std::string small_sgemm_library();
+
+}  // namespace cuvae
