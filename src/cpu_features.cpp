@@ -102,6 +102,11 @@ std::string openblas_core_to_request(const CpuFeatures& features, const std::str
   return preferred_openblas_core(cpu);
 }
 
+std::string gemm_kernel_summary(const BlasKernelReport& r) {
+  return "GEMM kernel " + r.kernel + (r.small_gemm.empty() ? "" : ", small GEMMs " + r.small_gemm) +
+         ", CPU vector ISA " + vector_isa_name(r.cpu_isa);
+}
+
 BlasKernelReport assess_gemm_kernel(const CpuFeatures& features, const std::string& library,
                                     const std::string& kernel, VectorIsa kernel_isa,
                                     const std::string& origin, const std::string& remedy) {
@@ -110,7 +115,7 @@ BlasKernelReport assess_gemm_kernel(const CpuFeatures& features, const std::stri
   r.kernel_isa = kernel_isa;
   r.cpu_isa = best_vector_isa(features);
   r.kernel = library + " " + kernel + " (" + vector_isa_name(r.kernel_isa) + ", " + origin + ")";
-  r.summary = "GEMM kernel " + r.kernel + ", CPU vector ISA " + vector_isa_name(r.cpu_isa);
+  r.summary = gemm_kernel_summary(r);
   if (r.kernel_isa < r.cpu_isa) {
     r.warning = "the GEMM kernel, " + library + " " + kernel + " (" + vector_isa_name(r.kernel_isa) +
                 "), is below this CPU's " + vector_isa_name(r.cpu_isa) +

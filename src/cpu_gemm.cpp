@@ -24,14 +24,24 @@ std::string env_or_empty(const char* name) {
   return value != nullptr ? value : "";
 }
 
+// CUVAE_CPU_GEMM as read once: "onednn", "openblas", or anything else
+// (unset, "auto"; check_cpu_gemm_choice refuses the rest at start-up).
+enum class GemmChoice { kAuto, kOpenBlas, kOneDnn };
+GemmChoice gemm_choice() {
+  static const GemmChoice choice = [] {
+    const std::string v = env_or_empty("CUVAE_CPU_GEMM");
+    return v == "onednn" ? GemmChoice::kOneDnn : v == "openblas" ? GemmChoice::kOpenBlas : GemmChoice::kAuto;
+  }();
+  return choice;
+}
+
 bool use_onednn() {
-#if CUVAE_HAVE_DNNL
   // Opt-in: with oneDNN 2.6.3 (Debian 12) running the GEMMs, `vae train`
   // at batch 100 on the 2-core Xeon of 2026-12-01 (family 6 model 167, AMX)
   // corrupted the heap (glibc: "corrupted size vs. prev_size" at exit, 3 of
   // 3 runs; OpenBLAS: 0 of 3), and it lost at batch 20 (docs/performance.md).
-  static const bool chosen = env_or_empty("CUVAE_CPU_GEMM") == "onednn";
-  return chosen;
+#if CUVAE_HAVE_DNNL
+  return gemm_choice() == GemmChoice::kOneDnn;
 #else
   return false;
 #endif
@@ -39,8 +49,7 @@ bool use_onednn() {
 
 // libxsmm runs the small shapes unless the user named one library.
 bool use_small_gemm() {
-  static const bool chosen = !small_sgemm_library().empty() &&
-                             (env_or_empty("CUVAE_CPU_GEMM").empty() || env_or_empty("CUVAE_CPU_GEMM") == "auto");
+  static const bool chosen = gemm_choice() == GemmChoice::kAuto && !small_sgemm_library().empty();
   return chosen;
 }
 
@@ -122,8 +131,7 @@ BlasKernelReport cpu_gemm_kernel() {
   BlasKernelReport report = current_blas_kernel();
   if (use_small_gemm()) {
     report.small_gemm = small_sgemm_library();
-    const std::string isa = ", CPU vector ISA ";
-    report.summary.insert(report.summary.rfind(isa), ", small GEMMs " + report.small_gemm);
+    report.summary = gemm_kernel_summary(report);
   }
   return report;
 }

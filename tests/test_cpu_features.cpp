@@ -178,12 +178,7 @@ TEST(BlasKernelEndToEnd, KeepLeavesTheFallbackAndWarns) {
 }
 
 TEST(BlasKernelEndToEnd, UnknownPolicyIsOneLineError) {
-  ScopedEnv policy("CUVAE_BLAS_KERNEL", "bogus");
-  TempDir dir;
-  const RunResult r = run_vae({"info"}, dir.path());
-  EXPECT_EQ(r.exit_code, 2) << describe(r);
-  EXPECT_EQ(r.err, "vae: error: CUVAE_BLAS_KERNEL must be auto or keep, got 'bogus'\n") << describe(r);
-  EXPECT_EQ(r.out, "") << describe(r);
+  expect_info_refuses_env("CUVAE_BLAS_KERNEL", "bogus", "vae: error: CUVAE_BLAS_KERNEL must be auto or keep, got 'bogus'\n");
 }
 
 TEST(BlasKernelEndToEnd, UnknownGemmLibraryIsOneLineError) {

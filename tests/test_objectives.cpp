@@ -144,24 +144,42 @@ TEST_F(Objectives, ModelFilesRebuildTheirActivation) {
   EXPECT_GT(std::fabs(nll_as(Activation::kTanh, 30.0f) - nll_as(Activation::kRelu, 30.0f)), 1.0);
 }
 
+// 28 x 28 test images whose pixels follow (i * stride) % 256, and a
+// 784-16-L model's parameters scale * N(0,1) from init seed `seed`: the
+// evaluation tests' fixtures.
+IdxImages patterned_images(int count, size_t stride) {
+  IdxImages images;
+  images.count = count;
+  images.rows = images.cols = 28;
+  images.pixels.resize(static_cast<size_t>(count) * 784);
+  for (size_t i = 0; i < images.pixels.size(); ++i) images.pixels[i] = static_cast<uint8_t>((i * stride) % 256);
+  return images;
+}
+
+Architecture tiny_eval_arch(int latent) {
+  Architecture arch;
+  arch.input_dim = 784;
+  arch.hidden = {16};
+  arch.latent_dim = latent;
+  return arch;
+}
+
+std::vector<float> normal_params(const Architecture& arch, uint64_t seed, float scale) {
+  std::vector<float> params(ParameterLayout(arch).size());
+  for (size_t i = 0; i < params.size(); ++i) params[i] = scale * random_normal(RandomKey{seed, RandomStream::kInit, 0}, i);
+  return params;
+}
+
 // evaluate() against a direct computation: each sample through the model on
 // its own, log w = log p(x|z) + log p(z) - log q(z|x), the log-mean-exp in
 // double; the same whatever the chunking; L_K = -NLL; L_1 the mean log w.
 TEST(Evaluate, MatchesADirectEvaluationWhateverTheChunking) {
   std::unique_ptr<Backend> cpu = make_cpu_backend();
-  Architecture arch;
-  arch.input_dim = 784;
-  arch.hidden = {16};
-  arch.latent_dim = 3;
+  Architecture arch = tiny_eval_arch(3);
   arch.activation = Activation::kTanh;
-  IdxImages images;
-  images.count = 6;
-  images.rows = images.cols = 28;
-  images.pixels.resize(6 * 784);
-  for (size_t i = 0; i < images.pixels.size(); ++i) images.pixels[i] = static_cast<uint8_t>((i * 37) % 256);
+  const IdxImages images = patterned_images(6, 37);
   const int k = 7;
-  std::vector<float> params(ParameterLayout(arch).size());
-  for (size_t i = 0; i < params.size(); ++i) params[i] = 0.2f * random_normal(RandomKey{5, RandomStream::kInit, 0}, i);
+  const std::vector<float> params = normal_params(arch, 5, 0.2f);
 
   EvalRequest request;
   request.k = k;
@@ -208,18 +226,10 @@ TEST(Evaluate, MatchesADirectEvaluationWhateverTheChunking) {
 // above 0.01): none when the encoder ignores x, all when it follows x.
 TEST(Evaluate, CountsActiveUnits) {
   std::unique_ptr<Backend> cpu = make_cpu_backend();
-  Architecture arch;
-  arch.input_dim = 784;
-  arch.hidden = {16};
-  arch.latent_dim = 4;
-  IdxImages images;
-  images.count = 20;
-  images.rows = images.cols = 28;
-  images.pixels.resize(20 * 784);
-  for (size_t i = 0; i < images.pixels.size(); ++i) images.pixels[i] = static_cast<uint8_t>((i * 131) % 256);
+  const Architecture arch = tiny_eval_arch(4);
+  const IdxImages images = patterned_images(20, 131);
   const ParameterLayout layout(arch);
-  std::vector<float> params(layout.size());
-  for (size_t i = 0; i < params.size(); ++i) params[i] = 0.3f * random_normal(RandomKey{9, RandomStream::kInit, 0}, i);
+  const std::vector<float> params = normal_params(arch, 9, 0.3f);
   EvalRequest request;
   request.k = 2;
   auto active = [&](const std::vector<float>& p) {

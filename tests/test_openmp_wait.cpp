@@ -72,11 +72,7 @@ TEST(OpenMpWait, UsersSpinCountIsKeptAndInfoSaysSo) {
 }
 
 TEST(OpenMpWait, UnknownChoiceIsOneLineError) {
-  ScopedEnv bad("CUVAE_OMP_WAIT", "sometimes");
-  TempDir dir;
-  const RunResult r = run_vae({"info"}, dir.path());
-  EXPECT_EQ(r.exit_code, 2) << describe(r);
-  EXPECT_EQ(r.err, "vae: error: CUVAE_OMP_WAIT must be auto or keep, got 'sometimes'\n") << describe(r);
+  expect_info_refuses_env("CUVAE_OMP_WAIT", "sometimes", "vae: error: CUVAE_OMP_WAIT must be auto or keep, got 'sometimes'\n");
 }
 
 }  // namespace

@@ -216,6 +216,17 @@ inline void expect_success(const RunResult& r) {
   EXPECT_TRUE(r.err.empty()) << describe(r);
 }
 
+// `vae info` with NAME=VALUE set, a value the start-up refuses: exit 2,
+// exactly `error_line` on stderr, nothing on stdout.
+inline void expect_info_refuses_env(const char* name, const char* value, const std::string& error_line) {
+  ScopedEnv bad(name, value);
+  TempDir dir;
+  const RunResult r = run_vae({"info"}, dir.path());
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_EQ(r.err, error_line) << describe(r);
+  EXPECT_EQ(r.out, "") << describe(r);
+}
+
 // ---------------------------------------------------------------------------
 // Generated data
 

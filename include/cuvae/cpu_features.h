@@ -65,6 +65,8 @@ struct BlasKernelReport {
   std::string summary;     // "GEMM kernel " + kernel + [", small GEMMs " + small_gemm] + ", CPU vector ISA AVX-512"
   std::string warning;     // "" unless the kernel is below the CPU's level
 };
+// The banner's words for a report: its `summary` from its other fields.
+std::string gemm_kernel_summary(const BlasKernelReport& report);
 // Any GEMM library's kernel: `library` "OpenBLAS" or "oneDNN", `kernel` its
 // name ("SkylakeX", "avx512_core"), `origin` how it was chosen (e.g.
 // "OPENBLAS_CORETYPE=Prescott set by the user"), `remedy` what gives the
