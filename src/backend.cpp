@@ -4,7 +4,6 @@
 #include <chrono>
 
 #include "cuvae/cpu_backend.h"
-#include "cuvae/cpu_gemm.h"
 #include "cuvae/error.h"
 #if CUVAE_HAVE_CUDA
 #include "cuvae/cuda_backend.h"
@@ -70,7 +69,6 @@ std::unique_ptr<Backend> open_backend(const std::string& device, std::ostream& o
     out << " (auto: " << why_not << ")";
   }
   out << "\n";
-  if (backend->name() == "cpu") print_cpu_gemm_warning();
   return backend;
 }
 

@@ -102,9 +102,19 @@ std::string openblas_core_to_request(const CpuFeatures& features, const std::str
   return preferred_openblas_core(cpu);
 }
 
+std::string openblas_kernel_origin(const std::string& coretype, const std::string& restarted_from,
+                                   const std::string& policy) {
+  if (!restarted_from.empty()) {
+    return "chosen by cuvae from the CPU's features; OpenBLAS had picked " + restarted_from;
+  }
+  if (!coretype.empty()) return "OPENBLAS_CORETYPE=" + coretype + " set in the environment";
+  if (policy == "keep") return "OpenBLAS's own choice, kept (CUVAE_BLAS_KERNEL=keep)";
+  return "OpenBLAS's own choice";
+}
+
 std::string gemm_kernel_summary(const BlasKernelReport& r) {
   return "GEMM kernel " + r.kernel + (r.small_gemm.empty() ? "" : ", small GEMMs " + r.small_gemm) +
-         ", CPU vector ISA " + vector_isa_name(r.cpu_isa);
+         ", CPU vector ISA " + vector_isa_name(r.cpu_isa) + (r.below_cpu.empty() ? "" : "; " + r.below_cpu);
 }
 
 BlasKernelReport assess_gemm_kernel(const CpuFeatures& features, const std::string& library,
@@ -115,12 +125,12 @@ BlasKernelReport assess_gemm_kernel(const CpuFeatures& features, const std::stri
   r.kernel_isa = kernel_isa;
   r.cpu_isa = best_vector_isa(features);
   r.kernel = library + " " + kernel + " (" + vector_isa_name(r.kernel_isa) + ", " + origin + ")";
-  r.summary = gemm_kernel_summary(r);
   if (r.kernel_isa < r.cpu_isa) {
-    r.warning = "the GEMM kernel, " + library + " " + kernel + " (" + vector_isa_name(r.kernel_isa) +
-                "), is below this CPU's " + vector_isa_name(r.cpu_isa) +
-                ": GEMMs run several times slower (" + origin + "; " + remedy + ")";
+    r.below_cpu = "the GEMM kernel, " + library + " " + kernel + " (" + vector_isa_name(r.kernel_isa) +
+                  "), is below this CPU's " + vector_isa_name(r.cpu_isa) +
+                  ": GEMMs run several times slower (" + origin + "; " + remedy + ")";
   }
+  r.summary = gemm_kernel_summary(r);
   return r;
 }
 

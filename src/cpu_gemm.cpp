@@ -3,7 +3,6 @@
 
 #include <cblas.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -74,7 +73,7 @@ BlasKernelReport onednn_kernel() {
   const dnnl_version_t* v = dnnl_version();
   std::string origin = "oneDNN's own choice from the CPU's features";
   for (const char* name : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
-    if (!env_or_empty(name).empty()) origin = std::string(name) + "=" + env_or_empty(name) + " set by the user";
+    if (!env_or_empty(name).empty()) origin = std::string(name) + "=" + env_or_empty(name) + " set in the environment";
   }
   return assess_gemm_kernel(detect_cpu_features(),
                             "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
@@ -118,11 +117,6 @@ void cpu_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float al
 }
 
 bool cpu_gemm_is_onednn() { return use_onednn(); }
-
-void print_cpu_gemm_warning() {
-  const BlasKernelReport report = cpu_gemm_kernel();
-  if (!report.warning.empty()) std::fprintf(stderr, "vae: warning: %s\n", report.warning.c_str());
-}
 
 BlasKernelReport cpu_gemm_kernel() {
 #if CUVAE_HAVE_DNNL

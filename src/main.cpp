@@ -278,9 +278,9 @@ int run_info() {
   std::cout << "Small GEMMs: "
             << (gemm.small_gemm.empty() ? std::string("the GEMM kernel's too") : gemm.small_gemm + " (m n k up to 2^23; CUVAE_CPU_GEMM=openblas: OpenBLAS for all)")
             << "\n";
+  if (!gemm.below_cpu.empty()) std::cout << "GEMM speed: " << gemm.below_cpu << "\n";
   std::cout << "OpenMP waiting: " << cuvae::openmp_wait_description() << "\n";
   std::cout.flush();
-  cuvae::print_cpu_gemm_warning();
   return 0;
 }
 

@@ -68,7 +68,7 @@ TEST(OpenMpWait, UsersSpinCountIsKeptAndInfoSaysSo) {
   EXPECT_EQ(reported_spin_count(r.err), "12345") << describe(r);
   const RunResult info = run_vae({"info"}, dir.path());
   expect_success(info);
-  EXPECT_TRUE(contains(info.out, "\nOpenMP waiting: GOMP_SPINCOUNT=12345 set by the user\n")) << describe(info);
+  EXPECT_TRUE(contains(info.out, "\nOpenMP waiting: GOMP_SPINCOUNT=12345 set in the environment\n")) << describe(info);
 }
 
 TEST(OpenMpWait, UnknownChoiceIsOneLineError) {

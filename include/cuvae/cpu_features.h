@@ -46,14 +46,25 @@ const char* preferred_openblas_core(VectorIsa isa);
 
 // What to do at start-up, before OpenBLAS computes anything.
 struct BlasKernelRequest {
-  bool user_override = false;  // OPENBLAS_CORETYPE was set by the user
+  bool user_override = false;  // OPENBLAS_CORETYPE was set in the environment
   std::string policy = "auto";  // CUVAE_BLAS_KERNEL: auto or keep
 };
 // The OPENBLAS_CORETYPE to restart with, or "" to keep OpenBLAS's choice:
-// "" when the user set OPENBLAS_CORETYPE or asked to keep it, or when the
-// loaded core's level is already the CPU's best.
+// "" when the environment set OPENBLAS_CORETYPE or CUVAE_BLAS_KERNEL=keep,
+// or when the loaded core's level is already the CPU's best.
 std::string openblas_core_to_request(const CpuFeatures& features, const std::string& loaded_core,
                                      const BlasKernelRequest& request);
+
+// How OpenBLAS's core came to be the one in use, from the values the process
+// found at start-up (passed in, so that tests need not change a process's
+// environment): `coretype` OPENBLAS_CORETYPE as inherited (before any restart
+// of cuvae's), `restarted_from` the core OpenBLAS had picked when cuvae's
+// restart replaced it ("" if it did not), `policy` CUVAE_BLAS_KERNEL.
+// "OPENBLAS_CORETYPE=Haswell set in the environment", "OpenBLAS's own
+// choice", "chosen by cuvae from the CPU's features; OpenBLAS had picked
+// Prescott", "OpenBLAS's own choice, kept (CUVAE_BLAS_KERNEL=keep)".
+std::string openblas_kernel_origin(const std::string& coretype, const std::string& restarted_from,
+                                   const std::string& policy);
 
 // What the banner and `vae info` say about the GEMM kernel.
 struct BlasKernelReport {
@@ -62,15 +73,17 @@ struct BlasKernelReport {
   VectorIsa cpu_isa = VectorIsa::kSse;
   std::string kernel;      // "OpenBLAS SkylakeX (AVX-512, OpenBLAS's own choice)"
   std::string small_gemm;  // "libxsmm 1.17.0 (JIT for spr)" when it runs the small shapes, else ""
-  std::string summary;     // "GEMM kernel " + kernel + [", small GEMMs " + small_gemm] + ", CPU vector ISA AVX-512"
-  std::string warning;     // "" unless the kernel is below the CPU's level
+  std::string summary;     // "GEMM kernel " + kernel + [", small GEMMs " + small_gemm] + ", CPU vector ISA AVX-512" [+ "; " + below_cpu]
+  std::string below_cpu;   // "" unless the kernel is below the CPU's level: what that costs, why, and the remedy
 };
 // The banner's words for a report: its `summary` from its other fields.
 std::string gemm_kernel_summary(const BlasKernelReport& report);
 // Any GEMM library's kernel: `library` "OpenBLAS" or "oneDNN", `kernel` its
 // name ("SkylakeX", "avx512_core"), `origin` how it was chosen (e.g.
-// "OPENBLAS_CORETYPE=Prescott set by the user"), `remedy` what gives the
-// CPU's best kernel (the warning's last words).
+// "OPENBLAS_CORETYPE=Prescott set in the environment"), `remedy` what gives
+// the CPU's best kernel (below_cpu's last words). Stated once, on stdout, in
+// `vae info` and the banners of train, eval and bench: a kernel the machine's
+// environment forced is its owner's choice, not an error of every command.
 BlasKernelReport assess_gemm_kernel(const CpuFeatures& features, const std::string& library,
                                     const std::string& kernel, VectorIsa kernel_isa,
                                     const std::string& origin, const std::string& remedy);

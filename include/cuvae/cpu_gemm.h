@@ -32,10 +32,6 @@ BlasKernelReport cpu_gemm_kernel();
 // Whether cpu_sgemm runs oneDNN (else OpenBLAS).
 bool cpu_gemm_is_onednn();
 
-// "vae: warning: ..." on stderr when the GEMM kernel in use is below what
-// the CPU supports; else nothing.
-void print_cpu_gemm_warning();
-
 // Throws cuvae::Error naming CUVAE_CPU_GEMM if it is not auto, openblas or
 // (in a oneDNN build) onednn. Called at start-up so that a bad value fails
 // before any work.
