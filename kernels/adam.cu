@@ -1,8 +1,8 @@
 // Adam over the whole flat parameter buffer in one launch: a grid-stride loop
 // around the shared adam_step (vae_math.h). Memory-bound: 16 bytes read and
 // 12 written per parameter.
-#include "cuvae/cuda_check.h"
-#include "cuvae/kernels.h"
+#include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/kernels.h"
 #include "launch.cuh"
 
 namespace cuvae::kernels {

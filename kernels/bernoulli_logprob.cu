@@ -10,8 +10,8 @@
 //   *acc += sum_b ((1/K) sum_k row_logprob[b K + k] - row_kl[b])   (row_kl may be null)
 #include <cub/cub.cuh>
 
-#include "cuvae/cuda_check.h"
-#include "cuvae/kernels.h"
+#include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/kernels.h"
 #include "launch.cuh"
 
 namespace cuvae::kernels {

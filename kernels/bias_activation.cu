@@ -21,8 +21,8 @@
 // columns needs its own sum.)
 #include <cub/cub.cuh>
 
-#include "cuvae/cuda_check.h"
-#include "cuvae/kernels.h"
+#include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/kernels.h"
 #include "launch.cuh"
 
 namespace cuvae::kernels {

@@ -7,9 +7,9 @@
 // Element (r, j) uses uniform element uniform_base + r * cols + j of the key,
 // exactly as the CPU backend does, so both backends binarize a batch to the
 // same bits. One thread per Philox block of four elements.
-#include "cuvae/cuda_check.h"
-#include "cuvae/curand_block.h"
-#include "cuvae/kernels.h"
+#include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/curand_block.h"
+#include "cuvae/backends/cuda/kernels.h"
 #include "launch.cuh"
 
 namespace cuvae::kernels {

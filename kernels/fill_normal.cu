@@ -5,9 +5,9 @@
 // Box-Muller transform is philox.h's normals_from_block (not curand_normal4),
 // so the device's normals differ from the host's only by sinf/cosf/logf's
 // last bits. One thread per block of four.
-#include "cuvae/cuda_check.h"
-#include "cuvae/curand_block.h"
-#include "cuvae/kernels.h"
+#include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/curand_block.h"
+#include "cuvae/backends/cuda/kernels.h"
 #include "launch.cuh"
 
 namespace cuvae::kernels {

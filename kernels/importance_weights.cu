@@ -5,7 +5,7 @@
 // Autoencoders", ICLR 2016 (the bound L_K and its gradient); Tucker, Lawson,
 // Gu & Maddison, "Doubly Reparameterized Gradient Estimators for Monte Carlo
 // Objectives", ICLR 2019 (DReG). The per-element math is vae_math.h's, shared
-// with the CPU backend (src/cpu_backend.cpp), the reference.
+// with the CPU backend (src/backends/cpu/cpu_backend.cpp), the reference.
 //
 // importance_weights: image b's K log-weights log w_k = row_logprob[b K + k] +
 // row_log_ratio[b K + k], with m = max_k log w_k and s = sum_k exp(log w_k - m)
@@ -27,14 +27,14 @@
 // added in order k = 0..K-1 from the k = 0 term, as the CPU backend does.
 // Consecutive threads read consecutive j of the same sample row: coalesced.
 //
-// Tested: tests/test_cuda_iwae.cpp against the CPU backend (K = 1, 3, 50 and
+// Tested: tests/backends/test_cuda_iwae.cpp against the CPU backend (K = 1, 3, 50 and
 // 5000, log-weights spread over hundreds of nats; IWAE and DReG), skipped
-// without a device; the shared math in tests/test_vae_math.cpp.
+// without a device; the shared math in tests/model/test_vae_math.cpp.
 #include <cub/cub.cuh>
 #include <cuda/functional>
 
-#include "cuvae/cuda_check.h"
-#include "cuvae/kernels.h"
+#include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/kernels.h"
 #include "launch.cuh"
 
 namespace cuvae::kernels {

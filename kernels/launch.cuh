@@ -1,15 +1,15 @@
 // Launch geometry shared by the element-wise kernels, and the one way every
 // fused kernel is launched: straight onto the stream, or through the step's
-// CUDA Graph (include/cuvae/step_graph.h) while one is captured or replayed.
+// CUDA Graph (include/cuvae/backends/cuda/step_graph.h) while one is captured or replayed.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <string>
 
-#include "cuvae/cuda_check.h"
-#include "cuvae/kernels.h"
-#include "cuvae/step_graph.h"
+#include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/kernels.h"
+#include "cuvae/backends/cuda/step_graph.h"
 
 namespace cuvae::kernels {
 

@@ -12,12 +12,12 @@
 // from the k = 0 term with the KL's gradient (vae_math.h's one-sample
 // reparameterize_kl_backward), so K = 1 is that formula's bits; the CPU adds
 // the KL's gradient after the K terms instead (a rounding-level difference).
-// Tested against the CPU backend in tests/test_backend_ops.cpp and
-// tests/test_cuda_iwae.cpp (K = 1, 3, 50).
+// Tested against the CPU backend in tests/backends/test_backend_ops.cpp and
+// tests/backends/test_cuda_iwae.cpp (K = 1, 3, 50).
 #include <cub/cub.cuh>
 
-#include "cuvae/cuda_check.h"
-#include "cuvae/kernels.h"
+#include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/kernels.h"
 #include "launch.cuh"
 
 namespace cuvae::kernels {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "cuvae/backend.h"
+#include "cuvae/backends/backend.h"
 
 namespace cuvae::testing {
 

@@ -2,7 +2,7 @@
 // on every computing thread, set before any thread starts), then GoogleTest.
 #include <gtest/gtest.h>
 
-#include "cuvae/denormals.h"
+#include "cuvae/backends/cpu/denormals.h"
 
 int main(int argc, char** argv) {
   cuvae::enable_flush_denormals_to_zero();

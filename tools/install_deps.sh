@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Installs, with apt, whatever of the build and test dependencies is missing.
 # Usage: tools/install_deps.sh [--torch]   (--torch adds PyTorch for the
-# reference comparison, tools/torch_reference.py)
+# reference comparison, tools/torch/torch_reference.py)
 # All are Debian/Ubuntu packages. libopenblas-openmp-dev is OpenBLAS built
 # with OpenMP: it shares our OpenMP thread pool (the pthread build's threads
 # spin against ours and make a step ~5x slower). libxsmm-dev's JIT kernels run
-# the small GEMMs of a small-batch step (include/cuvae/cpu_gemm_small.h).
+# the small GEMMs of a small-batch step (include/cuvae/backends/cpu/cpu_gemm_small.h).
 # libdnnl-dev is oneDNN, whose sgemm can run the CPU GEMMs with
-# CUVAE_CPU_GEMM=onednn (src/cpu_gemm.cpp says why it is opt-in). The CUDA toolkit is not installed here: the
+# CUVAE_CPU_GEMM=onednn (src/backends/cpu/cpu_gemm.cpp says why it is opt-in). The CUDA toolkit is not installed here: the
 # build uses nvcc when it finds one (/usr/local/cuda) and builds CPU-only
 # when it does not. clang and libclang-rt-dev (clang's libFuzzer and sanitizer
 # runtimes, which --no-install-recommends would leave out) are for
-# tools/fuzz.sh, which tools/test.sh runs. python3-matplotlib draws the charts
+# tools/fuzz/fuzz.sh, which tools/test.sh runs. python3-matplotlib draws the charts
 # (tools/plot.py: training_curve.png, latents.png); without it they are
 # skipped with a note and their tests skip. Fashion-MNIST's Debian package is
 # installed by tools/fetch_data.sh when asked for.

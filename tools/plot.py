@@ -11,7 +11,7 @@
       a header "label,X,Y" whose X and Y name the axes, then one row per
       point: an integer label 0..9 and two numbers.
 
-metrics.csv columns (src/train_command.cpp writes them): epoch (required);
+metrics.csv columns (src/cli/train_command.cpp writes them): epoch (required);
 the training bound in `bound` or, in files written before it existed,
 `elbo` (nats per image, mean over the epoch's steps); optional: objective
 (the bound's name, e.g. elbo or iwae), lr, test_bound (empty where the test

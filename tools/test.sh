@@ -3,7 +3,7 @@
 # (with CUDA when nvcc is there), and runs the whole test suite; then, unless
 # skipped, runs the whole suite again built with AddressSanitizer,
 # LeakSanitizer and UndefinedBehaviorSanitizer (CPU only, in build-asan), and
-# fuzzes the IDX and safetensors readers for a short while (tools/fuzz.sh).
+# fuzzes the IDX and safetensors readers for a short while (tools/fuzz/fuzz.sh).
 # Usage: tools/test.sh
 # Environment: BUILD_DIR (default build), JOBS (default nproc),
 #   CUVAE_SKIP_SANITIZE=1  skip the sanitizer build and its test run
@@ -40,6 +40,6 @@ fi
 if [[ "${CUVAE_SKIP_FUZZ:-0}" != 1 ]]; then
   echo "test: fuzzing the file readers (CUVAE_SKIP_FUZZ=1 skips)"
   start=$SECONDS
-  tools/fuzz.sh "${CUVAE_FUZZ_SECONDS:-15}"
+  tools/fuzz/fuzz.sh "${CUVAE_FUZZ_SECONDS:-15}"
   echo "test: fuzzing took $((SECONDS - start)) s"
 fi

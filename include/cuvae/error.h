@@ -2,7 +2,7 @@
 //
 // Library code never calls exit(): it throws an Error whose message is one
 // complete line naming the file, flag or call at fault and what is wrong.
-// The driver (src/main.cpp) catches it, prints "vae: error: <message>" and
+// The driver (src/cli/main.cpp) catches it, prints "vae: error: <message>" and
 // exits non-zero.
 #pragma once
 

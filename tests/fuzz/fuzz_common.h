@@ -1,4 +1,4 @@
-// Shared by the libFuzzer targets in this directory (built by tools/fuzz.sh,
+// Shared by the libFuzzer targets in this directory (built by tools/fuzz/fuzz.sh,
 // not by CMake): the readers take paths, so each input is written to a file
 // in a per-process temporary directory and read back from there.
 #pragma once
@@ -20,7 +20,7 @@
 namespace cuvae_fuzz {
 
 // A directory of our own, made once per process under $CUVAE_FUZZ_TMPDIR
-// if set (tools/fuzz.sh sets it, and removes it, so that runs that crash
+// if set (tools/fuzz/fuzz.sh sets it, and removes it, so that runs that crash
 // leave nothing behind), else under /dev/shm (a RAM disk, so the writes cost
 // little), else /tmp; removed at a normal exit.
 inline const std::string& scratch_dir() {

@@ -1,14 +1,14 @@
-// libFuzzer target for the IDX reader (src/idx.cpp): each input is read both
+// libFuzzer target for the IDX reader (src/io/idx.cpp): each input is read both
 // as an image file and as a label file, plain or gzipped (the reader detects
 // gzip by content, so a gz seed lets the fuzzer explore compressed input).
 // A cuvae::Error is the expected way to refuse an input; any other exception,
 // a crash, a sanitizer report or a broken invariant of an accepted file is a
-// finding. Build and run with tools/fuzz.sh.
+// finding. Build and run with tools/fuzz/fuzz.sh.
 #include <cstddef>
 #include <cstdint>
 
 #include "cuvae/error.h"
-#include "cuvae/idx.h"
+#include "cuvae/io/idx.h"
 #include "fuzz_common.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,9 +1,9 @@
-// libFuzzer target for the safetensors reader (src/safetensors.cpp). A
+// libFuzzer target for the safetensors reader (src/io/safetensors.cpp). A
 // cuvae::Error is the expected way to refuse an input; any other exception, a
 // crash, a sanitizer report, or an accepted file that breaks an invariant is a
 // finding. Accepted files must also round-trip: what our writer makes of them
 // must read back identical (names, order, shapes, bits, metadata).
-// Build and run with tools/fuzz.sh.
+// Build and run with tools/fuzz/fuzz.sh.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -12,7 +12,7 @@
 #include <set>
 
 #include "cuvae/error.h"
-#include "cuvae/safetensors.h"
+#include "cuvae/io/safetensors.h"
 #include "fuzz_common.h"
 
 namespace {

@@ -1,7 +1,7 @@
 // Writes the fuzzers' seed corpus, tests/fuzz/corpus/{idx,safetensors}/: a few
 // tiny valid files and a few broken ones, each well under 2 KB. The files are
 // committed; this program only regenerates them (deterministically):
-//   tools/fuzz.sh --make-corpus
+//   tools/fuzz/fuzz.sh --make-corpus
 #include <zlib.h>
 
 #include <cstdint>
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "cuvae/safetensors.h"
+#include "cuvae/io/safetensors.h"
 
 namespace {
 
@@ -128,7 +128,7 @@ void make_safetensors(const fs::path& dir) {
         safetensors(R"({"x":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", Bytes(4, '\0')));
 
   // Nested 800 deep: the reader must refuse these without recursing once per
-  // level (tools/fuzz.sh runs the fuzzer with a 256 KB stack, which 800
+  // level (tools/fuzz/fuzz.sh runs the fuzzer with a 256 KB stack, which 800
   // levels of nlohmann's dump() overflow). The first is the regression seed
   // of the shape-entry stack overflow; the second gives the fuzzer deep
   // nesting to splice elsewhere.

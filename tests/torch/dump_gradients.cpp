@@ -1,5 +1,5 @@
 // cuvae's analytic gradients of every objective, written for a comparison
-// with PyTorch autograd (tools/check_gradients_torch.py; ctest
+// with PyTorch autograd (tools/torch/check_gradients_torch.py; ctest
 // GradientsVsTorch).
 //
 //   cuvae_dump_gradients OUT.safetensors [--mnist DIR]
@@ -33,14 +33,14 @@
 #include <string>
 #include <vector>
 
+#include "cuvae/backends/cpu/cpu_backend.h"
 #include "cuvae/build_info.h"
-#include "cuvae/cpu_backend.h"
 #include "cuvae/error.h"
-#include "cuvae/idx.h"
-#include "cuvae/philox.h"
-#include "cuvae/safetensors.h"
-#include "cuvae/trainer.h"
-#include "cuvae/vae_model.h"
+#include "cuvae/io/idx.h"
+#include "cuvae/io/safetensors.h"
+#include "cuvae/model/philox.h"
+#include "cuvae/model/trainer.h"
+#include "cuvae/model/vae_model.h"
 
 namespace cuvae {
 namespace {

@@ -1,6 +1,6 @@
 // cpu/step_from_state/STATE/FTZ/200: one training step (batch 200, the
 // seed's model) from a given state, with flush-to-zero and
-// denormals-are-zero on or off in every thread (include/cuvae/denormals.h).
+// denormals-are-zero on or off in every thread (include/cuvae/backends/cpu/denormals.h).
 //
 // STATE "normal": the parameters and Adam moments after kWarmupSteps steps.
 // STATE "subnormal": the same, but with the share of subnormal moments that
@@ -22,11 +22,11 @@
 #include <string>
 #include <vector>
 
-#include "cuvae/denormals.h"
+#include "cuvae/backends/cpu/denormals.h"
 #include "cuvae/error.h"
-#include "cuvae/idx.h"
-#include "cuvae/philox.h"
-#include "cuvae/trainer.h"
+#include "cuvae/io/idx.h"
+#include "cuvae/model/philox.h"
+#include "cuvae/model/trainer.h"
 
 namespace {
 

@@ -4,7 +4,7 @@
 
 #include <benchmark/benchmark.h>
 
-#include "cuvae/backend.h"
+#include "cuvae/backends/backend.h"
 
 // Registers cpu/step_from_state/{normal,subnormal}/{ftz,no_ftz}/200 on `cpu`,
 // which must outlive the benchmarks' run.

@@ -1,7 +1,7 @@
 // gemm-shapes: one training step's GEMMs of the seed's model (encoder
 // 784-200-200-100, decoder 50-200-200-784) at several batch sizes, timed
 // through one GEMM library, so that libraries and OpenBLAS kernels can be
-// compared on the shapes that matter. tools/bench_gemm_kernels.sh builds it
+// compared on the shapes that matter. tools/bench/bench_gemm_kernels.sh builds it
 // once per library (-DGEMM_WITH_DNNL for oneDNN's dnnl_sgemm,
 // -DGEMM_WITH_LIBXSMM for libxsmm's JIT kernels, else any CBLAS: OpenBLAS or
 // BLIS) and runs the builds alternately.
@@ -11,7 +11,7 @@
 // fairly); shapes it declines (its JIT takes no transposed A) go through
 // libxsmm_sgemm, which hands them to the BLAS it is linked with (OpenBLAS).
 //
-// Per batch, three passes as src/vae_model.cpp calls them: fwd Y = X W
+// Per batch, three passes as src/model/vae_model.cpp calls them: fwd Y = X W
 // (rows x in times in x out), dW = X^T dY, dX = dY W^T (none for the
 // encoder's first layer). Output, one line per batch and pass:
 //   batch PASS ms_per_step gflops

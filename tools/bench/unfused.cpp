@@ -11,7 +11,7 @@ namespace cuvae::bench::unfused {
 
 namespace {
 
-// The CPU backend's threshold (src/cpu_backend.cpp): below this many elements
+// The CPU backend's threshold (src/backends/cpu/cpu_backend.cpp): below this many elements
 // a loop runs on one thread.
 constexpr long kParallelThreshold = 16384;
 

@@ -15,8 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "cuvae/philox.h"
-#include "cuvae/vae_math.h"
+#include "cuvae/model/philox.h"
+#include "cuvae/model/vae_math.h"
 
 namespace cuvae::bench::unfused {
 

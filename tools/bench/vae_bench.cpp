@@ -9,7 +9,7 @@
 //
 // Names are BACKEND/OP/VARIANT/ROWS, e.g. cpu/bernoulli/fused/4096 and
 // cpu/bernoulli/unfused/4096, so that each fused/unfused pair sorts together.
-// The ops, by Backend call (include/cuvae/backend.h), at the seed's shapes
+// The ops, by Backend call (include/cuvae/backends/backend.h), at the seed's shapes
 // (input 784, hidden 200, latent 50) for batches of 200, 1000 and 4096 rows:
 //   bias_relu       bias_activation_forward (ReLU), rows x 200
 //   relu_bwd_bias   activation_backward_bias_grad (ReLU), rows x 200
@@ -55,7 +55,7 @@
 // GEMMs report GFLOP/s (2 m n k per call) and frac_of_peak, the fraction of
 // ref/sgemm's GFLOP/s in this run (2048^3 on the CPU, 4096^3 on a GPU). Their names are
 // BACKEND/gemm/PASS/LAYER/ROWS: fwd is Y = X W (rows x in times in x out), dW = X^T dY, dX = dY
-// W^T, as src/vae_model.cpp calls them (it skips dX of encoder.0, and so do we).
+// W^T, as src/model/vae_model.cpp calls them (it skips dX of encoder.0, and so do we).
 //
 // If a filter leaves out the references, each is measured once, quietly,
 // the first time a benchmark needs it.
@@ -88,14 +88,14 @@
 #include <thread>
 #include <vector>
 
-#include "cuvae/backend.h"
-#include "cuvae/blas_kernel.h"
+#include "cuvae/backends/backend.h"
+#include "cuvae/backends/cpu/blas_kernel.h"
+#include "cuvae/backends/cpu/cpu_backend.h"
+#include "cuvae/backends/cpu/denormals.h"
 #include "cuvae/build_info.h"
-#include "cuvae/cpu_backend.h"
-#include "cuvae/denormals.h"
-#include "cuvae/philox.h"
-#include "cuvae/vae_math.h"
-#include "cuvae/vae_model.h"
+#include "cuvae/model/philox.h"
+#include "cuvae/model/vae_math.h"
+#include "cuvae/model/vae_model.h"
 #include "denormal_step.h"
 #include "unfused.h"
 

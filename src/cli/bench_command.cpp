@@ -1,0 +1,268 @@
+// `vae bench`. Throughput is timed on the plain backend (no synchronization
+// inside a repetition but at its end); the breakdown comes from a separate,
+// profiled run (ProfilingBackend synchronizes around every call), and the
+// GEMMs are replayed alone on the same shapes to compare with the BLAS, and a
+// large square SGEMM gives the backend's FP32 (or TF32) peak, so that each
+// step's time can be set against the time its FLOPs need at that peak.
+#include "cuvae/cli/bench_command.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cuvae/backends/cpu/profiling_backend.h"
+#include "cuvae/build_info.h"
+#include "cuvae/error.h"
+#include "cuvae/io/atomic_file.h"
+#include "cuvae/io/idx.h"
+#include "cuvae/model/trainer.h"
+#include "cuvae/timing.h"
+
+namespace cuvae {
+
+namespace {
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+std::string cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown CPU";
+}
+
+
+// MNIST's training images if they are in `dir`, else random ones (throughput
+// does not depend on the pixels).
+IdxImages bench_images(const std::string& dir, int needed, std::string* source) {
+  try {
+    IdxImages images = load_mnist_split(dir, true).images;
+    if (images.count >= needed) {
+      *source = "MNIST training images from " + dir;
+      return images;
+    }
+  } catch (const Error&) {
+  }
+  IdxImages images;
+  images.count = std::max(needed, 10000);
+  images.rows = images.cols = 28;
+  images.pixels.resize(static_cast<size_t>(images.count) * 784);
+  for (size_t i = 0; i < images.pixels.size(); ++i) {
+    images.pixels[i] = static_cast<uint8_t>(random_uniform(RandomKey{1, RandomStream::kInit, 0}, i) * 256);
+  }
+  *source = "generated images (no MNIST in " + dir + ")";
+  return images;
+}
+
+struct Result {
+  std::string device;
+  int batch = 0;
+  double samples_per_s = 0, step_ms = 0, gemm_ms = 0, other_ms = 0, gemm_alone_ms = 0;
+  double gemm_gflops = 0;
+  double step_gflop = 0;  // the step's GEMM FLOPs
+  std::map<std::string, double> op_ms;  // per step
+};
+
+Result bench_one(Backend& backend, const IdxImages& images, int batch, const BenchOptions& o) {
+  TrainConfig config;  // the seed's, with the objective and activation asked for
+  config.batch_size = batch;
+  config.objective = {parse_objective(o.objective, "--objective"), o.samples};
+  config.arch.activation = parse_activation(o.activation, "--activation");
+  Result r;
+  r.device = backend.name();
+  r.batch = batch;
+  {
+    TrainerOptions options;
+    options.step_graph = o.cuda_graph;
+    Trainer trainer(backend, config, images, options);
+    // A recorded step's first two runs set it up (one eager, one captured):
+    // never timed, whatever --warmup says.
+    const int setup_steps = trainer.step_recorded() ? 2 : 0;
+    for (int s = 0; s < setup_steps + o.warmup_steps; ++s) trainer.step();
+    backend.synchronize();
+    std::vector<double> rates;
+    for (int rep = 0; rep < o.repeats; ++rep) {
+      const auto start = Clock::now();
+      for (int s = 0; s < o.steps; ++s) trainer.step();
+      backend.synchronize();
+      rates.push_back(static_cast<double>(o.steps) * batch / seconds_since(start));
+    }
+    r.samples_per_s = median(rates);
+    r.step_ms = 1e3 * batch / r.samples_per_s;
+  }
+  // The breakdown, from a profiled run of the same steps.
+  ProfilingBackend profiler(backend);
+  Trainer trainer(profiler, config, images);
+  for (int s = 0; s < 3; ++s) trainer.step();
+  profiler.reset();
+  for (int s = 0; s < o.steps; ++s) trainer.step();
+  double total = 0;
+  for (const auto& [op, entry] : profiler.totals()) {
+    r.op_ms[op] = 1e3 * entry.seconds / o.steps;
+    total += r.op_ms[op];
+  }
+  r.gemm_ms = r.op_ms["gemm"];
+  r.other_ms = total - r.gemm_ms;
+  // The same GEMM shapes alone, one step's worth, on scratch buffers.
+  std::vector<ProfilingBackend::GemmShape> shapes(profiler.gemm_shapes().begin(),
+                                                  profiler.gemm_shapes().begin() +
+                                                      static_cast<long>(profiler.gemm_shapes().size() / o.steps));
+  size_t largest = 0;
+  double flops = 0;
+  for (const auto& g : shapes) {
+    largest = std::max({largest, size_t(g.m) * g.k, size_t(g.k) * g.n, size_t(g.m) * g.n});
+    flops += 2.0 * g.m * g.n * g.k;
+  }
+  DeviceArray<float> a(backend, largest), b(backend, largest), c(backend, largest);
+  const std::vector<float> ones(largest, 0.01f);
+  for (DeviceArray<float>* buffer : {&a, &b, &c}) {
+    backend.copy_to_device(buffer->get(), ones.data(), largest * sizeof(float));
+  }
+  auto replay = [&] {
+    for (const auto& g : shapes) {
+      backend.gemm(g.transpose_a, g.transpose_b, g.m, g.n, g.k, 1.0f, a.get(), g.transpose_a ? g.m : g.k,
+                   b.get(), g.transpose_b ? g.k : g.n, 0.0f, c.get(), g.n);
+    }
+  };
+  for (int s = 0; s < 3; ++s) replay();
+  backend.synchronize();
+  std::vector<double> times;
+  for (int rep = 0; rep < o.repeats; ++rep) {
+    const auto start = Clock::now();
+    for (int s = 0; s < o.steps; ++s) replay();
+    backend.synchronize();
+    times.push_back(1e3 * seconds_since(start) / o.steps);
+  }
+  r.gemm_alone_ms = median(times);
+  r.gemm_gflops = flops / (r.gemm_alone_ms * 1e-3) / 1e9;
+  r.step_gflop = flops / 1e9;
+  return r;
+}
+
+// GFLOP/s of one large square SGEMM (n = 2048 on the CPU, 8192 on a GPU),
+// median of 5: the backend's attainable matrix-multiply peak.
+double square_sgemm_gflops(Backend& backend) {
+  const int n = backend.name() == "cpu" ? 2048 : 8192;
+  const size_t count = size_t(n) * n;
+  DeviceArray<float> a(backend, count), b(backend, count), c(backend, count);
+  std::vector<float> values(count);
+  for (size_t i = 0; i < count; ++i) values[i] = static_cast<float>(random_uniform(RandomKey{2, RandomStream::kInit, 0}, i)) - 0.5f;
+  backend.copy_to_device(a.get(), values.data(), count * sizeof(float));
+  backend.copy_to_device(b.get(), values.data(), count * sizeof(float));
+  auto one = [&] { backend.gemm(false, false, n, n, n, 1.0f, a.get(), n, b.get(), n, 0.0f, c.get(), n); };
+  one();
+  backend.synchronize();
+  std::vector<double> rates;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto start = Clock::now();
+    one();
+    backend.synchronize();
+    rates.push_back(2.0 * n * double(n) * n / seconds_since(start) / 1e9);
+  }
+  return median(rates);
+}
+
+}  // namespace
+
+int run_bench_command(const BenchOptions& o) {
+  if (o.steps < 1 || o.repeats < 1 || o.warmup_steps < 0) {
+    throw Error("--steps and --repeats must be at least 1, --warmup at least 0");
+  }
+  // Before the benchmark, not after minutes of it.
+  if (!o.json.empty()) check_writable_file_path(o.json);
+  std::vector<std::string> devices;
+  std::string why_not;
+  const bool have_cuda = cuda_available(&why_not);
+  if (o.device == "all" || o.device == "cpu") devices.push_back("cpu");
+  if (o.device == "cuda" || (o.device == "all" && have_cuda)) devices.push_back("cuda");
+  const int largest_batch = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
+  std::string source;
+  const IdxImages images = bench_images(o.data, largest_batch, &source);
+
+  std::printf("vae bench: %s, %s, commit %s\n", cpu_model().c_str(), utc_now("%Y-%m-%d %H:%M:%S UTC").c_str(), CUVAE_GIT_COMMIT);
+  std::printf("model 784-200-200-(50+50) | 50-200-200-784, %s; objective %s, K = %d (samples/s: images/s); "
+              "%s; %d warm-up steps, median of %d x %d steps\n",
+              o.activation.c_str(), o.objective.c_str(), o.samples, source.c_str(), o.warmup_steps, o.repeats, o.steps);
+  if (!have_cuda && o.device == "all") std::printf("cuda: skipped (%s)\n", why_not.c_str());
+  nlohmann::json json = {{"commit", CUVAE_GIT_COMMIT}, {"date", utc_now("%Y-%m-%d %H:%M:%S UTC")}, {"cpu", cpu_model()},
+                         {"data", source}, {"objective", o.objective}, {"samples", o.samples},
+                         {"activation", o.activation}, {"results", nlohmann::json::array()}};
+  for (const std::string& device : devices) {
+    std::unique_ptr<Backend> backend = make_backend(device);
+    const bool tf32 = o.tf32 && backend->set_tf32(true);
+    const bool epilogues = o.gemm_epilogues && backend->set_gemm_epilogues(true);
+    const bool two_branch = o.two_branch_graph && backend->set_two_branch(true);
+    const double peak = square_sgemm_gflops(*backend);
+    std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
+    std::printf("%s GEMMs%s%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
+                epilogues ? " with cuBLASLt epilogues" : "",
+                two_branch ? ", weight gradients on a second branch" : "",
+                device == "cuda" ? (o.cuda_graph ? "; step replayed as a CUDA Graph" : "; step launched call by call") : "",
+                peak);
+    std::printf("%6s %12s %9s %9s %9s %7s %13s %10s %7s %9s %10s\n", "batch", "samples/s", "step ms", "gemm ms",
+                "other ms", "other%", "gemm alone ms", "gemm GF/s", "rest%", "floor ms", "step/floor");
+    for (int batch : o.batch_sizes) {
+      const Result r = bench_one(*backend, images, batch, o);
+      const double profiled = r.gemm_ms + r.other_ms;
+      const double floor_ms = r.step_gflop / peak * 1e3;
+      // GEMMs replayed alone (one launch each) can take longer than a whole
+      // graph-replayed step: then the split says nothing, and we print "-".
+      const double rest = std::max(0.0, 1.0 - r.gemm_alone_ms / r.step_ms);
+      char rest_text[16] = "      -";
+      if (r.gemm_alone_ms < r.step_ms) std::snprintf(rest_text, sizeof rest_text, "%6.1f%%", 100.0 * rest);
+      std::printf("%6d %12.0f %9.3f %9.3f %9.3f %6.1f%% %13.3f %10.1f %s %9.3f %10.2f\n", r.batch,
+                  r.samples_per_s, r.step_ms, r.gemm_ms, r.other_ms, 100.0 * r.other_ms / profiled,
+                  r.gemm_alone_ms, r.gemm_gflops, rest_text, floor_ms, r.step_ms / floor_ms);
+      std::fflush(stdout);
+      const DenseFusionCounts fusion = backend->dense_fusion_counts();
+      json["results"].push_back({{"device", device},
+                                 {"description", backend->description()},
+                                 {"batch", r.batch},
+                                 {"samples_per_s", r.samples_per_s},
+                                 {"step_ms", r.step_ms},
+                                 {"profiled_gemm_ms", r.gemm_ms},
+                                 {"profiled_other_ms", r.other_ms},
+                                 {"gemm_alone_ms", r.gemm_alone_ms},
+                                 {"gemm_alone_gflops", r.gemm_gflops},
+                                 {"step_gemm_gflop", r.step_gflop},
+                                 {"rest_share", rest},
+                                 {"square_sgemm_gflops", peak},
+                                 {"tf32", tf32},
+                                 {"gemm_epilogues", epilogues},
+                                 {"two_branch_graph", two_branch},
+                                 {"cuda_graph", device == "cuda" && o.cuda_graph},
+                                 {"profiled_op_ms", r.op_ms},
+                                 {"dense_calls_fused", fusion.fused},
+                                 {"dense_calls_unfused", fusion.unfused}});
+    }
+    if (epilogues) {
+      const DenseFusionCounts fusion = backend->dense_fusion_counts();
+      std::printf("cuBLASLt epilogues: %ld dense-layer calls fused, %ld left to the unfused path\n",
+                  fusion.fused, fusion.unfused);
+    }
+  }
+  std::printf("\nsamples/s: median training throughput; gemm/other ms: one step's time in GEMMs and in\n"
+              "everything else, from a profiled run (synchronized around every call, no CUDA Graph,\n"
+              "no cuBLASLt epilogues);\n"
+              "gemm alone: the step's GEMM shapes replayed without the rest; rest%%: 1 - gemm alone / step,\n"
+              "the share of the real (unprofiled) step that is not GEMM time; floor: the step's GEMM\n"
+              "FLOPs at the large square SGEMM's rate; step/floor: how far the step is from it.\n");
+  if (!o.json.empty()) {
+    // --data need not be UTF-8, which JSON requires: bad bytes become U+FFFD.
+    const std::string text = json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    write_file_atomically(o.json, text.data(), text.size());
+  }
+  return 0;
+}
+
+}  // namespace cuvae

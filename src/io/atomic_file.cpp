@@ -1,0 +1,167 @@
+#include "cuvae/io/atomic_file.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+
+#include "cuvae/error.h"
+
+namespace cuvae {
+
+namespace {
+
+std::string parent_directory(const std::string& path) {
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? std::string(".") : parent.string();
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, const void* data, size_t size) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    throw Error("cannot write " + path + ": " + std::strerror(errno));
+  }
+  const char* bytes = static_cast<const char*>(data);
+  size_t written = 0;
+  int saved_errno = 0;
+  while (written < size) {
+    const ssize_t n = ::write(fd, bytes + written, size - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      saved_errno = errno;
+      break;
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (saved_errno == 0 && ::fsync(fd) != 0) saved_errno = errno;
+  if (::close(fd) != 0 && saved_errno == 0) saved_errno = errno;
+  if (saved_errno == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) saved_errno = errno;
+  if (saved_errno != 0) {
+    ::unlink(tmp.c_str());
+    throw Error("cannot write " + path + ": " + std::strerror(saved_errno));
+  }
+  // Make the rename itself durable; failure here does not tear the file.
+  const int dir_fd = ::open(parent_directory(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
+void make_directories(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    throw Error("cannot create directory " + dir + ": " + ec.message());
+  }
+  if (!std::filesystem::is_directory(dir, ec)) {
+    throw Error("cannot create directory " + dir + ": exists and is not a directory");
+  }
+}
+
+void check_writable_file_path(const std::string& path) {
+  auto refuse = [&](const std::string& why) { throw Error("cannot write " + path + ": " + why); };
+  if (path.empty()) refuse("empty file name");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) refuse("is a directory");
+    // Renaming over a device or FIFO would replace it, not write into it.
+    if (!S_ISREG(st.st_mode)) refuse("exists and is not a regular file");
+  } else if (errno != ENOENT) {
+    refuse(std::strerror(errno));
+  }
+  const std::string dir = parent_directory(path);
+  if (::stat(dir.c_str(), &st) != 0) refuse("directory " + dir + ": " + std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) refuse(dir + " is not a directory");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) refuse("directory " + dir + ": " + std::strerror(errno));
+}
+
+namespace {
+
+// The files vae writes into an output directory: only their temporaries are
+// ours to remove (a user's "thesis.tex.tmp.123" in --out . is not).
+bool written_by_vae(const std::string& name) {
+  auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return name == "model.safetensors" || name == "checkpoint.safetensors" || name == "metrics.csv" ||
+         (name.rfind("task_3_", 0) == 0 && ends_with(".png")) || name == "training_curve.png" ||
+         name == "manifold.png" || name == "latents.png" || name == "latents.csv";
+}
+
+// The writer's PID if `name` is exactly "<file>.tmp.<pid>" as
+// write_file_atomically names it (std::to_string: no sign, no leading zero)
+// and <file> is one vae writes.
+bool temporary_pid(const std::string& name, pid_t* pid) {
+  const std::string marker = ".tmp.";
+  const size_t at = name.rfind(marker);
+  if (at == std::string::npos || at == 0 || !written_by_vae(name.substr(0, at))) return false;
+  const std::string digits = name.substr(at + marker.size());
+  if (digits.empty() || digits.size() > 10 || digits[0] == '0') return false;
+  long long value = 0;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return false;
+    value = value * 10 + (c - '0');
+  }
+  if (value > INT_MAX) return false;
+  *pid = static_cast<pid_t>(value);
+  return true;
+}
+
+}  // namespace
+
+int remove_stale_temporaries(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec);
+  if (ec) return 0;  // nothing to clean; the caller reports a bad directory
+  int removed = 0;
+  for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    if (ec) break;
+    pid_t pid = 0;
+    if (!temporary_pid(it->path().filename().string(), &pid)) continue;
+    // symlink_status: never follow a link out of the directory.
+    if (!std::filesystem::is_regular_file(it->symlink_status(ec)) || ec) continue;
+    // Only ESRCH proves the writer gone; EPERM means it is alive.
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    if (std::filesystem::remove(it->path(), ec)) ++removed;
+  }
+  return removed;
+}
+
+OutputDirectory::OutputDirectory(const std::string& dir) {
+  std::error_code ec;
+  for (std::filesystem::path p(dir); !p.empty(); p = p.parent_path()) {
+    if (std::filesystem::exists(std::filesystem::symlink_status(p, ec)) || p == p.parent_path()) break;
+    created_.push_back(p.string());
+  }
+  try {
+    make_directories(dir);
+  } catch (...) {
+    remove_created();
+    throw;
+  }
+  remove_stale_temporaries(dir);
+}
+
+OutputDirectory::~OutputDirectory() { remove_created(); }
+
+void OutputDirectory::remove_created() {
+  std::error_code ec;
+  for (const std::string& p : created_) {
+    // remove() takes a directory only when it is empty: one that holds
+    // anything stays.
+    if (!std::filesystem::is_directory(std::filesystem::symlink_status(p, ec))) break;
+    if (!std::filesystem::remove(p, ec)) break;
+  }
+}
+
+}  // namespace cuvae

@@ -1,0 +1,173 @@
+#include "cuvae/io/charts.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+extern char** environ;
+
+namespace cuvae {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// plot.py's exit codes (see its docstring).
+constexpr int kPlotNoMatplotlib = 3;
+constexpr int kNotRunnable = 127;  // a shell's "command not found"
+
+bool is_file(const fs::path& path) {
+  std::error_code ec;
+  return fs::is_regular_file(path, ec);
+}
+
+std::string executable_dir() {
+  char buffer[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", buffer, sizeof buffer - 1);
+  if (n <= 0) return std::string();
+  buffer[n] = '\0';
+  return fs::path(buffer).parent_path().string();
+}
+
+// The last non-empty line of `text`, trimmed; "" if none.
+std::string last_line(const std::string& text) {
+  size_t end = text.find_last_not_of(" \t\r\n");
+  if (end == std::string::npos) return std::string();
+  const size_t begin = text.rfind('\n', end);
+  return text.substr(begin == std::string::npos ? 0 : begin + 1,
+                     end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+}
+
+struct Outcome {
+  bool started = false;  // false: the program could not be run (*stderr_text says why)
+  int exit_code = -1;
+  std::string stderr_text;
+};
+
+// Runs program (looked up in PATH) with args, stdin from /dev/null, stdout
+// discarded, stderr captured through a temporary file.
+Outcome run(const std::string& program, const std::vector<std::string>& args) {
+  Outcome outcome;
+  const char* tmpdir = std::getenv("TMPDIR");
+  const std::string pattern =
+      std::string(tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp") + "/cuvae_plot_XXXXXX";
+  std::vector<char> err_path(pattern.begin(), pattern.end());
+  err_path.push_back('\0');
+  const int err_fd = ::mkstemp(err_path.data());
+  if (err_fd < 0) {
+    outcome.stderr_text = "cannot make a temporary file in " + pattern + ": " + std::strerror(errno);
+    return outcome;
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, err_fd, 2);
+  std::vector<std::string> storage = {program};
+  storage.insert(storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& arg : storage) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = ::posix_spawnp(&pid, program.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(err_fd);
+  if (rc != 0) {
+    outcome.stderr_text = program + ": " + std::strerror(rc);
+  } else {
+    outcome.started = true;
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (WIFEXITED(status)) {
+      outcome.exit_code = WEXITSTATUS(status);
+    } else {
+      outcome.exit_code = 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    }
+    std::ifstream in(err_path.data(), std::ios::binary);
+    outcome.stderr_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  ::unlink(err_path.data());
+  return outcome;
+}
+
+}  // namespace
+
+std::string find_plot_script() {
+  if (const char* env = std::getenv("CUVAE_PLOT_SCRIPT"); env != nullptr && *env != '\0') {
+    return is_file(env) ? std::string(env) : std::string();
+  }
+  const std::string exe_dir = executable_dir();
+  if (!exe_dir.empty()) {
+    for (const fs::path& candidate : {fs::path(exe_dir) / "tools" / "plot.py",
+                                      fs::path(exe_dir) / ".." / "tools" / "plot.py"}) {
+      if (is_file(candidate)) return candidate.lexically_normal().string();
+    }
+  }
+#ifdef CUVAE_SOURCE_TOOLS_DIR
+  const fs::path built_from = fs::path(CUVAE_SOURCE_TOOLS_DIR) / "plot.py";
+  if (is_file(built_from)) return built_from.string();
+#endif
+  return std::string();
+}
+
+bool run_plot_script(const std::vector<std::string>& args, std::string* note,
+                     bool* missing_library) {
+  if (missing_library != nullptr) *missing_library = false;
+  auto missing = [&](const std::string& why) {
+    if (missing_library != nullptr) *missing_library = true;
+    if (note != nullptr) *note = why;
+    return false;
+  };
+  const std::string script = find_plot_script();
+  if (script.empty()) {
+    return missing("tools/plot.py not found (set CUVAE_PLOT_SCRIPT to its path)");
+  }
+  std::vector<std::string> script_args = {script};
+  script_args.insert(script_args.end(), args.begin(), args.end());
+
+  std::vector<std::string> pythons;
+  if (const char* env = std::getenv("CUVAE_PYTHON"); env != nullptr && *env != '\0') {
+    pythons.push_back(env);
+  } else {
+    pythons = {"python3"};
+    if (is_file("/usr/bin/python3")) pythons.push_back("/usr/bin/python3");
+  }
+  Outcome outcome;
+  for (const std::string& python : pythons) {
+    outcome = run(python, script_args);
+    if (outcome.started && outcome.exit_code == 0) return true;
+    // Another Python may be there, or have matplotlib (a shell's "command
+    // not found" is 127); any other failure is the input's.
+    const bool runnable = outcome.started && outcome.exit_code != kNotRunnable;
+    if (runnable && outcome.exit_code != kPlotNoMatplotlib) break;
+  }
+  if (!outcome.started || outcome.exit_code == kNotRunnable) {
+    const std::string why = outcome.started ? last_line(outcome.stderr_text) : outcome.stderr_text;
+    return missing("cannot run python3 (" + (why.empty() ? std::string("exit status 127") : why) +
+                   "; Debian: apt-get install python3-matplotlib)");
+  }
+  std::string line = last_line(outcome.stderr_text);
+  if (line.empty()) line = "plot.py exited with status " + std::to_string(outcome.exit_code);
+  if (outcome.exit_code == kPlotNoMatplotlib) return missing(line);
+  if (note != nullptr) *note = line;
+  return false;
+}
+
+bool draw_training_curve(const std::string& metrics_csv, const std::string& out_png,
+                         std::string* note) {
+  return run_plot_script({"curve", metrics_csv, out_png}, note);
+}
+
+}  // namespace cuvae

@@ -1,0 +1,182 @@
+#include "cuvae/io/checkpoint.h"
+
+#include <zlib.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+
+#include "cuvae/error.h"
+#include "cuvae/io/safetensors.h"
+
+namespace cuvae {
+
+namespace {
+
+constexpr const char* kFormat = "cuvae-checkpoint/1";
+
+std::string exact(double value) {
+  char buffer[40];
+  std::snprintf(buffer, sizeof buffer, "%.17g", value);  // round-trips a double
+  return buffer;
+}
+
+const std::string& field(const std::string& path, const SafetensorsFile& file,
+                         const std::string& key) {
+  const auto it = file.metadata.find(key);
+  if (it == file.metadata.end()) throw Error(path + ": checkpoint metadata has no '" + key + "'");
+  return it->second;
+}
+
+// A field that older builds did not write, or `absent`.
+std::string optional_field(const SafetensorsFile& file, const std::string& key, const char* absent) {
+  const auto it = file.metadata.find(key);
+  return it == file.metadata.end() ? absent : it->second;
+}
+
+// A field written by save_checkpoint, read back no wider than the range its
+// flag allows: a hand-edited or corrupt value is refused, not wrapped.
+uint64_t unsigned_field(const std::string& path, const SafetensorsFile& file, const std::string& key,
+                        uint64_t lo = 0, uint64_t hi = std::numeric_limits<uint64_t>::max()) {
+  const std::string& text = field(path, file, key);
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || text[0] == '-' || text[0] == '+' || text[0] == ' ' || errno == ERANGE ||
+      value < lo || value > hi) {
+    throw Error(path + ": checkpoint metadata '" + key + "' is '" + text + "', not an integer in [" +
+                std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return value;
+}
+
+// A finite double; `valid` says what else it must be, `what` in words.
+double double_field(const std::string& path, const SafetensorsFile& file, const std::string& key,
+                    bool (*valid)(double), const char* what) {
+  const std::string& text = field(path, file, key);
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !std::isfinite(value) || !valid(value)) {
+    throw Error(path + ": checkpoint metadata '" + key + "' is '" + text + "', not " + what);
+  }
+  return value;
+}
+
+bool any_finite(double) { return true; }
+bool nonnegative(double v) { return v >= 0.0; }
+bool positive_normal(double v) { return v > 0.0 && std::isnormal(static_cast<float>(v)); }
+bool in_unit_interval(double v) { return v >= 0.0 && v < 1.0; }
+
+std::vector<float> tensor(const std::string& path, const SafetensorsFile& file,
+                          const std::string& name, size_t size) {
+  const Tensor* t = file.find(name);
+  if (t == nullptr) throw Error(path + ": checkpoint has no tensor '" + name + "'");
+  if (t->data.size() != size) {
+    throw Error(path + ": checkpoint tensor '" + name + "' has " + std::to_string(t->data.size()) +
+                " values, the architecture needs " + std::to_string(size));
+  }
+  return t->data;
+}
+
+}  // namespace
+
+std::string data_fingerprint(const IdxImages& images) {
+  // zlib's crc32 takes a uInt length: feed it in chunks.
+  uLong crc = crc32(0L, Z_NULL, 0);
+  const size_t chunk = 1u << 30;
+  for (size_t offset = 0; offset < images.pixels.size(); offset += chunk) {
+    const size_t n = std::min(chunk, images.pixels.size() - offset);
+    crc = crc32(crc, images.pixels.data() + offset, static_cast<uInt>(n));
+  }
+  char buffer[96];
+  std::snprintf(buffer, sizeof buffer, "%d images of %dx%d, crc32 %08lx", images.count, images.rows,
+                images.cols, static_cast<unsigned long>(crc));
+  return buffer;
+}
+
+void save_checkpoint(const std::string& path, const TrainState& s) {
+  const size_t n = ParameterLayout(s.config.arch).size();
+  SafetensorsFile file;
+  const std::vector<int64_t> shape{static_cast<int64_t>(n)};
+  file.tensors = {{"params", shape, s.params}, {"adam.m", shape, s.adam_m}, {"adam.v", shape, s.adam_v}};
+  file.metadata = {{"format", kFormat},
+                   {"input_dim", std::to_string(s.config.arch.input_dim)},
+                   {"hidden", format_widths(s.config.arch.hidden)},
+                   {"latent_dim", std::to_string(s.config.arch.latent_dim)},
+                   {"batch_size", std::to_string(s.config.batch_size)},
+                   {"seed", std::to_string(s.config.seed)},
+                   {"shuffle", s.config.shuffle ? "1" : "0"},
+                   {"lr", exact(s.config.adam.lr)},
+                   {"beta1", exact(s.config.adam.beta1)},
+                   {"beta2", exact(s.config.adam.beta2)},
+                   {"eps", exact(s.config.adam.eps)},
+                   {"activation", activation_name(s.config.arch.activation)},
+                   {"objective", objective_name(s.config.objective.objective)},
+                   {"samples", std::to_string(s.config.objective.samples)},
+                   {"init", init_name(s.config.init)},
+                   {"schedule", schedule_name(s.config.schedule)},
+                   {"data", s.data_fingerprint},
+                   {"step", std::to_string(s.step)},
+                   {"epochs", std::to_string(s.epochs)},
+                   {"max_steps", std::to_string(s.max_steps)},
+                   {"random", "Philox4x32-10; counters are (seed, stream, step, index): the step is the state"},
+                   {"epoch_elbo_sum", exact(s.epoch_elbo_sum)},
+                   {"epoch_rows", std::to_string(s.epoch_rows)},
+                   {"epoch_seconds", exact(s.epoch_seconds)},
+                   {"metrics_csv", s.metrics_csv}};
+  write_safetensors(path, file);
+}
+
+TrainState load_checkpoint(const std::string& path) {
+  const SafetensorsFile file = read_safetensors(path);
+  if (field(path, file, "format") != kFormat) {
+    throw Error(path + ": not a cuvae checkpoint (metadata 'format' is not '" + kFormat + "')");
+  }
+  TrainState s;
+  Architecture& arch = s.config.arch;
+  arch.input_dim = static_cast<int>(unsigned_field(path, file, "input_dim", 1, Architecture::kMaxWidth));
+  arch.latent_dim = static_cast<int>(unsigned_field(path, file, "latent_dim", 1, Architecture::kMaxWidth));
+  arch.hidden = parse_widths(field(path, file, "hidden"), path + ": checkpoint metadata 'hidden'");
+  // Fields added with the IWAE objectives; a checkpoint of an earlier build
+  // has the seed's values.
+  const std::string what = path + ": checkpoint metadata ";
+  arch.activation = parse_activation(optional_field(file, "activation", "relu"), what + "'activation'");
+  s.config.objective.objective =
+      parse_objective(optional_field(file, "objective", "elbo"), what + "'objective'");
+  s.config.init = parse_init(optional_field(file, "init", "small-normal"), what + "'init'");
+  s.config.schedule = parse_schedule(optional_field(file, "schedule", "constant"), what + "'schedule'");
+  s.config.objective.samples =
+      file.metadata.count("samples") == 0
+          ? 1
+          : static_cast<int>(unsigned_field(path, file, "samples", 1, ObjectiveConfig::kMaxSamples));
+  try {
+    arch.validate();
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  s.config.batch_size = static_cast<int>(unsigned_field(path, file, "batch_size", 1, TrainConfig::kMaxBatchSize));
+  s.config.seed = unsigned_field(path, file, "seed");
+  s.config.shuffle = unsigned_field(path, file, "shuffle", 0, 1) != 0;
+  s.config.adam.lr = double_field(path, file, "lr", positive_normal, "a positive normal number");
+  s.config.adam.beta1 = double_field(path, file, "beta1", in_unit_interval, "in [0, 1)");
+  s.config.adam.beta2 = double_field(path, file, "beta2", in_unit_interval, "in [0, 1)");
+  s.config.adam.eps = double_field(path, file, "eps", positive_normal, "a positive normal number");
+  s.data_fingerprint = field(path, file, "data");
+  s.step = unsigned_field(path, file, "step");
+  s.epochs = static_cast<int>(unsigned_field(path, file, "epochs", 1, TrainConfig::kMaxEpochs));
+  s.max_steps = static_cast<int64_t>(
+      unsigned_field(path, file, "max_steps", 0, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+  s.epoch_elbo_sum = double_field(path, file, "epoch_elbo_sum", any_finite, "a finite number");
+  s.epoch_rows = unsigned_field(path, file, "epoch_rows");
+  s.epoch_seconds = double_field(path, file, "epoch_seconds", nonnegative, "a finite number >= 0");
+  s.metrics_csv = field(path, file, "metrics_csv");
+  const size_t n = ParameterLayout(arch).size();
+  s.params = tensor(path, file, "params", n);
+  s.adam_m = tensor(path, file, "adam.m", n);
+  s.adam_v = tensor(path, file, "adam.v", n);
+  return s;
+}
+
+}  // namespace cuvae

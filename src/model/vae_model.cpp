@@ -1,0 +1,428 @@
+// The model's forward and backward passes, once, for every backend.
+//
+// Shapes for a batch of B rows, input D, latent L:
+//   x (B x D) --encoder--> h (B x 2L) = [mean | log_std]
+//   z = mean + exp(log_std) * eps                       (B x L)
+//   f = decoder(z)                                      (B x D logits)
+//   ELBO_r = sum_j log p(x_rj | f_rj) - sum_k KL_rk,    loss = -(1/B) sum_r ELBO_r
+// Backward: dloss/df = (sigma(f) - x)/B, through the decoder to dz, through
+// the reparameterization and KL to d[mean | log_std], through the encoder.
+// With K samples per image the decoder runs on B K rows (z_bk from image b's
+// mean and log_std); the ELBO weighs each sample's terms 1/(B K), the IWAE
+// objectives by scale w~_bk (vae_math.h).
+#include "cuvae/model/vae_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <utility>
+
+#include "cuvae/error.h"
+
+namespace cuvae {
+
+// ---------------------------------------------------------------------------
+// Architecture
+
+std::vector<int> Architecture::encoder_widths() const {
+  std::vector<int> widths{input_dim};
+  widths.insert(widths.end(), hidden.begin(), hidden.end());
+  widths.push_back(2 * latent_dim);
+  return widths;
+}
+
+std::vector<int> Architecture::decoder_widths() const {
+  std::vector<int> widths{latent_dim};
+  widths.insert(widths.end(), hidden.begin(), hidden.end());
+  widths.push_back(input_dim);
+  return widths;
+}
+
+std::string Architecture::describe() const {
+  std::ostringstream s;
+  s << input_dim;
+  for (int h : hidden) s << '-' << h;
+  s << "-(" << latent_dim << '+' << latent_dim << ") | " << latent_dim;
+  for (int h : hidden) s << '-' << h;
+  s << '-' << input_dim;
+  if (activation != Activation::kRelu) s << " (" << activation_name(activation) << ")";
+  return s.str();
+}
+
+bool Architecture::operator==(const Architecture& other) const {
+  return input_dim == other.input_dim && hidden == other.hidden &&
+         latent_dim == other.latent_dim && activation == other.activation;
+}
+
+void Architecture::validate() const {
+  auto check = [](int width, const std::string& what) {
+    if (width < 1 || width > kMaxWidth) {
+      throw Error(what + " must be between 1 and " + std::to_string(kMaxWidth) + ", got " +
+                  std::to_string(width));
+    }
+  };
+  check(input_dim, "input size");
+  check(latent_dim, "latent size (--latent-dim)");
+  if (hidden.empty()) throw Error("--hidden needs at least one hidden layer width");
+  for (int h : hidden) check(h, "hidden width (--hidden)");
+}
+
+std::vector<int> parse_widths(const std::string& text, const std::string& what) {
+  std::vector<int> widths;
+  std::stringstream stream(text);
+  std::string item;
+  const std::string usage = what + " must be a comma-separated list of positive integers like 200,200, got '" + text + "'";
+  if (text.empty()) throw Error(usage);
+  while (std::getline(stream, item, ',')) {
+    if (item.empty() || item.size() > 6 ||
+        !std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      throw Error(usage);
+    }
+    const int width = std::stoi(item);
+    if (width < 1) throw Error(usage);
+    widths.push_back(width);
+  }
+  if (text.back() == ',') throw Error(usage);
+  return widths;
+}
+
+namespace {
+
+// One name per enum value, the flags' and the files' spelling.
+template <typename Enum, size_t N>
+Enum parse_name(const std::pair<Enum, const char*> (&names)[N], const std::string& name,
+                const std::string& what) {
+  std::string choices;
+  for (const auto& [value, text] : names) {
+    if (name == text) return value;
+    choices += std::string(choices.empty() ? "" : ", ") + text;
+  }
+  throw Error(what + " must be one of " + choices + ", got '" + name + "'");
+}
+
+template <typename Enum, size_t N>
+std::string name_of(const std::pair<Enum, const char*> (&names)[N], Enum value) {
+  for (const auto& [v, text] : names) {
+    if (v == value) return text;
+  }
+  return "?";
+}
+
+const std::pair<Activation, const char*> kActivationNames[] = {{Activation::kRelu, "relu"},
+                                                               {Activation::kTanh, "tanh"}};
+const std::pair<Objective, const char*> kObjectiveNames[] = {
+    {Objective::kElbo, "elbo"}, {Objective::kIwae, "iwae"}, {Objective::kIwaeDreg, "iwae-dreg"}};
+const std::pair<InitScheme, const char*> kInitNames[] = {{InitScheme::kSmallNormal, "small-normal"},
+                                                         {InitScheme::kGlorot, "glorot"}};
+
+}  // namespace
+
+Activation parse_activation(const std::string& name, const std::string& what) {
+  return parse_name(kActivationNames, name, what);
+}
+std::string activation_name(Activation act) {
+  return act == Activation::kIdentity ? "identity" : name_of(kActivationNames, act);
+}
+Objective parse_objective(const std::string& name, const std::string& what) {
+  return parse_name(kObjectiveNames, name, what);
+}
+std::string objective_name(Objective objective) { return name_of(kObjectiveNames, objective); }
+InitScheme parse_init(const std::string& name, const std::string& what) {
+  return parse_name(kInitNames, name, what);
+}
+std::string init_name(InitScheme init) { return name_of(kInitNames, init); }
+
+std::string bound_name(Objective objective, int samples) {
+  const std::string base = objective == Objective::kElbo ? "elbo" : "iwae";
+  return samples == 1 && objective == Objective::kElbo ? base : base + "-" + std::to_string(samples);
+}
+
+std::string format_widths(const std::vector<int>& widths) {
+  std::string s;
+  for (size_t i = 0; i < widths.size(); ++i) s += (i ? "," : "") + std::to_string(widths[i]);
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Layout
+
+namespace {
+
+std::vector<DenseLayer> lay_out(const std::vector<int>& widths, Activation hidden_activation,
+                                const std::string& prefix, size_t* offset) {
+  std::vector<DenseLayer> layers;
+  for (size_t i = 0; i + 1 < widths.size(); ++i) {
+    DenseLayer layer;
+    layer.in = widths[i];
+    layer.out = widths[i + 1];
+    layer.weight_offset = *offset;
+    layer.bias_offset = *offset + static_cast<size_t>(layer.in) * layer.out;
+    *offset = layer.bias_offset + layer.out;
+    layer.activation = i + 2 < widths.size() ? hidden_activation : Activation::kIdentity;
+    layer.name = prefix + "." + std::to_string(i);
+    layers.push_back(layer);
+  }
+  return layers;
+}
+
+}  // namespace
+
+ParameterLayout::ParameterLayout(const Architecture& arch) {
+  arch.validate();
+  encoder_ = lay_out(arch.encoder_widths(), arch.activation, "encoder", &size_);
+  decoder_ = lay_out(arch.decoder_widths(), arch.activation, "decoder", &size_);
+}
+
+std::vector<DenseLayer> ParameterLayout::all_layers() const {
+  std::vector<DenseLayer> layers = encoder_;
+  layers.insert(layers.end(), decoder_.begin(), decoder_.end());
+  return layers;
+}
+
+// ---------------------------------------------------------------------------
+// Mlp
+
+Mlp::Mlp(Backend& backend, std::vector<DenseLayer> layers, int max_rows)
+    : backend_(backend), layers_(std::move(layers)), max_rows_(max_rows) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const DenseLayer& layer = layers_[i];
+    outputs_.emplace_back(backend_, static_cast<size_t>(max_rows) * layer.out);
+    masks_.emplace_back(backend_, layer.activation == Activation::kRelu
+                                      ? backend_.activation_mask_bytes(max_rows, layer.out)
+                                      : 0);
+    // The top layer's dA is the caller's d_output.
+    const bool top = i + 1 == layers_.size();
+    d_preactivations_.emplace_back(backend_, top ? 0 : static_cast<size_t>(max_rows) * layer.out);
+  }
+}
+
+float* Mlp::forward(const float* params, const float* input, int rows) {
+  const float* x = input;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const DenseLayer& layer = layers_[i];
+    float* y = outputs_[i].get();
+    // y = act(x W + b): B x in times in x out.
+    backend_.dense_forward(x, params + layer.weight_offset, params + layer.bias_offset, rows,
+                           layer.in, layer.out, layer.activation, y, masks_[i].get());
+    x = y;
+  }
+  return outputs_.back().get();
+}
+
+void Mlp::backward(const float* params, float* grads, const float* input, float* d_output,
+                   int rows, float* d_input, const float* row_scale) {
+  // The top layer: dA = dY * act'(Y); db = column sums of dA. Below it each
+  // layer's dA and db come with the dX of the layer above
+  // (dense_backward_input).
+  const DenseLayer& top = layers_.back();
+  backend_.activation_backward_bias_grad(d_output, outputs_.back().get(), grads + top.bias_offset,
+                                         rows, top.out, top.activation, row_scale);
+  float* da = d_output;
+  for (size_t i = layers_.size(); i-- > 0;) {
+    const DenseLayer& layer = layers_[i];
+    const float* w = params + layer.weight_offset;
+    const float* x = i == 0 ? input : outputs_[i - 1].get();
+    // dW = X^T dA (in x out): nothing below needs it, so it may run beside
+    // the chain of input gradients (each layer's dA has its own buffer, which
+    // the chain does not overwrite while this GEMM may still read it).
+    backend_.begin_side_branch();
+    backend_.gemm(true, false, layer.in, layer.out, rows, 1.0f, x, layer.in, da, layer.out, 0.0f,
+                  grads + layer.weight_offset, layer.out);
+    backend_.end_side_branch();
+    if (i == 0) {
+      // dX = dA W^T (B x in): the network's input has no activation or bias.
+      if (d_input != nullptr) {
+        backend_.gemm(false, true, rows, layer.in, layer.out, 1.0f, da, layer.out, w, layer.out,
+                      0.0f, d_input, layer.in);
+      }
+      break;
+    }
+    float* da_below = d_preactivations_[i - 1].get();
+    const DenseLayer& below = layers_[i - 1];
+    backend_.dense_backward_input(da, w, rows, layer.in, layer.out, x, masks_[i - 1].get(),
+                                  below.activation, da_below, grads + below.bias_offset);
+    da = da_below;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// VaeModel
+
+VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows, int max_samples)
+    : backend_(backend),
+      arch_(arch),
+      layout_(arch),
+      max_rows_(max_rows),
+      max_samples_(max_samples),
+      params_(backend, layout_.size()),
+      grads_(backend, layout_.size()),
+      adam_m_(backend, layout_.size()),
+      adam_v_(backend, layout_.size()),
+      encoder_(backend, layout_.encoder(), max_rows),
+      decoder_(backend, layout_.decoder(), max_rows * max_samples),
+      z_(backend, static_cast<size_t>(max_rows) * max_samples * arch.latent_dim),
+      dlogits_(backend, static_cast<size_t>(max_rows) * max_samples * arch.input_dim),
+      dz_(backend, static_cast<size_t>(max_rows) * max_samples * arch.latent_dim),
+      d_encoder_out_(backend, static_cast<size_t>(max_rows) * 2 * arch.latent_dim),
+      row_logprob_(backend, static_cast<size_t>(max_rows) * max_samples),
+      row_kl_(backend, static_cast<size_t>(max_rows)),
+      row_log_ratio_(backend, static_cast<size_t>(max_rows) * max_samples),
+      row_bound_(backend, static_cast<size_t>(max_rows)),
+      sample_weights_(backend, static_cast<size_t>(max_rows) * max_samples) {
+  if (max_rows < 1) throw Error("batch size must be at least 1, got " + std::to_string(max_rows));
+  if (max_samples < 1) throw Error("--samples must be at least 1, got " + std::to_string(max_samples));
+  std::vector<float> zeros(layout_.size(), 0.0f);
+  backend_.copy_to_device(params_.get(), zeros.data(), zeros.size() * sizeof(float));
+  backend_.copy_to_device(grads_.get(), zeros.data(), zeros.size() * sizeof(float));
+  backend_.copy_to_device(adam_m_.get(), zeros.data(), zeros.size() * sizeof(float));
+  backend_.copy_to_device(adam_v_.get(), zeros.data(), zeros.size() * sizeof(float));
+}
+
+namespace {
+
+// The IWAE paper's code (yburda/iwae, nnet.py): weights uniform in
+// [-limit, limit], limit = sqrt(6 / (in + out)) (Glorot & Bengio 2010),
+// biases zero, and the decoder's output bias at logit(mean pixel), the mean
+// clipped to [0.001, 0.999], so the untrained decoder draws the average digit.
+void glorot_initialize(const ParameterLayout& layout, uint64_t seed,
+                       const std::vector<double>& pixel_means, std::vector<float>* params) {
+  const RandomKey key{seed, RandomStream::kInit, 0};
+  std::fill(params->begin(), params->end(), 0.0f);
+  for (const DenseLayer& layer : layout.all_layers()) {
+    const double limit = std::sqrt(6.0 / (layer.in + layer.out));
+    const size_t count = static_cast<size_t>(layer.in) * layer.out;
+    for (size_t i = 0; i < count; ++i) {
+      const size_t p = layer.weight_offset + i;
+      (*params)[p] = static_cast<float>((2.0 * random_uniform(key, p) - 1.0) * limit);
+    }
+  }
+  const DenseLayer& output = layout.decoder().back();
+  if (pixel_means.size() != static_cast<size_t>(output.out)) {
+    throw Error("--init glorot: " + std::to_string(pixel_means.size()) +
+                " pixel means for a decoder of " + std::to_string(output.out) + " outputs");
+  }
+  for (int j = 0; j < output.out; ++j) {
+    const double mean = std::clamp(pixel_means[j], 0.001, 0.999);
+    (*params)[output.bias_offset + j] = static_cast<float>(std::log(mean / (1.0 - mean)));
+  }
+}
+
+}  // namespace
+
+void VaeModel::initialize(uint64_t seed, InitScheme init, const std::vector<double>* pixel_means) {
+  std::vector<float> host(layout_.size());
+  if (init == InitScheme::kGlorot) {
+    if (pixel_means == nullptr) throw Error("--init glorot needs the training images' pixel means");
+    glorot_initialize(layout_, seed, *pixel_means, &host);
+  } else {
+    const RandomKey key{seed, RandomStream::kInit, 0};
+    for (size_t i = 0; i < host.size(); ++i) host[i] = 0.01f * random_normal(key, i);
+  }
+  set_parameters(host);
+  std::vector<float> zeros(layout_.size(), 0.0f);
+  backend_.copy_to_device(adam_m_.get(), zeros.data(), zeros.size() * sizeof(float));
+  backend_.copy_to_device(adam_v_.get(), zeros.data(), zeros.size() * sizeof(float));
+}
+
+std::vector<float> VaeModel::parameters() const { return to_host(backend_, params_.get(), params_.size()); }
+std::vector<float> VaeModel::gradients() const { return to_host(backend_, grads_.get(), grads_.size()); }
+std::vector<float> VaeModel::adam_moment(int which) const {
+  const DeviceArray<float>& moment = which == 1 ? adam_m_ : adam_v_;
+  return to_host(backend_, moment.get(), moment.size());
+}
+
+void VaeModel::set_parameters(const std::vector<float>& host_params) {
+  if (host_params.size() != layout_.size()) {
+    throw Error("parameter count " + std::to_string(host_params.size()) +
+                " does not match the architecture's " + std::to_string(layout_.size()));
+  }
+  backend_.copy_to_device(params_.get(), host_params.data(), host_params.size() * sizeof(float));
+}
+
+void VaeModel::set_adam_moments(const std::vector<float>& m, const std::vector<float>& v) {
+  if (m.size() != layout_.size() || v.size() != layout_.size()) {
+    throw Error("Adam moments of " + std::to_string(m.size()) + " and " + std::to_string(v.size()) +
+                " values do not match the architecture's " + std::to_string(layout_.size()));
+  }
+  backend_.copy_to_device(adam_m_.get(), m.data(), m.size() * sizeof(float));
+  backend_.copy_to_device(adam_v_.get(), v.data(), v.size() * sizeof(float));
+}
+
+void VaeModel::check_rows(int rows) const {
+  if (rows < 1 || rows > max_rows_) {
+    throw Error("batch of " + std::to_string(rows) + " rows does not fit buffers sized for " +
+                std::to_string(max_rows_));
+  }
+}
+
+const float* VaeModel::encode(const float* x, int rows) {
+  check_rows(rows);
+  return encoder_.forward(params_.get(), x, rows);
+}
+
+const float* VaeModel::decode(const float* z, int rows) {
+  check_rows(rows);
+  return decoder_.forward(params_.get(), z, rows);
+}
+
+void VaeModel::check_samples(int samples) const {
+  if (samples < 1 || samples > max_samples_) {
+    throw Error(std::to_string(samples) + " samples per image do not fit buffers sized for " +
+                std::to_string(max_samples_));
+  }
+}
+
+void VaeModel::forward_backward(const float* x, const float* eps, int images,
+                                const ObjectiveConfig& objective, bool compute_gradients) {
+  check_rows(images);
+  check_samples(objective.samples);
+  const int latent = arch_.latent_dim, samples = objective.samples;
+  const int rows = images * samples;  // the decoder's
+  const float* encoder_out = encoder_.forward(params_.get(), x, images);
+  encoder_out_ = encoder_out;
+  backend_.reparameterize_kl_forward(encoder_out, eps, images, samples, latent, z_.get(),
+                                     row_kl_.get(), row_log_ratio_.get());
+  const float* logits = decoder_.forward(params_.get(), z_.get(), rows);
+  logits_ = logits;
+  // The loss is the batch mean of -bound: each image's bound weighs 1/B.
+  const float scale = 1.0f / static_cast<float>(images);
+  const bool elbo = objective.objective == Objective::kElbo;
+  // The ELBO's samples weigh 1/(B K) each; the IWAE objectives' Bernoulli
+  // gradient gets scale here and its weight w~ in the decoder's top layer.
+  const float logprob_scale = elbo ? 1.0f / static_cast<float>(rows) : scale;
+  backend_.bernoulli_logprob_and_grad(x, logits, rows, arch_.input_dim, samples, logprob_scale,
+                                      compute_gradients ? dlogits_.get() : nullptr,
+                                      row_logprob_.get());
+  if (!elbo) {
+    backend_.importance_weights(row_logprob_.get(), row_log_ratio_.get(), images, samples,
+                                sample_weights_.get(), row_bound_.get());
+  }
+  if (!compute_gradients) return;
+  decoder_.backward(params_.get(), grads_.get(), z_.get(), dlogits_.get(), rows, dz_.get(),
+                    elbo ? nullptr : sample_weights_.get());
+  if (elbo) {
+    backend_.reparameterize_kl_backward(dz_.get(), encoder_out, eps, images, samples, latent,
+                                        scale, d_encoder_out_.get());
+  } else {
+    backend_.importance_weighted_latent_backward(
+        dz_.get(), encoder_out, eps, z_.get(), sample_weights_.get(), images, samples, latent,
+        scale, objective.objective == Objective::kIwaeDreg, d_encoder_out_.get());
+  }
+  encoder_.backward(params_.get(), grads_.get(), x, d_encoder_out_.get(), images, nullptr);
+  backend_.join_side_branches();  // every gradient complete before Adam reads them
+}
+
+void VaeModel::accumulate_bound(const ObjectiveConfig& objective, int images, double* accumulator) {
+  if (objective.objective == Objective::kElbo) {
+    backend_.accumulate_elbo(row_logprob_.get(), row_kl_.get(), images, objective.samples, accumulator);
+  } else {
+    backend_.accumulate_elbo(row_bound_.get(), nullptr, images, 1, accumulator);
+  }
+}
+
+void VaeModel::adam_update(const AdamConfig& config, uint64_t t) {
+  backend_.adam_step(params_.get(), grads_.get(), adam_m_.get(), adam_v_.get(), layout_.size(),
+                     make_adam_step(config.lr, config.beta1, config.beta2, config.eps, t));
+}
+
+}  // namespace cuvae

@@ -1,0 +1,212 @@
+// The CUDA backend against the CPU reference on the same parameters, inputs
+// and noise: every forward value, every gradient, one Adam step, and 50
+// training steps. Skips (with the reason) where no CUDA device is present.
+//
+// Tolerances, with the reasoning:
+//  - Both backends draw the same Philox numbers and binarize to the same bits
+//    (tested exactly in test_backend_ops.cpp); they differ only by summation
+//    order (cuBLAS vs OpenBLAS, CUB trees vs sequential sums) and by a few
+//    ulps in expf/logf. A float dot product of length K then differs by about
+//    sqrt(K) * 2^-24 relative: ~2e-6 for K = 784.
+//  - Forward values and row sums: relative 1e-4 of each tensor's largest
+//    magnitude (50x that estimate, for error growth through 3 layers).
+//  - Gradients: relative 1e-3 of each tensor's largest magnitude: they pass
+//    through twice as many GEMMs, and ReLU masks can flip where a
+//    pre-activation is within rounding of 0.
+//  - After 50 Adam steps the parameters are compared by the norm of their
+//    difference relative to how far training moved them (< 2%), and the mean
+//    ELBO of the 50 steps within 0.1 nats: Adam divides by sqrt(v), so where a
+//    gradient is near zero a rounding difference can flip the sign of that
+//    element's update, which makes element-wise comparison meaningless while
+//    the trajectories stay together.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backend_fixture.h"
+#include "cuvae/backends/cpu/cpu_backend.h"
+#include "cuvae/model/trainer.h"
+
+namespace cuvae {
+namespace {
+
+
+double max_abs(const std::vector<float>& v, size_t begin, size_t end) {
+  double m = 0;
+  for (size_t i = begin; i < end; ++i) m = std::max(m, std::fabs(static_cast<double>(v[i])));
+  return m;
+}
+
+void expect_tensor_close(const std::vector<float>& cuda, const std::vector<float>& cpu, size_t begin,
+                         size_t end, double relative, const std::string& what) {
+  const double tolerance = relative * max_abs(cpu, begin, end) + 1e-12;
+  double worst = 0;
+  for (size_t i = begin; i < end; ++i) worst = std::max(worst, std::fabs(static_cast<double>(cuda[i]) - cpu[i]));
+  EXPECT_LE(worst, tolerance) << what;
+  std::printf("  %-28s worst |cuda - cpu| %.3g = %.3f of tolerance\n", what.c_str(), worst, worst / tolerance);
+}
+
+// The model on the CPU and on `cuda` (as configured by the caller) on the
+// same parameters, inputs and noise: forward values within 1e-4, gradients
+// within 1e-3, one Adam step.
+void expect_forward_gradients_and_adam_step_match(Backend* cuda) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  const Architecture arch;  // the seed's
+  const int rows = 200;
+  VaeModel a(*cpu, arch, rows), b(*cuda, arch, rows);
+  a.initialize(3);
+  b.initialize(3);
+  ASSERT_EQ(a.parameters(), b.parameters()) << "initialization is drawn on the host: same bits";
+
+  std::vector<uint8_t> pixels(static_cast<size_t>(rows) * arch.input_dim);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 131) % 256);
+  DeviceArray<float> xa(*cpu, pixels.size()), xb(*cuda, pixels.size());
+  DeviceArray<float> ea(*cpu, static_cast<size_t>(rows) * arch.latent_dim), eb(*cuda, ea.size());
+  const RandomKey bin{3, RandomStream::kBinarize, 1}, eps{3, RandomStream::kEps, 1};
+  cpu->upload_and_binarize(pixels.data(), rows, arch.input_dim, 0, bin, xa.get());
+  cuda->upload_and_binarize(pixels.data(), rows, arch.input_dim, 0, bin, xb.get());
+  cpu->fill_normal(ea.get(), ea.size(), 0, eps);
+  cuda->fill_normal(eb.get(), eb.size(), 0, eps);
+  ASSERT_EQ(to_host(*cpu, xa.get(), xa.size()), to_host(*cuda, xb.get(), xb.size()));
+
+  a.forward_backward(xa.get(), ea.get(), rows, true);
+  b.forward_backward(xb.get(), eb.get(), rows, true);
+  auto pair = [&](const float* pa, const float* pb, size_t n, double rel, const std::string& what) {
+    expect_tensor_close(to_host(*cuda, pb, n), to_host(*cpu, pa, n), 0, n, rel, what);
+  };
+  pair(a.z(), b.z(), ea.size(), 1e-4, "z");
+  pair(a.logits(), b.logits(), pixels.size(), 1e-4, "logits");
+  pair(a.row_logprob(), b.row_logprob(), rows, 1e-4, "row log p(x|z)");
+  pair(a.row_kl(), b.row_kl(), rows, 1e-4, "row KL");
+  const std::vector<float> ga = a.gradients(), gb = b.gradients();
+  for (const DenseLayer& layer : a.layout().all_layers()) {
+    expect_tensor_close(gb, ga, layer.weight_offset, layer.bias_offset, 1e-3, layer.name + ".weight grad");
+    expect_tensor_close(gb, ga, layer.bias_offset, layer.bias_offset + layer.out, 1e-3, layer.name + ".bias grad");
+  }
+  a.adam_update(AdamConfig{}, 1);
+  b.adam_update(AdamConfig{}, 1);
+  // Step 1 moves each parameter by ~lr * sign(g): compare the moves.
+  const std::vector<float> pa = a.parameters(), pb = b.parameters();
+  size_t flipped = 0;
+  for (size_t i = 0; i < pa.size(); ++i) flipped += std::fabs(pa[i] - pb[i]) > 1e-4f;
+  EXPECT_LE(flipped, pa.size() / 1000) << "parameters whose first Adam step differs";
+}
+
+TEST(CudaVsCpu, ForwardGradientsAndOneAdamStep) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  expect_forward_gradients_and_adam_step_match(cuda.get());
+}
+
+// --gemm-epilogues: the same FP32 products and sums in another order (the
+// bias inside the GEMM's accumulator, the bias gradient reduced by
+// cuBLASLt), so the same tolerances; and the flag must fuse something.
+TEST(CudaVsCpu, GemmEpiloguesWithinTheFp32Tolerances) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  ASSERT_TRUE(cuda->set_gemm_epilogues(true));
+  expect_forward_gradients_and_adam_step_match(cuda.get());
+  const DenseFusionCounts counts = cuda->dense_fusion_counts();
+  std::printf("  %ld dense-layer calls fused by cuBLASLt, %ld not\n", counts.fused, counts.unfused);
+  // 6 layers forward, 4 ReLU inputs backward. A call cuBLASLt has no FP32
+  // algorithm for runs unfused (correct, and said by vae bench); none fused
+  // would mean the flag does nothing.
+  EXPECT_EQ(counts.fused + counts.unfused, 10);
+  EXPECT_GT(counts.fused, 0);
+}
+
+// --tf32: the GEMM inputs are rounded to 10-bit mantissas (relative 2^-11,
+// ~5e-4, per operand), so a length-784 dot product of mixed-sign terms is off
+// by a few 1e-4 of its terms' scale, and more after three layers: forward
+// values within 1e-2 of each tensor's largest magnitude, against 1e-4 in FP32.
+// The test also checks that TF32 changes the bits (else the flag did nothing).
+TEST(CudaVsCpu, Tf32ForwardWithinItsLooserTolerance) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  ASSERT_TRUE(cuda->set_tf32(true)) << "this test needs an sm_80 or newer GPU";
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> fp32 = make_backend("cuda");
+  const Architecture arch;
+  const int rows = 200;
+  VaeModel a(*cpu, arch, rows), b(*cuda, arch, rows), c(*fp32, arch, rows);
+  for (VaeModel* m : {&a, &b, &c}) m->initialize(5);
+  std::vector<uint8_t> pixels(static_cast<size_t>(rows) * arch.input_dim);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 97) % 256);
+  const RandomKey bin{5, RandomStream::kBinarize, 1}, eps{5, RandomStream::kEps, 1};
+  std::vector<std::vector<float>> logits;
+  for (auto [backend, model] : {std::pair<Backend*, VaeModel*>{cpu.get(), &a}, {cuda.get(), &b}, {fp32.get(), &c}}) {
+    DeviceArray<float> x(*backend, pixels.size()), e(*backend, static_cast<size_t>(rows) * arch.latent_dim);
+    backend->upload_and_binarize(pixels.data(), rows, arch.input_dim, 0, bin, x.get());
+    backend->fill_normal(e.get(), e.size(), 0, eps);
+    model->forward_backward(x.get(), e.get(), rows, true);
+    logits.push_back(to_host(*backend, model->logits(), pixels.size()));
+  }
+  expect_tensor_close(logits[1], logits[0], 0, pixels.size(), 1e-2, "TF32 logits");
+  expect_tensor_close(to_host(*cuda, b.row_logprob(), rows), to_host(*cpu, a.row_logprob(), rows), 0, rows, 1e-2,
+                      "TF32 row log p(x|z)");
+  EXPECT_NE(logits[1], logits[2]) << "--tf32 changed nothing: are the GEMMs really using TF32?";
+}
+
+// 50 steps from the same start on the CPU and on `cuda` (as configured by
+// the caller, with its CUDA Graph): the trajectories stay together.
+void expect_fifty_training_steps_together(Backend* cuda) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  IdxImages images;
+  images.count = 1000;
+  images.rows = images.cols = 28;
+  images.pixels.resize(static_cast<size_t>(images.count) * 784);
+  for (size_t i = 0; i < images.pixels.size(); ++i) {
+    images.pixels[i] = static_cast<uint8_t>((i % 784) / 28 % 5 == 0 ? 250 : (i * 7919) % 80);
+  }
+  TrainConfig config;
+  config.seed = 4;
+  Trainer ta(*cpu, config, images), tb(*cuda, config, images);
+  const std::vector<float> start = ta.model().parameters();
+  for (int s = 0; s < 50; ++s) {
+    ta.step();
+    tb.step();
+  }
+  const double elbo_a = ta.take_mean_elbo(), elbo_b = tb.take_mean_elbo();
+  EXPECT_NEAR(elbo_a, elbo_b, 0.1);
+  const std::vector<float> pa = ta.model().parameters(), pb = tb.model().parameters();
+  double diff = 0, moved = 0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    diff += (static_cast<double>(pa[i]) - pb[i]) * (static_cast<double>(pa[i]) - pb[i]);
+    moved += (static_cast<double>(pa[i]) - start[i]) * (static_cast<double>(pa[i]) - start[i]);
+  }
+  std::printf("  ELBO cpu %.4f cuda %.4f; |p_cuda - p_cpu| / |p_cpu - p_0| = %.4f\n", elbo_a, elbo_b,
+              std::sqrt(diff / moved));
+  EXPECT_LT(std::sqrt(diff / moved), 0.02);
+}
+
+TEST(CudaVsCpu, FiftyTrainingStepsStayTogether) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  expect_fifty_training_steps_together(cuda.get());
+}
+
+TEST(CudaVsCpu, FiftyTrainingStepsStayTogetherWithGemmEpilogues) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  ASSERT_TRUE(cuda->set_gemm_epilogues(true));
+  expect_fifty_training_steps_together(cuda.get());
+  EXPECT_GT(cuda->dense_fusion_counts().fused, 0);
+}
+
+TEST(CudaVsCpu, SameSeedSameBitsOnTheGpu) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  IdxImages images;
+  images.count = 400;
+  images.rows = images.cols = 28;
+  images.pixels.assign(static_cast<size_t>(images.count) * 784, 0);
+  for (size_t i = 0; i < images.pixels.size(); ++i) images.pixels[i] = static_cast<uint8_t>(i * 13 % 256);
+  TrainConfig config;
+  config.seed = 8;
+  std::vector<std::vector<float>> runs;
+  for (int run = 0; run < 2; ++run) {
+    Trainer t(*cuda, config, images);
+    for (int s = 0; s < 10; ++s) t.step();
+    runs.push_back(t.model().parameters());
+  }
+  EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)));
+}
+
+}  // namespace
+}  // namespace cuvae

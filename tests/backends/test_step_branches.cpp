@@ -1,0 +1,223 @@
+// The two-branch step's structure (include/cuvae/backends/step_branches.h), which the
+// CUDA backend records while capturing a step and checks on every replay:
+// which calls are on the side branch, where it forks and joins, and that a
+// replay with another structure, or a step left unjoined, is refused. Plain
+// C++: runs everywhere, without a GPU. Then the CUDA backend's side branch
+// itself (skips without a device): the same bits as one stream, eager,
+// captured and replayed, and a replay with a call moved between branches refused.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "backend_fixture.h"
+#include "cuvae/backends/step_branches.h"
+#include "cuvae/error.h"
+#include "cuvae/model/philox.h"
+
+namespace cuvae {
+namespace {
+
+using Branch = StepBranches::Branch;
+using Kind = StepBranches::Kind;
+
+// A two-layer backward as the model makes it: each layer's weight gradient
+// on the side branch, the input-gradient chain on the main one, the join
+// before Adam.
+void two_layer_step(StepBranches& b) {
+  b.call("forward");
+  b.fork();
+  b.call("dW 1");
+  b.end_branch();
+  b.call("dX 1");
+  b.fork();
+  b.call("dW 0");
+  b.end_branch();
+  EXPECT_TRUE(b.join());
+  b.call("adam");
+}
+
+std::string error_of(const std::function<void()>& work) {
+  try {
+    work();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(StepBranches, RecordsWhichCallsAreOnWhichBranch) {
+  StepBranches b;
+  b.begin_recording();
+  two_layer_step(b);
+  b.end_step();
+  const std::vector<StepBranches::Entry> expected{
+      {Kind::kCall, Branch::kMain, "forward"}, {Kind::kFork, Branch::kMain, ""},
+      {Kind::kCall, Branch::kSide, "dW 1"},    {Kind::kEnd, Branch::kMain, ""},
+      {Kind::kCall, Branch::kMain, "dX 1"},    {Kind::kFork, Branch::kMain, ""},
+      {Kind::kCall, Branch::kSide, "dW 0"},    {Kind::kEnd, Branch::kMain, ""},
+      {Kind::kJoin, Branch::kMain, ""},        {Kind::kCall, Branch::kMain, "adam"},
+  };
+  EXPECT_EQ(b.entries(), expected);
+}
+
+TEST(StepBranches, AReplayWithTheSameStructurePasses) {
+  StepBranches b;
+  b.begin_recording();
+  two_layer_step(b);
+  b.end_step();
+  for (int replay = 0; replay < 3; ++replay) {
+    b.begin_checking();
+    two_layer_step(b);
+    b.end_step();
+  }
+  EXPECT_EQ(b.entries().size(), 10u);
+}
+
+TEST(StepBranches, AReplayWithACallOnTheOtherBranchIsRefused) {
+  StepBranches b;
+  b.begin_recording();
+  two_layer_step(b);
+  b.end_step();
+  b.begin_checking();
+  b.call("forward");
+  const std::string e = error_of([&] { b.call("dW 1"); });  // on the main branch this time
+  EXPECT_NE(e.find("event 2 is a call (dW 1) on the main branch, the recorded step's a fork"), std::string::npos) << e;
+}
+
+TEST(StepBranches, AReplayThatStopsShortIsRefused) {
+  StepBranches b;
+  b.begin_recording();
+  two_layer_step(b);
+  b.end_step();
+  b.begin_checking();
+  b.call("forward");
+  const std::string e = error_of([&] { b.end_step(); });
+  EXPECT_NE(e.find("the step made 1 events, the recorded step 10"), std::string::npos) << e;
+}
+
+TEST(StepBranches, AStepMustEndJoinedAndOnTheMainBranch) {
+  StepBranches b;
+  b.begin_recording();
+  b.fork();
+  b.call("dW");
+  EXPECT_NE(error_of([&] { b.end_step(); }).find("ended on the side branch"), std::string::npos);
+  b.begin_recording();
+  b.fork();
+  b.call("dW");
+  b.end_branch();
+  EXPECT_TRUE(b.side_pending());
+  EXPECT_NE(error_of([&] { b.end_step(); }).find("not joined"), std::string::npos);
+}
+
+TEST(StepBranches, MisplacedForksEndsAndJoinsAreRefused) {
+  StepBranches b;
+  b.begin_recording();
+  EXPECT_NE(error_of([&] { b.end_branch(); }).find("while on the main branch"), std::string::npos);
+  EXPECT_FALSE(b.join()) << "nothing pending: no join recorded";
+  EXPECT_TRUE(b.entries().empty());
+  b.fork();
+  EXPECT_EQ(b.branch(), Branch::kSide);
+  EXPECT_NE(error_of([&] { b.fork(); }).find("already on the side branch"), std::string::npos);
+  EXPECT_NE(error_of([&] { b.join(); }).find("end it first"), std::string::npos);
+}
+
+TEST(StepBranches, OutsideARecordedStepNothingIsKept) {
+  StepBranches b;  // neither recording nor checking: calls outside a step
+  for (int i = 0; i < 100; ++i) two_layer_step(b);
+  EXPECT_TRUE(b.entries().empty());
+  EXPECT_EQ(b.branch(), Branch::kMain);
+  EXPECT_FALSE(b.side_pending());
+}
+
+
+// ---------------------------------------------------------------------------
+// The backends' side branch.
+
+TEST(TwoBranchStep, TheCpuRunsEverythingInOrder) {
+  std::unique_ptr<Backend> cpu = make_backend("cpu");
+  EXPECT_FALSE(cpu->set_two_branch(true));
+  EXPECT_TRUE(cpu->set_two_branch(false));
+  cpu->begin_side_branch();  // no-ops
+  cpu->end_side_branch();
+  cpu->join_side_branches();
+}
+
+// A layer's backward in miniature: dW = X^T dA on the side branch, dX = dA W^T
+// on the main one, then the main branch overwrites nothing the side reads.
+struct MiniBackward {
+  static constexpr int kRows = 96, kIn = 40, kOut = 24;
+  Backend& backend;
+  DeviceArray<float> x, w, da, dw, dx, dbias;
+  explicit MiniBackward(Backend& be)
+      : backend(be), x(be, kRows * kIn), w(be, kIn * kOut), da(be, kRows * kOut), dw(be, kIn * kOut),
+        dx(be, kRows * kIn), dbias(be, kIn) {}
+  void set_inputs(uint64_t seed) {
+    for (DeviceArray<float>* a : {&x, &w, &da}) {
+      std::vector<float> v(a->size());
+      for (size_t i = 0; i < v.size(); ++i) v[i] = random_normal(RandomKey{seed, RandomStream::kInit, a->size()}, i);
+      backend.copy_to_device(a->get(), v.data(), v.size() * sizeof(float));
+    }
+  }
+  void step(bool dw_on_side) {
+    if (dw_on_side) backend.begin_side_branch();
+    backend.gemm(true, false, kIn, kOut, kRows, 1.0f, x.get(), kIn, da.get(), kOut, 0.0f, dw.get(), kOut);
+    if (dw_on_side) backend.end_side_branch();
+    backend.gemm(false, true, kRows, kIn, kOut, 1.0f, da.get(), kOut, w.get(), kOut, 0.0f, dx.get(), kIn);
+    backend.activation_backward_bias_grad(dx.get(), x.get(), dbias.get(), kRows, kIn, Activation::kTanh, nullptr);
+    backend.join_side_branches();
+  }
+  std::vector<float> results() {
+    std::vector<float> all = to_host(backend, dw.get(), dw.size());
+    for (DeviceArray<float>* a : {&dx, &dbias}) {
+      const std::vector<float> v = to_host(backend, a->get(), a->size());
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    return all;
+  }
+};
+
+TEST(TwoBranchStep, SideBranchGivesOneStreamsBitsEagerCapturedAndReplayed) {
+  CUVAE_BACKEND_OR_SKIP(two, "cuda");
+  std::unique_ptr<Backend> one = make_backend("cuda");
+  ASSERT_TRUE(two->set_two_branch(true));
+  MiniBackward a(*one), b(*two);
+  std::unique_ptr<StepRecording> ra = one->make_step_recording(), rb = two->make_step_recording();
+  for (int run = 0; run < 5; ++run) {  // eager, captured, replayed x 3; new inputs each time
+    a.set_inputs(100 + static_cast<uint64_t>(run));
+    b.set_inputs(100 + static_cast<uint64_t>(run));
+    one->run_step(ra.get(), [&] { a.step(false); });
+    two->run_step(rb.get(), [&] { b.step(true); });
+    EXPECT_EQ(b.results(), a.results()) << "run " << run;
+  }
+  // Without a recording too (eager, joined at the end of run_step at the latest).
+  two->run_step(nullptr, [&] { b.step(true); });
+  EXPECT_EQ(b.results(), a.results());
+}
+
+TEST(TwoBranchStep, AReplayWithTheWeightGradientOnTheMainBranchIsRefused) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  ASSERT_TRUE(cuda->set_two_branch(true));
+  MiniBackward m(*cuda);
+  m.set_inputs(7);
+  std::unique_ptr<StepRecording> recording = cuda->make_step_recording();
+  for (int run = 0; run < 3; ++run) cuda->run_step(recording.get(), [&] { m.step(true); });
+  const std::string e = error_of([&] { cuda->run_step(recording.get(), [&] { m.step(false); }); });
+  EXPECT_NE(e.find("step branches"), std::string::npos) << e;
+  // The backend is usable afterwards, on its main branch.
+  cuda->synchronize();
+  cuda->run_step(nullptr, [&] { m.step(true); });
+  EXPECT_EQ(m.results().size(), static_cast<size_t>(MiniBackward::kIn * MiniBackward::kOut + MiniBackward::kRows * MiniBackward::kIn + MiniBackward::kIn));
+}
+
+TEST(TwoBranchStep, AStepEndingInsideItsSideBranchIsAnError) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  ASSERT_TRUE(cuda->set_two_branch(true));
+  const std::string e = error_of([&] { cuda->run_step(nullptr, [&] { cuda->begin_side_branch(); }); });
+  EXPECT_NE(e.find("inside a side branch"), std::string::npos) << e;
+  cuda->synchronize();  // back on the main branch
+}
+
+}  // namespace
+}  // namespace cuvae

@@ -1,0 +1,299 @@
+// Bad input end to end, continued from test_cli.cpp: unusual files (FIFOs,
+// gzip with trailing garbage), out-of-range and empty flag values, the bench
+// JSON file, and what a failed run leaves behind. Each bad input must give
+// one line on stderr naming what is wrong and a non-zero exit, never a hang.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <initializer_list>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cuvae/io/model_file.h"
+#include "cuvae/model/vae_model.h"
+#include "vae_process.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace cuvae::testing;
+
+// Seconds a run that should fail at once may take before it counts as a hang.
+constexpr int kHangSeconds = 20;
+
+// ---------------------------------------------------------------------------
+// Unusual input files
+
+TEST(BadInputFiles, FifoAsTrainingImagesIsRefusedNotWaitedOn) {
+  TempDir dir;
+  const fs::path data = dir.path() / "data";
+  write_dataset(data);
+  const std::string images = (data / kTrainImages).string();
+  fs::remove(images);
+  ASSERT_EQ(::mkfifo(images.c_str(), 0600), 0) << std::strerror(errno);
+  expect_one_line_error(run_vae(train_args(data.string(), dir / "out"), dir.path(), kHangSeconds),
+                        {images}, {"not a regular file"});
+}
+
+TEST(BadInputFiles, GarbageAfterGzipStreamIsRefused) {
+  TempDir dir;
+  const fs::path data = dir.path() / "data";
+  write_dataset(data);
+  const std::string plain = (data / kTrainImages).string();
+  const std::string gz = plain + ".gz";
+  {
+    gzFile out = gzopen(gz.c_str(), "wb");
+    ASSERT_NE(out, nullptr);
+    const std::string bytes = read_file(plain);
+    ASSERT_EQ(gzwrite(out, bytes.data(), static_cast<unsigned>(bytes.size())),
+              static_cast<int>(bytes.size()));
+    ASSERT_EQ(gzclose(out), Z_OK);
+  }
+  fs::remove(plain);
+  expect_success(run_vae(train_args(data.string(), dir / "ok"), dir.path()));
+  write_file(gz, read_file(gz) + "garbage!");
+  expect_one_line_error(run_vae(train_args(data.string(), dir / "out"), dir.path()), {gz},
+                        {"trailing data after the gzip stream"});
+}
+
+TEST(BadInputFiles, FifoAsModelIsRefusedNotWaitedOn) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string fifo = dir / "model.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  expect_one_line_error(
+      run_vae({"sample", "--model", fifo, "--out", dir / "out", "--device", "cpu"}, dir.path(),
+              kHangSeconds),
+      {fifo}, {"not a regular file"});
+  expect_one_line_error(run_vae({"eval", "--model", fifo, "--data", shared().data, "--k", "2",
+                                 "--device", "cpu"},
+                                dir.path(), kHangSeconds),
+                        {fifo}, {"not a regular file"});
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+// JSON must be UTF-8; paths need not be. The model path is in eval's JSON line.
+TEST(BadInputFiles, EvalWithModelPathThatIsNotUtf8) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string bad_dir = dir / "bad\xff";
+  fs::create_directories(bad_dir);
+  const std::string model = bad_dir + "/m.safetensors";
+  fs::copy_file(shared().model, model);
+  const RunResult r = run_vae({"eval", "--model", model, "--data", shared().data, "--k", "2",
+                               "--limit", "3", "--device", "cpu"},
+                              dir.path());
+  expect_success(r);
+  const size_t brace = r.out.rfind("\n{");
+  ASSERT_NE(brace, std::string::npos) << r.out;
+  const nlohmann::json line = nlohmann::json::parse(r.out.substr(brace + 1));
+  EXPECT_TRUE(contains(line.at("model").get<std::string>(), "bad\xEF\xBF\xBD/m.safetensors"))
+      << line.dump();
+}
+
+// ---------------------------------------------------------------------------
+// Flag values
+
+class BadInputFlags : public ::testing::Test {
+ protected:
+  TempDir dir;
+  RunResult train(const std::map<std::string, std::string>& overrides) {
+    return run_vae(train_args(shared().data, dir / "out", overrides), dir.path());
+  }
+};
+
+// CLI11 clamps integers beyond 64 bits to the type's limit; they must be refused.
+TEST_F(BadInputFlags, IntegersBeyond64BitsAreRefused) {
+  for (const std::string seed : {"18446744073709551616", "99999999999999999999999999"}) {
+    expect_one_line_error(train({{"--seed", seed}}), {"--seed", seed}, {"below 2^64"});
+    expect_one_line_error(run_vae({"eval", "--model", "m", "--seed", seed}, dir.path()),
+                          {"--seed", seed}, {"below 2^64"});
+    expect_one_line_error(run_vae({"sample", "--model", "m", "--seed", seed}, dir.path()),
+                          {"--seed", seed}, {"below 2^64"});
+  }
+  expect_one_line_error(train({{"--checkpoint-every", "9223372036854775808"}}),
+                        {"--checkpoint-every", "9223372036854775808"}, {"must be an integer from"});
+  expect_one_line_error(train({{"--max-steps", "99999999999999999999999"}}),
+                        {"--max-steps", "99999999999999999999999"}, {"must be an integer from"});
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+TEST_F(BadInputFlags, LargestValuesStillAccepted) {
+  REQUIRE_SHARED();
+  const RunResult r = train({{"--seed", "18446744073709551615"},
+                             {"--checkpoint-every", "9223372036854775807"}});
+  expect_success(r);
+  EXPECT_TRUE(contains(r.out, "18446744073709551615")) << r.out;
+}
+
+// Adam applies the rate as a float: a subnormal one trains nothing.
+TEST_F(BadInputFlags, LearningRateThatIsNotANormalFloat) {
+  for (const std::string lr : {"1e-320", "1e-39", "1e39"}) {
+    expect_one_line_error(train({{"--lr", lr}}), {"--lr", lr}, {"normal single-precision"});
+  }
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
+  const std::string data = dir / "data";
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"--out", train_args(data, "")},
+      {"--data", train_args("", dir / "out")},
+      {"--resume", [&] {
+         std::vector<std::string> args = train_args(data, dir / "out");
+         args.insert(args.end(), {"--resume", ""});
+         return args;
+       }()},
+      {"--model", {"sample", "--model", ""}},
+      {"--out", {"sample", "--model", "m", "--out", ""}},
+      {"--data", {"reconstruct", "--model", "m", "--data", ""}},
+      {"--model", {"eval", "--model", ""}},
+      {"--data", {"eval", "--model", "m", "--data", ""}},
+      {"--data", {"bench", "--device", "cpu", "--batch-sizes", "10", "--warmup", "0", "--steps",
+                  "1", "--repeats", "1", "--data", ""}},
+      {"--json", {"bench", "--device", "cpu", "--batch-sizes", "10", "--warmup", "0", "--steps",
+                  "1", "--repeats", "1", "--json", ""}},
+  };
+  for (const auto& [flag, args] : cases) {
+    SCOPED_TRACE(flag);
+    expect_one_line_error(run_vae(args, dir.path()), {flag}, {"must not be empty"});
+  }
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+TEST_F(BadInputFlags, UnknownSubcommandListsEverySubcommand) {
+  const RunResult r = run_vae({"bogus"}, dir.path());
+  expect_one_line_error(r, {"bogus", "train", "sample", "reconstruct", "interpolate", "eval",
+                            "bench", "info"},
+                        {"unknown subcommand"});
+  expect_one_line_error(run_vae({}, dir.path()), {"bench", "info"}, {"subcommand is required"});
+}
+
+// ---------------------------------------------------------------------------
+// bench --json
+
+class BadInputBenchJson : public ::testing::Test {
+ protected:
+  TempDir dir;
+  RunResult bench(const std::string& json, const std::string& data = "no-such-data") {
+    return run_vae({"bench", "--device", "cpu", "--data", data, "--batch-sizes", "10", "--warmup",
+                    "0", "--steps", "1", "--repeats", "1", "--json", json},
+                   dir.path());
+  }
+};
+
+// The path is checked before the benchmark runs, and the error says why.
+TEST_F(BadInputBenchJson, UnwritablePathFailsBeforeBenchmarking) {
+  fs::create_directories(dir / "adir");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"adir", "is a directory"},
+      {"nope/x.json", "No such file or directory"},
+      {"/dev/full", "not a regular file"},
+  };
+  for (const auto& [path, why] : cases) {
+    const RunResult r = bench(path);
+    expect_one_line_error(r, {path}, {why});
+    EXPECT_FALSE(contains(r.out, "samples/s")) << "benchmarked first: " << r.out;
+  }
+}
+
+// --data that is not UTF-8 lands in the JSON; it used to throw at the end
+// and leave the old file at 0 bytes.
+TEST_F(BadInputBenchJson, DataPathThatIsNotUtf8IsWrittenAtomically) {
+  const std::string json = dir / "bj.json";
+  write_file(json, "{\"old\":\"results\"}\n");
+  const RunResult r = bench(json, "bad\xff");
+  expect_success(r);
+  const nlohmann::json results = nlohmann::json::parse(read_file(json));
+  EXPECT_TRUE(contains(results.at("data").get<std::string>(), "bad\xEF\xBF\xBD")) << results.dump();
+  EXPECT_EQ(results.at("results").size(), 1u);
+  for (const auto& entry : fs::directory_iterator(dir.path())) {
+    EXPECT_FALSE(contains(entry.path().filename().string(), ".tmp.")) << entry.path();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// What runs leave behind
+
+// A model whose input size (10x10) does not fit MNIST-sized test images.
+std::string write_model_of_100_pixels(const TempDir& dir) {
+  cuvae::Architecture arch;
+  arch.input_dim = 100;
+  arch.hidden = {8};
+  arch.latent_dim = 2;
+  const std::string path = dir / "m100.safetensors";
+  cuvae::save_model(path, arch, std::vector<float>(cuvae::ParameterLayout(arch).size(), 0.01f), {});
+  return path;
+}
+
+TEST(BadInputOutputs, ModelThatDoesNotFitTheDataLeavesNoDirectory) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string model = write_model_of_100_pixels(dir);
+  for (const std::string command : {"reconstruct", "interpolate"}) {
+    SCOPED_TRACE(command);
+    expect_one_line_error(run_vae({command, "--model", model, "--data", shared().data, "--out",
+                                   dir / "new/deeper", "--device", "cpu"},
+                                  dir.path()),
+                          {}, {"pixels"});
+    EXPECT_FALSE(fs::exists(dir / "new")) << "left the directories it made";
+  }
+  // A directory that was there before stays, and so does what it holds.
+  fs::create_directories(dir / "old");
+  write_file(dir / "old/keep.txt", "x");
+  expect_one_line_error(run_vae({"reconstruct", "--model", model, "--data", shared().data,
+                                 "--out", dir / "old/new", "--device", "cpu"},
+                                dir.path()),
+                        {}, {"pixels"});
+  EXPECT_TRUE(fs::exists(dir / "old/keep.txt"));
+  EXPECT_FALSE(fs::exists(dir / "old/new"));
+}
+
+// kill -9 during an atomic write leaves "<file>.tmp.<pid>"; the next command
+// writing into the directory removes it, but not a live writer's.
+TEST(BadInputOutputs, StaleTemporariesAreRemovedFromTheOutputDirectory) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const fs::path out = dir.path() / "out";
+  fs::create_directories(out);
+  const std::string stale = "task_3_1.png.tmp." + std::to_string(dead_pid());
+  const std::string live = "task_3_1.png.tmp." + std::to_string(::getpid());
+  write_file(out / stale, "torn");
+  write_file(out / live, "being written");
+  expect_success(run_vae({"sample", "--model", shared().model, "--out", out.string(), "--device",
+                          "cpu"},
+                         dir.path()));
+  EXPECT_FALSE(fs::exists(out / stale));
+  EXPECT_TRUE(fs::exists(out / live));
+  EXPECT_TRUE(fs::exists(out / "task_3_1.png"));
+}
+
+// train too: a run that fails before writing anything leaves no directory,
+// and one that writes clears the temporaries of a killed run.
+TEST(BadInputOutputs, TrainLeavesNoEmptyDirectoryAndClearsStaleTemporaries) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  expect_one_line_error(run_vae(train_args(shared().data, dir / "new/run", {{"--batch-size", "1000000"}}), dir.path()),
+                        {"--batch-size"}, {"between 1 and the number of training images"});
+  EXPECT_FALSE(fs::exists(dir / "new")) << "left the directories it made";
+  const fs::path out = dir.path() / "out";
+  fs::create_directories(out);
+  const std::string stale = "checkpoint.safetensors.tmp." + std::to_string(dead_pid());
+  write_file(out / stale, "torn");
+  expect_success(run_vae(train_args(shared().data, out.string()), dir.path()));
+  EXPECT_FALSE(fs::exists(out / stale));
+  EXPECT_TRUE(fs::exists(out / "checkpoint.safetensors"));
+}
+
+}  // namespace
