@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "cuvae/backends/backend.h"
+#include "cuvae/cli/commands.h"
+#include "cuvae/cli/flags.h"
 #include "cuvae/cli/picture_commands.h"
 #include "cuvae/error.h"
 #include "cuvae/io/atomic_file.h"
@@ -131,6 +133,17 @@ int run_latents_command(const LatentsOptions& o) {
   out_dir.keep();
   std::cout << "wrote " << png_path << " and " << csv_path << "\n";
   return 0;
+}
+
+Command add_latents_command(CLI::App& app) {
+  auto latents = std::make_shared<LatentsOptions>();
+  CLI::App* latents_cmd = app.add_subcommand("latents", "Write latents.png: the test images' posterior means in 2-D (first two principal components when L > 2), coloured by label");
+  add_model(latents_cmd, &latents->model);
+  latents_cmd->add_option("--data", latents->data, "Directory with the MNIST IDX files, labels included")->check(non_empty())->capture_default_str();
+  latents_cmd->add_option("--out", latents->out, "Output directory")->check(non_empty())->capture_default_str();
+  add_device(latents_cmd, &latents->device);
+  latents_cmd->add_option("--seed", latents->seed, "Seed of the test set's fixed binarization")->check(unsigned_integer())->capture_default_str();
+  return {latents_cmd, [latents] { return run_latents_command(*latents); }};
 }
 
 }  // namespace cuvae

@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "cuvae/backends/backend.h"
+#include "cuvae/cli/commands.h"
+#include "cuvae/cli/flags.h"
 #include "cuvae/cli/picture_commands.h"
 #include "cuvae/error.h"
 #include "cuvae/io/atomic_file.h"
@@ -127,6 +129,19 @@ int run_manifold_command(const ManifoldOptions& o) {
   std::cout << "wrote " << path << " (" << o.grid * side * o.scale << " x "
             << o.grid * side * o.scale << " pixels)\n";
   return 0;
+}
+
+Command add_manifold_command(CLI::App& app) {
+  auto manifold = std::make_shared<ManifoldOptions>();
+  CLI::App* manifold_cmd = app.add_subcommand("manifold", "Write manifold.png: decoder means over a grid of the prior's quantiles (Kingma & Welling, Fig. 4); L > 2: in the test set's first two principal directions");
+  add_model(manifold_cmd, &manifold->model);
+  manifold_cmd->add_option("--data", manifold->data, "Directory with the MNIST IDX files (read when L > 2)")->check(non_empty())->capture_default_str();
+  manifold_cmd->add_option("--out", manifold->out, "Output directory")->check(non_empty())->capture_default_str();
+  manifold_cmd->add_option("--grid", manifold->grid, "Images per side of the grid")->check(integer_in(ManifoldOptions::kMinGrid, ManifoldOptions::kMaxGrid))->capture_default_str();
+  add_device(manifold_cmd, &manifold->device);
+  manifold_cmd->add_option("--seed", manifold->seed, "Seed of the test set's fixed binarization (L > 2)")->check(unsigned_integer())->capture_default_str();
+  add_image_scale(manifold_cmd, &manifold->scale);
+  return {manifold_cmd, [manifold] { return run_manifold_command(*manifold); }};
 }
 
 }  // namespace cuvae

@@ -15,6 +15,7 @@
 #include <functional>
 #include <sstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -220,252 +221,353 @@ class TrainingCurve {
 
 const char* signal_name(int signal_number) { return signal_number == SIGINT ? "SIGINT" : "SIGTERM"; }
 
-// After SIGINT or SIGTERM: what was saved and how to go on; 128 + the signal.
-int report_interrupt(int signal_number, const std::string& state, const TrainOptions& o) {
-  std::fflush(stdout);
-  std::cerr << "vae: interrupted by " << signal_name(signal_number) << " " << state
-            << "; resume with: vae train --resume " << o.out << " --data " << o.data << "\n";
-  return 128 + signal_number;
+// A run, read and checked once from the flags and (when resuming) the
+// checkpoint: what it computes, how long, where. Everything below takes it.
+struct TrainRun {
+  TrainConfig config;
+  int epochs = 0;
+  int64_t max_steps = 0;
+  std::string data, out;
+  bool resuming = false;
+  TrainState resumed;         // the checkpoint continued, when resuming
+  std::string resumed_path;   // its file
+};
+
+TrainRun resolve_run(const TrainOptions& o) {
+  TrainRun run;
+  run.data = o.data;
+  run.out = o.out;
+  run.epochs = o.epochs;
+  run.max_steps = o.max_steps;
+  run.resuming = !o.resume.empty();
+  if (!run.resuming) {
+    run.config = config_from_flags(o);
+    // The paper's schedule is the run's length unless --epochs cuts it.
+    if (run.config.schedule == Schedule::kIwae && !o.given_epochs) run.epochs = kIwaeScheduleEpochs;
+    return run;
+  }
+  if (!o.given_out) run.out = o.resume;
+  run.resumed_path = o.resume + "/checkpoint.safetensors";
+  if (!std::filesystem::exists(run.resumed_path)) {
+    throw Error("--resume " + o.resume + ": no checkpoint there (" + run.resumed_path + " is missing)");
+  }
+  run.resumed = load_checkpoint(run.resumed_path);
+  run.config = run.resumed.config;
+  if (!o.given_epochs) run.epochs = run.resumed.epochs;
+  if (!o.given_max_steps) run.max_steps = run.resumed.max_steps;
+  check_resume_flags(o, run.config, run.resumed_path);
+  return run;
 }
 
-TrainState snapshot(Trainer& trainer, const TrainOptions& o, const TrainConfig& config,
-                    const std::string& fingerprint, double epoch_seconds,
-                    const std::string& metrics) {
-  TrainState s;
-  s.config = config;
-  s.epochs = o.epochs;
-  s.max_steps = o.max_steps;
-  s.data_fingerprint = fingerprint;
-  s.step = trainer.steps_done();
-  s.params = trainer.model().parameters();
-  s.adam_m = trainer.model().adam_moment(1);
-  s.adam_v = trainer.model().adam_moment(2);
-  s.epoch_elbo_sum = trainer.elbo_sum();
-  s.epoch_rows = trainer.rows_since_take();
-  s.epoch_seconds = epoch_seconds;
-  s.metrics_csv = metrics;
-  return s;
+// The training and test images, checked against the run.
+struct TrainData {
+  MnistSplit train, test;
+  std::string fingerprint, dataset;
+};
+
+TrainData load_train_data(const TrainRun& run) {
+  TrainData d{load_mnist_split(run.data, true), load_mnist_split(run.data, false), "", ""};
+  check_task_image_inputs(d.test.images, run.config.arch.input_dim, "the test images in " + run.data);
+  d.fingerprint = data_fingerprint(d.train.images);
+  if (run.resuming && d.fingerprint != run.resumed.data_fingerprint) {
+    throw Error("--resume: the training images in " + run.data + " (" + d.fingerprint +
+                ") are not the checkpoint's (" + run.resumed.data_fingerprint + ")");
+  }
+  d.dataset = dataset_name_from_fingerprint(d.fingerprint);
+  return d;
 }
+
+// --tf32, --gemm-epilogues, --two-branch-graph: a note where the backend has
+// no such thing.
+void apply_step_options(Backend& backend, const TrainOptions& o) {
+  if (o.tf32 && !backend.set_tf32(true)) {
+    std::cout << "note: --tf32 has no effect on the " << backend.name()
+              << " backend; its GEMMs compute in FP32\n";
+  }
+  if (o.gemm_epilogues && !backend.set_gemm_epilogues(true)) {
+    std::cout << "note: --gemm-epilogues has no effect on the " << backend.name()
+              << " backend; it has no cuBLASLt\n";
+  }
+  if (o.two_branch_graph && !backend.set_two_branch(true)) {
+    std::cout << "note: --two-branch-graph has no effect on the " << backend.name()
+              << " backend; it runs its calls in order\n";
+  }
+}
+
+TrainerOptions trainer_options(const TrainOptions& o) {
+  TrainerOptions t;
+  t.data = o.resident_data == "on"    ? TrainerOptions::DataPlacement::kResident
+           : o.resident_data == "off" ? TrainerOptions::DataPlacement::kStreamed
+                                      : TrainerOptions::DataPlacement::kAuto;
+  t.step_graph = o.cuda_graph;
+  return t;
+}
+
+// The run's length in steps and epochs, once the steps per epoch are known.
+struct StepPlan {
+  int steps_per_epoch = 0;
+  int64_t total_steps = 0;
+  int epochs = 0;
+};
+
+StepPlan plan_steps(const TrainRun& run, int steps_per_epoch) {
+  StepPlan p;
+  p.steps_per_epoch = steps_per_epoch;
+  const int64_t all_steps = int64_t(run.epochs) * steps_per_epoch;
+  p.total_steps = run.max_steps > 0 ? std::min<int64_t>(run.max_steps, all_steps) : all_steps;
+  p.epochs = static_cast<int>((p.total_steps + steps_per_epoch - 1) / steps_per_epoch);
+  return p;
+}
+
+// The "model:" and "objective:" lines.
+void print_plan(const TrainRun& run, const StepPlan& plan, size_t parameters) {
+  const TrainConfig& config = run.config;
+  std::cout << "model: " << config.arch.describe() << ", " << parameters << " parameters; batch "
+            << config.batch_size << ", " << plan.steps_per_epoch << " steps/epoch, " << plan.epochs
+            << " epochs (" << plan.total_steps << " steps), lr " << config.adam.lr
+            << (config.schedule == Schedule::kIwae ? " (iwae schedule)" : "") << ", Adam eps "
+            << config.adam.eps << ", seed " << config.seed
+            << (config.shuffle ? ", shuffled" : ", dataset order") << "\n";
+  std::cout << "objective: " << describe_objective(config) << "\n";
+}
+
+// The epochs of a run on its trainer, with their lines, metrics.csv, model
+// file, checkpoints and curve; then the task images. Each public step
+// returns 0, or 128 + the signal when interrupted (after a checkpoint).
+class TrainingLoop {
+ public:
+  TrainingLoop(const TrainRun& run, const TrainOptions& o, Backend& backend, Trainer& trainer,
+               const TrainData& data)
+      : run_(run), o_(o), backend_(backend), trainer_(trainer), data_(data),
+        plan_(plan_steps(run, trainer.steps_per_epoch())), curve_(run.out),
+        bound_(bound_name(run.config.objective.objective, run.config.objective.samples)),
+        model_path_(run.out + "/model.safetensors"), checkpoint_path_(run.out + "/checkpoint.safetensors") {
+    if (run.resuming) metrics_ = upgraded_metrics_rows(run.resumed.metrics_csv, run.config.adam.lr);
+  }
+
+  const StepPlan& plan() const { return plan_; }
+
+  int train_epochs() {
+    const bool unfinished = run_.resuming && epoch_left_unfinished(run_.resumed, plan_.steps_per_epoch);
+    const int first_epoch = static_cast<int>(trainer_.steps_done() / plan_.steps_per_epoch) + (unfinished ? 0 : 1);
+    for (int epoch = first_epoch; epoch <= plan_.epochs; ++epoch) {
+      const double earlier_seconds = run_.resuming && epoch == first_epoch ? run_.resumed.epoch_seconds : 0.0;
+      if (const int status = train_epoch(epoch, earlier_seconds)) return status;
+    }
+    return 0;
+  }
+
+  // The seed's task images; then the "wrote" line.
+  int write_task_images() {
+    // The task images need batches of 25; the training model may be smaller.
+    VaeModel images_model(backend_, run_.config.arch, kTaskImageRows);
+    images_model.set_parameters(trainer_.model().parameters());
+    GridOptions grid;
+    grid.scale = o_.image_scale;
+    const uint64_t seed = run_.config.seed;
+    const IdxImages& test = data_.test.images;
+    std::vector<std::string> written = {model_path_, run_.out + "/metrics.csv", checkpoint_path_};
+    if (curve_.drawn()) written.push_back(curve_.path());
+    // A signal after the last step stops before the next set of images; a
+    // resumed run has no steps left and writes them all.
+    const std::function<std::vector<std::string>()> writers[] = {
+        [&] { return write_prior_samples(images_model, run_.out, seed, grid); },
+        [&] { return write_reconstructions(images_model, test, run_.out, seed, grid); },
+        [&] { return write_interpolations(images_model, test, run_.out, seed, grid); }};
+    for (const auto& write : writers) {
+      if (const int signal_number = stop_requested()) {
+        return report_interrupt(signal_number, "after the last step; " + model_path_ + " and " + checkpoint_path_ +
+                                                   " are written, the task images not all");
+      }
+      const std::vector<std::string> paths = write();
+      written.insert(written.end(), paths.begin(), paths.end());
+    }
+    std::cout << "wrote";
+    for (const std::string& path : written) std::cout << " " << path;
+    std::cout << "\n";
+    if (const int signal_number = stop_requested()) {
+      // Too late to stop anything, but the caller asked: exit as interrupted.
+      std::fflush(stdout);
+      std::cerr << "vae: interrupted by " << signal_name(signal_number)
+                << " as the run ended; every file above is whole\n";
+      return 128 + signal_number;
+    }
+    return 0;
+  }
+
+ private:
+  // One epoch's steps (from where the trainer is), then its end.
+  int train_epoch(int epoch, double earlier_seconds) {
+    const auto start = Clock::now();
+    auto last_progress = start;
+    int steps = static_cast<int>(trainer_.steps_done() - uint64_t(epoch - 1) * plan_.steps_per_epoch);
+    while (steps < plan_.steps_per_epoch && static_cast<int64_t>(trainer_.steps_done()) < plan_.total_steps) {
+      trainer_.step();
+      ++steps;
+      const bool epoch_ends = steps == plan_.steps_per_epoch ||
+                              static_cast<int64_t>(trainer_.steps_done()) == plan_.total_steps;
+      const double seconds = earlier_seconds + seconds_since(start);
+      if (const int status = after_step(epoch_ends, seconds)) return status;
+      if (live_ && seconds_since(last_progress) > 0.25) {
+        last_progress = Clock::now();
+        std::printf("\r  epoch %d/%d  step %d/%d  %s %.2f   ", epoch, plan_.epochs, steps, plan_.steps_per_epoch,
+                    bound_.c_str(), trainer_.peek_mean_elbo());
+        std::fflush(stdout);
+      }
+    }
+    backend_.synchronize();  // the steps run asynchronously on a GPU: time them whole
+    return finish_epoch(epoch, steps == plan_.steps_per_epoch, earlier_seconds + seconds_since(start));
+  }
+
+  // A checkpoint mid-epoch on a signal or every --checkpoint-every steps.
+  // At an epoch's last step the epoch's own end writes its line, model and
+  // checkpoint first; a checkpoint here would count its rows in the next epoch.
+  int after_step(bool epoch_ends, double seconds) {
+    if (epoch_ends) return 0;
+    if (const int signal_number = stop_requested()) {
+      save_checkpoint(checkpoint_path_, snapshot(seconds));
+      if (live_) std::printf("\n");
+      return report_interrupt(signal_number, "at step " + std::to_string(trainer_.steps_done()) + " of " +
+                                                 std::to_string(plan_.total_steps) + "; checkpoint written to " +
+                                                 checkpoint_path_);
+    }
+    if (o_.checkpoint_every > 0 && trainer_.steps_done() % static_cast<uint64_t>(o_.checkpoint_every) == 0) {
+      save_checkpoint(checkpoint_path_, snapshot(seconds));
+    }
+    return 0;
+  }
+
+  // The epoch's line, metrics row, curve, model and checkpoint.
+  int finish_epoch(int epoch, bool complete, double seconds) {
+    const TrainConfig& config = run_.config;
+    // A run that stops mid-epoch (--max-steps) checkpoints the epoch's partial
+    // state, so that a resumed run completes this epoch as if never stopped.
+    const TrainState partial = complete ? TrainState{} : snapshot(seconds);
+    const uint64_t rows = trainer_.rows_since_take();
+    const double elbo = trainer_.take_mean_elbo();
+    const double rate = static_cast<double>(rows) / seconds;
+    const double lr = scheduled_learning_rate(config.schedule, config.adam.lr, epoch - 1);
+    const double test_bound = o_.eval_every > 0 && (epoch % o_.eval_every == 0 || epoch == plan_.epochs)
+                                  ? test_set_bound(backend_, trainer_.model(), config, data_.test.images)
+                                  : NAN;
+    if (live_) std::printf("\r%*s\r", 72, "");
+    std::printf("epoch %3d/%d  %s%s %9.3f%s  %7.2f s  %8.0f images/s\n", epoch, plan_.epochs,
+                stage_text(config.schedule, epoch - 1, lr).c_str(), bound_.c_str(), elbo,
+                std::isnan(test_bound) ? "" : ("  test " + fixed(test_bound, 3)).c_str(), seconds, rate);
+    std::fflush(stdout);
+    const std::vector<float> params = trainer_.model().parameters();
+    check_finite(epoch, elbo, params);
+    metrics_ += metrics_row(epoch, bound_, elbo, lr, seconds, rate, test_bound);
+    const std::string csv = std::string(kMetricsHeader) + "\n" + metrics_;
+    write_file_atomically(run_.out + "/metrics.csv", csv.data(), csv.size());
+    curve_.draw_after_epoch(epoch == plan_.epochs);
+    save_model(model_path_, config.arch, params, model_metadata(epoch, elbo));
+    save_checkpoint(checkpoint_path_, complete ? snapshot(0.0) : partial);
+    if (const int signal_number = stop_requested()) {
+      return report_interrupt(signal_number, "at the end of epoch " + std::to_string(epoch) + " (step " +
+                                                 std::to_string(trainer_.steps_done()) + " of " +
+                                                 std::to_string(plan_.total_steps) + "); checkpoint written to " +
+                                                 checkpoint_path_);
+    }
+    return 0;
+  }
+
+  void check_finite(int epoch, double elbo, const std::vector<float>& params) const {
+    bool finite = std::isfinite(elbo);
+    for (float p : params) finite = finite && std::isfinite(p);
+    if (!finite) {
+      throw Error("training diverged in epoch " + std::to_string(epoch) + " (the " + bound_ +
+                  " bound or a parameter is not finite); " + model_path_ + " and " + checkpoint_path_ +
+                  " keep the last good state, if any");
+    }
+  }
+
+  std::map<std::string, std::string> model_metadata(int epoch, double elbo) const {
+    const TrainConfig& config = run_.config;
+    return {{"seed", std::to_string(config.seed)},
+            {"epochs", std::to_string(epoch)},
+            {"steps", std::to_string(trainer_.steps_done())},
+            {"batch_size", std::to_string(config.batch_size)},
+            {"lr", shortest(config.adam.lr)},
+            {"adam_eps", shortest(config.adam.eps)},
+            {"objective", objective_name(config.objective.objective)},
+            {"samples", std::to_string(config.objective.samples)},
+            {"init", init_name(config.init)},
+            {"schedule", schedule_name(config.schedule)},
+            {"train_bound", bound_},
+            {"train_bound_value", shortest(elbo)},
+            {"dataset", data_.dataset},
+            {"commit", CUVAE_GIT_COMMIT},
+            {"created", utc_now()}};
+  }
+
+  TrainState snapshot(double epoch_seconds) const {
+    TrainState s;
+    s.config = run_.config;
+    s.epochs = run_.epochs;
+    s.max_steps = run_.max_steps;
+    s.data_fingerprint = data_.fingerprint;
+    s.step = trainer_.steps_done();
+    s.params = trainer_.model().parameters();
+    s.adam_m = trainer_.model().adam_moment(1);
+    s.adam_v = trainer_.model().adam_moment(2);
+    s.epoch_elbo_sum = trainer_.elbo_sum();
+    s.epoch_rows = trainer_.rows_since_take();
+    s.epoch_seconds = epoch_seconds;
+    s.metrics_csv = metrics_;
+    return s;
+  }
+
+  // After SIGINT or SIGTERM: what was saved and how to go on; 128 + the signal.
+  int report_interrupt(int signal_number, const std::string& state) const {
+    std::fflush(stdout);
+    std::cerr << "vae: interrupted by " << signal_name(signal_number) << " " << state
+              << "; resume with: vae train --resume " << run_.out << " --data " << run_.data << "\n";
+    return 128 + signal_number;
+  }
+
+  const TrainRun& run_;
+  const TrainOptions& o_;
+  Backend& backend_;
+  Trainer& trainer_;
+  const TrainData& data_;
+  const StepPlan plan_;
+  TrainingCurve curve_;
+  const std::string bound_, model_path_, checkpoint_path_;
+  const bool live_ = ::isatty(STDOUT_FILENO) != 0;
+  std::string metrics_;  // metrics.csv's rows so far
+};
 
 }  // namespace
 
-int run_train_command(TrainOptions o) {
+int run_train_command(const TrainOptions& o) {
   install_interrupt_handlers();
-  const bool resuming = !o.resume.empty();
-  TrainState resumed;
-  TrainConfig config;
-  if (resuming) {
-    if (!o.given_out) o.out = o.resume;
-    const std::string path = o.resume + "/checkpoint.safetensors";
-    if (!std::filesystem::exists(path)) {
-      throw Error("--resume " + o.resume + ": no checkpoint there (" + path + " is missing)");
-    }
-    resumed = load_checkpoint(path);
-    config = resumed.config;
-    if (!o.given_epochs) o.epochs = resumed.epochs;
-    if (!o.given_max_steps) o.max_steps = resumed.max_steps;
-    check_resume_flags(o, config, path);
-  } else {
-    config = config_from_flags(o);
-    // The paper's schedule is the run's length unless --epochs cuts it.
-    if (config.schedule == Schedule::kIwae && !o.given_epochs) o.epochs = kIwaeScheduleEpochs;
-  }
-
-  const MnistSplit train = load_mnist_split(o.data, true);
-  const MnistSplit test = load_mnist_split(o.data, false);
-  check_task_image_inputs(test.images, config.arch.input_dim, "the test images in " + o.data);
-  const std::string fingerprint = data_fingerprint(train.images);
-  if (resuming && fingerprint != resumed.data_fingerprint) {
-    throw Error("--resume: the training images in " + o.data + " (" + fingerprint +
-                ") are not the checkpoint's (" + resumed.data_fingerprint + ")");
-  }
-  const std::string dataset = dataset_name_from_fingerprint(fingerprint);
+  const TrainRun run = resolve_run(o);
+  const TrainData data = load_train_data(run);
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
-  std::cout << "data: " << o.data << ": " << (dataset == "unknown" ? "not a known data set" : dataset)
-            << " (" << fingerprint << ")\n";
+  std::cout << "data: " << run.data << ": " << (data.dataset == "unknown" ? "not a known data set" : data.dataset)
+            << " (" << data.fingerprint << ")\n";
   // Made here, stale temporaries of killed runs cleared; removed again if the
   // run fails before writing anything into it.
-  const OutputDirectory out_dir(o.out);
-  if (o.tf32 && !backend->set_tf32(true)) {
-    std::cout << "note: --tf32 has no effect on the " << backend->name()
-              << " backend; its GEMMs compute in FP32\n";
-  }
-  if (o.gemm_epilogues && !backend->set_gemm_epilogues(true)) {
-    std::cout << "note: --gemm-epilogues has no effect on the " << backend->name()
-              << " backend; it has no cuBLASLt\n";
-  }
-  if (o.two_branch_graph && !backend->set_two_branch(true)) {
-    std::cout << "note: --two-branch-graph has no effect on the " << backend->name()
-              << " backend; it runs its calls in order\n";
-  }
-  TrainerOptions trainer_options;
-  trainer_options.data = o.resident_data == "on"    ? TrainerOptions::DataPlacement::kResident
-                         : o.resident_data == "off" ? TrainerOptions::DataPlacement::kStreamed
-                                                    : TrainerOptions::DataPlacement::kAuto;
-  trainer_options.step_graph = o.cuda_graph;
-  Trainer trainer(*backend, config, train.images, trainer_options);
+  const OutputDirectory out_dir(run.out);
+  apply_step_options(*backend, o);
+  Trainer trainer(*backend, run.config, data.train.images, trainer_options(o));
   const bool cuda = backend->name() == "cuda";
   std::cout << "step: " << trainer.describe_step() << (o.tf32 && cuda ? "; TF32 GEMMs" : "")
             << (o.gemm_epilogues && cuda ? "; cuBLASLt epilogues" : "")
             << (o.two_branch_graph && cuda ? "; weight gradients on a second branch" : "") << "\n";
-  VaeModel& model = trainer.model();
-  std::string metrics;
-  if (resuming) {
-    trainer.restore(resumed.params, resumed.adam_m, resumed.adam_v, resumed.step,
-                    resumed.epoch_elbo_sum, resumed.epoch_rows);
-    metrics = upgraded_metrics_rows(resumed.metrics_csv, config.adam.lr);
+  if (run.resuming) {
+    const TrainState& r = run.resumed;
+    trainer.restore(r.params, r.adam_m, r.adam_v, r.step, r.epoch_elbo_sum, r.epoch_rows);
   }
-
-  const int steps_per_epoch = trainer.steps_per_epoch();
-  const int64_t all_steps = int64_t(o.epochs) * steps_per_epoch;
-  const int64_t total_steps = o.max_steps > 0 ? std::min<int64_t>(o.max_steps, all_steps) : all_steps;
-  const int epochs = static_cast<int>((total_steps + steps_per_epoch - 1) / steps_per_epoch);
-  std::cout << "model: " << config.arch.describe() << ", " << model.layout().size()
-            << " parameters; batch " << config.batch_size << ", " << steps_per_epoch
-            << " steps/epoch, " << epochs << " epochs (" << total_steps << " steps), lr "
-            << config.adam.lr << (config.schedule == Schedule::kIwae ? " (iwae schedule)" : "")
-            << ", Adam eps " << config.adam.eps << ", seed " << config.seed
-            << (config.shuffle ? ", shuffled" : ", dataset order") << "\n";
-  std::cout << "objective: " << describe_objective(config) << "\n";
-  if (resuming) {
-    check_resumed_progress(resumed, o.resume + "/checkpoint.safetensors", steps_per_epoch, total_steps);
-    std::cout << "resuming from " << o.resume << "/checkpoint.safetensors at step "
-              << resumed.step << "\n";
+  TrainingLoop loop(run, o, *backend, trainer, data);
+  print_plan(run, loop.plan(), trainer.model().layout().size());
+  if (run.resuming) {
+    check_resumed_progress(run.resumed, run.resumed_path, loop.plan().steps_per_epoch, loop.plan().total_steps);
+    std::cout << "resuming from " << run.resumed_path << " at step " << run.resumed.step << "\n";
   }
-
-  const std::string model_path = o.out + "/model.safetensors";
-  const std::string checkpoint_path = o.out + "/checkpoint.safetensors";
-  const bool live = ::isatty(STDOUT_FILENO) != 0;
-  const std::string bound = bound_name(config.objective.objective, config.objective.samples);
-  TrainingCurve curve(o.out);
-  const int first_epoch = static_cast<int>(trainer.steps_done() / steps_per_epoch) +
-                          (resuming && epoch_left_unfinished(resumed, steps_per_epoch) ? 0 : 1);
-  for (int epoch = first_epoch; epoch <= epochs; ++epoch) {
-    const auto start = Clock::now();
-    const double earlier_seconds = resuming && epoch == first_epoch ? resumed.epoch_seconds : 0.0;
-    auto last_progress = start;
-    int steps = static_cast<int>(trainer.steps_done() - uint64_t(epoch - 1) * steps_per_epoch);
-    while (steps < steps_per_epoch && static_cast<int64_t>(trainer.steps_done()) < total_steps) {
-      trainer.step();
-      ++steps;
-      const bool epoch_ends = steps == steps_per_epoch ||
-                              static_cast<int64_t>(trainer.steps_done()) == total_steps;
-      // At an epoch's last step the epoch's own end (below) writes its line,
-      // model and checkpoint first; this checkpoint would count its rows in
-      // the next epoch.
-      if (const int signal_number = epoch_ends ? 0 : stop_requested()) {
-        save_checkpoint(checkpoint_path, snapshot(trainer, o, config, fingerprint,
-                                                  earlier_seconds + seconds_since(start), metrics));
-        if (live) std::printf("\n");
-        return report_interrupt(signal_number,
-                                "at step " + std::to_string(trainer.steps_done()) + " of " +
-                                    std::to_string(total_steps) + "; checkpoint written to " + checkpoint_path,
-                                o);
-      }
-      if (o.checkpoint_every > 0 && !epoch_ends &&
-          trainer.steps_done() % static_cast<uint64_t>(o.checkpoint_every) == 0) {
-        save_checkpoint(checkpoint_path, snapshot(trainer, o, config, fingerprint,
-                                                  earlier_seconds + seconds_since(start), metrics));
-      }
-      if (live && seconds_since(last_progress) > 0.25) {
-        last_progress = Clock::now();
-        std::printf("\r  epoch %d/%d  step %d/%d  %s %.2f   ", epoch, epochs, steps,
-                    steps_per_epoch, bound.c_str(), trainer.peek_mean_elbo());
-        std::fflush(stdout);
-      }
-    }
-    backend->synchronize();  // the steps run asynchronously on a GPU: time them whole
-    const double seconds = earlier_seconds + seconds_since(start);
-    // A run that stops mid-epoch (--max-steps) checkpoints the epoch's partial
-    // state, so that a resumed run completes this epoch as if never stopped.
-    const bool complete = steps == steps_per_epoch;
-    const TrainState partial =
-        complete ? TrainState{} : snapshot(trainer, o, config, fingerprint, seconds, metrics);
-    const uint64_t rows = trainer.rows_since_take();
-    const double elbo = trainer.take_mean_elbo();
-    const double rate = static_cast<double>(rows) / seconds;
-    const double lr = scheduled_learning_rate(config.schedule, config.adam.lr, epoch - 1);
-    const double test_bound = o.eval_every > 0 && (epoch % o.eval_every == 0 || epoch == epochs)
-                                  ? test_set_bound(*backend, model, config, test.images)
-                                  : NAN;
-    if (live) std::printf("\r%*s\r", 72, "");
-    std::printf("epoch %3d/%d  %s%s %9.3f%s  %7.2f s  %8.0f images/s\n", epoch, epochs,
-                stage_text(config.schedule, epoch - 1, lr).c_str(), bound.c_str(), elbo,
-                std::isnan(test_bound) ? "" : ("  test " + fixed(test_bound, 3)).c_str(), seconds, rate);
-    std::fflush(stdout);
-    const std::vector<float> params = model.parameters();
-    bool finite = std::isfinite(elbo);
-    for (float p : params) finite = finite && std::isfinite(p);
-    if (!finite) {
-      throw Error("training diverged in epoch " + std::to_string(epoch) + " (the " + bound +
-                  " bound or a parameter is not finite); " + model_path + " and " +
-                  checkpoint_path + " keep the last good state, if any");
-    }
-    metrics += metrics_row(epoch, bound, elbo, lr, seconds, rate, test_bound);
-    const std::string csv = std::string(kMetricsHeader) + "\n" + metrics;
-    write_file_atomically(o.out + "/metrics.csv", csv.data(), csv.size());
-    curve.draw_after_epoch(epoch == epochs);
-    save_model(model_path, config.arch, params,
-               {{"seed", std::to_string(config.seed)},
-                {"epochs", std::to_string(epoch)},
-                {"steps", std::to_string(trainer.steps_done())},
-                {"batch_size", std::to_string(config.batch_size)},
-                {"lr", shortest(config.adam.lr)},
-                {"adam_eps", shortest(config.adam.eps)},
-                {"objective", objective_name(config.objective.objective)},
-                {"samples", std::to_string(config.objective.samples)},
-                {"init", init_name(config.init)},
-                {"schedule", schedule_name(config.schedule)},
-                {"train_bound", bound},
-                {"train_bound_value", shortest(elbo)},
-                {"dataset", dataset},
-                {"commit", CUVAE_GIT_COMMIT},
-                {"created", utc_now()}});
-    save_checkpoint(checkpoint_path,
-                    complete ? snapshot(trainer, o, config, fingerprint, 0.0, metrics) : partial);
-    if (const int signal_number = stop_requested()) {
-      return report_interrupt(signal_number,
-                              "at the end of epoch " + std::to_string(epoch) + " (step " +
-                                  std::to_string(trainer.steps_done()) + " of " + std::to_string(total_steps) +
-                                  "); checkpoint written to " + checkpoint_path,
-                              o);
-    }
-  }
-
-  // The task images need batches of 25; the training model may be smaller.
-  VaeModel images_model(*backend, config.arch, kTaskImageRows);
-  images_model.set_parameters(model.parameters());
-  GridOptions grid;
-  grid.scale = o.image_scale;
-  std::vector<std::string> written = {model_path, o.out + "/metrics.csv", checkpoint_path};
-  if (curve.drawn()) written.push_back(curve.path());
-  // A signal after the last step stops before the next set of images; a
-  // resumed run has no steps left and writes them all.
-  const std::function<std::vector<std::string>()> writers[] = {
-      [&] { return write_prior_samples(images_model, o.out, config.seed, grid); },
-      [&] { return write_reconstructions(images_model, test.images, o.out, config.seed, grid); },
-      [&] { return write_interpolations(images_model, test.images, o.out, config.seed, grid); }};
-  for (const auto& write : writers) {
-    if (const int signal_number = stop_requested()) {
-      return report_interrupt(signal_number,
-                              "after the last step; " + model_path + " and " + checkpoint_path +
-                                  " are written, the task images not all",
-                              o);
-    }
-    const std::vector<std::string> paths = write();
-    written.insert(written.end(), paths.begin(), paths.end());
-  }
-  std::cout << "wrote";
-  for (const std::string& path : written) std::cout << " " << path;
-  std::cout << "\n";
-  if (const int signal_number = stop_requested()) {
-    // Too late to stop anything, but the caller asked: exit as interrupted.
-    std::fflush(stdout);
-    std::cerr << "vae: interrupted by " << signal_name(signal_number)
-              << " as the run ended; every file above is whole\n";
-    return 128 + signal_number;
-  }
-  return 0;
+  if (const int status = loop.train_epochs()) return status;
+  return loop.write_task_images();
 }
 
 }  // namespace cuvae

@@ -48,6 +48,6 @@ struct TrainOptions {
 // Runs training as the options say, printing progress to stdout. Returns the
 // process exit status: 0, or 128 + the signal number when interrupted (after
 // writing a checkpoint). Throws cuvae::Error on bad input or failure.
-int run_train_command(TrainOptions options);
+int run_train_command(const TrainOptions& options);
 
 }  // namespace cuvae

@@ -1,0 +1,106 @@
+// The driver's flag checks (include/cuvae/cli/flags.h).
+#include "cuvae/cli/flags.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+namespace cuvae {
+
+namespace {
+
+// Number checks. CLI11's Range says "Value abc not in range 1 to 1048576" for
+// text that is no number, PositiveNumber spells DBL_MAX out in full, and an
+// unsigned option takes "-1" as 2^64 - 1; these say what is wrong instead.
+// CLI11 converts with strtoll/strtoull (base 0) and ignores ERANGE, clamping
+// text beyond 64 bits to the limit; these parse the same way and refuse it.
+enum class Parsed { kOk, kNotANumber, kOutOfRange };
+
+template <typename T, typename Convert>
+Parsed parse_integer(const std::string& input, Convert convert, T* value) {
+  if (input.empty()) return Parsed::kNotANumber;
+  char* end = nullptr;
+  errno = 0;
+  *value = convert(input.c_str(), &end, 0);
+  if (end != input.c_str() + input.size()) return Parsed::kNotANumber;
+  return errno == ERANGE ? Parsed::kOutOfRange : Parsed::kOk;
+}
+
+}  // namespace
+
+CLI::Validator integer_in(int64_t lo, int64_t hi, const std::string& description) {
+  return CLI::Validator(
+      [lo, hi](std::string& input) -> std::string {
+        long long value = 0;
+        const Parsed parsed = parse_integer(input, std::strtoll, &value);
+        if (parsed == Parsed::kNotANumber) return "'" + input + "' is not an integer";
+        if (parsed == Parsed::kOutOfRange || value < lo || value > hi) {
+          return "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi) +
+                 ", got " + input;
+        }
+        return std::string();
+      },
+      description);
+}
+
+CLI::Validator integer_in(int64_t lo, int64_t hi) {
+  return integer_in(lo, hi, "INT in [" + std::to_string(lo) + " - " + std::to_string(hi) + "]");
+}
+
+CLI::Validator non_negative_integer() { return integer_in(0, std::numeric_limits<int>::max(), "NONNEGATIVE"); }
+
+// The learning rate is applied as a float: below FLT_MIN it is subnormal or
+// zero there (1e-320 ran as 9.99989e-321 and trained nothing).
+CLI::Validator learning_rate() {
+  return CLI::Validator(
+    [](std::string& input) -> std::string {
+      double value = 0;
+      if (!CLI::detail::lexical_cast(input, value)) return "'" + input + "' is not a number";
+      if (!(value > 0.0) || !std::isfinite(value)) return "must be a positive number, got " + input;
+      if (value < std::numeric_limits<float>::min() || value > std::numeric_limits<float>::max()) {
+        return "must be a normal single-precision number (about 1.2e-38 to 3.4e38), got " + input;
+      }
+      return std::string();
+    },
+    "POSITIVE");
+}
+
+CLI::Validator unsigned_integer() {
+  return CLI::Validator(
+    [](std::string& input) -> std::string {
+      unsigned long long value = 0;
+      if (input.find('-') != std::string::npos ||
+          parse_integer(input, std::strtoull, &value) != Parsed::kOk) {
+        return "must be a non-negative integer below 2^64, got " + input;
+      }
+      return std::string();
+    },
+    "");
+}
+
+// Paths: an empty one would surface later as "cannot create directory :" or
+// ": MNIST directory not found", or (--resume) start a fresh run.
+CLI::Validator non_empty() {
+  return CLI::Validator(
+      [](std::string& input) -> std::string { return input.empty() ? "must not be empty" : std::string(); }, "");
+}
+
+void add_device(CLI::App* app, std::string* device) {
+  app->add_option("--device", *device, "auto (CUDA if compiled in and present, else CPU), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+}
+
+void add_image_scale(CLI::App* app, int* scale) {
+  app->add_option("--image-scale", *scale, "Scale each digit of the PNGs up by this integer factor")
+      ->check(integer_in(1, 16))
+      ->capture_default_str();
+}
+
+void add_model(CLI::App* app, std::string* model) {
+  app->add_option("--model", *model, "Model file written by vae train")->required()->check(non_empty());
+}
+
+}  // namespace cuvae
