@@ -21,6 +21,8 @@
 // columns needs its own sum.)
 #include <cub/cub.cuh>
 
+#include <algorithm>
+
 #include "cuvae/backends/cuda/cuda_check.h"
 #include "cuvae/backends/cuda/kernels.h"
 #include "launch.cuh"
@@ -49,24 +51,30 @@ __global__ void activation_backward_partial_sums_kernel(float* __restrict__ dy,
                                                         int cols, Activation act) {
   __shared__ float lane_sums[kRowLanes][kColumnsPerBlock + 1];
   const int c = blockIdx.x * kColumnsPerBlock + threadIdx.x;
-  const int first_row = blockIdx.y * kRowsPerChunk;
-  const int end_row = min(rows, first_row + kRowsPerChunk);
-  float sum = 0.0f;
-  if (c < cols) {
-    for (int r = first_row + threadIdx.y; r < end_row; r += kRowLanes) {
-      const size_t i = static_cast<size_t>(r) * cols + c;
-      const float scaled = row_scale != nullptr ? row_scale[r] * dy[i] : dy[i];
-      const float d = activation_backward(scaled, y[i], act);
-      dy[i] = d;
-      sum += d;
+  const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  // Chunk by chunk, gridDim.y apart: each chunk's sum is the same whatever
+  // the grid, so the bits do not depend on it (gridDim.y stops at 65535).
+  for (int chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+    const int first_row = chunk * kRowsPerChunk;
+    const int end_row = min(rows, first_row + kRowsPerChunk);
+    float sum = 0.0f;
+    if (c < cols) {
+      for (int r = first_row + threadIdx.y; r < end_row; r += kRowLanes) {
+        const size_t i = static_cast<size_t>(r) * cols + c;
+        const float scaled = row_scale != nullptr ? row_scale[r] * dy[i] : dy[i];
+        const float d = activation_backward(scaled, y[i], act);
+        dy[i] = d;
+        sum += d;
+      }
     }
-  }
-  lane_sums[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    float total = 0.0f;
-    for (int lane = 0; lane < kRowLanes; ++lane) total += lane_sums[lane][threadIdx.x];
-    partials[static_cast<size_t>(blockIdx.y) * cols + c] = total;
+    lane_sums[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+      float total = 0.0f;
+      for (int lane = 0; lane < kRowLanes; ++lane) total += lane_sums[lane][threadIdx.x];
+      partials[static_cast<size_t>(chunk) * cols + c] = total;
+    }
+    __syncthreads();  // lane_sums is written again by the next chunk
   }
 }
 
@@ -102,12 +110,9 @@ void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int 
                                    Activation act, const float* row_scale, float* scratch,
                                    const LaunchTarget& on) {
   const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  if (chunks > 65535) {  // gridDim.y's limit
-    throw Error("activation_backward_bias_grad: " + std::to_string(rows) + " rows is more than " +
-                std::to_string(65535 * kRowsPerChunk) + ", this kernel's limit");
-  }
+  constexpr int kMaxGridY = 65535;  // gridDim.y's limit: the kernel loops over the chunks beyond it
   const dim3 grid(static_cast<unsigned int>((cols + kColumnsPerBlock - 1) / kColumnsPerBlock),
-                  static_cast<unsigned int>(chunks));
+                  static_cast<unsigned int>(std::min(chunks, kMaxGridY)));
   if (cols == 0) return;
   // No rows: no chunks, and the second kernel writes a zero gradient.
   if (chunks > 0) {

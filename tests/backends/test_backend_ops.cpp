@@ -25,7 +25,10 @@
 #include <vector>
 
 #include "backend_fixture.h"
+#include "cuvae/error.h"
 #include "cuvae/model/philox.h"
+#include "cuvae/model/trainer.h"
+#include "cuvae/model/vae_model.h"
 
 namespace cuvae {
 namespace {
@@ -117,15 +120,61 @@ TEST_P(BackendOps, BiasActivationForwardAndBackward) {
   }
 }
 
+// Every backend knows its memory, so a configuration that cannot fit is
+// refused with one line before anything is allocated (the CUDA backend
+// reported 0, unknown, and such a run failed mid-allocation).
+TEST_P(BackendOps, MemoryIsKnownAndTooLargeModelsAreRefused) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  EXPECT_GT(backend->memory_bytes(), size_t{0});
+  Architecture huge;
+  huge.hidden = {Architecture::kMaxWidth, Architecture::kMaxWidth};  // 8.7e9 parameters: 139 GB with Adam's
+  try {
+    check_model_fits(*backend, huge, 20000, 1);  // and 40 GB of activations
+    ADD_FAILURE() << "a 180 GB configuration was not refused on " << backend->name();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("GiB"), std::string::npos) << e.what();
+  }
+  Architecture seed;  // the seed's model fits everywhere
+  EXPECT_NO_THROW(check_model_fits(*backend, seed, 200, 1));
+}
+
+// The bias gradient over more rows than the CUDA kernel's grid has in y
+// (65535 chunks of 32 rows: a decoder of batch 500 and K 5000 has more), and
+// at 25000 x 784 (a grid-stride loop's second pass). Small integers keep every
+// column sum exact in float (below 2^24), so each backend must give the
+// exact sums.
+TEST_P(BackendOps, BiasGradientBeyondOneGridOfRowChunks) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{{65535 * 32 + 100, 3}, {25000, 784}}) {
+    const size_t count = static_cast<size_t>(rows) * cols;
+    std::vector<float> dy0(count), y0(count);
+    for (size_t i = 0; i < count; ++i) {
+      dy0[i] = static_cast<float>(static_cast<int>(i % 5) - 2);
+      y0[i] = (i / 3) % 4 == 0 ? 0.0f : 1.0f;  // ReLU's output: 0 blocks the gradient
+    }
+    auto dy = to_device(*backend, dy0);
+    auto y = to_device(*backend, y0);
+    DeviceArray<float> dbias(*backend, cols);
+    backend->activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), rows, cols, Activation::kRelu, nullptr);
+    std::vector<double> expected(cols, 0.0);
+    for (size_t i = 0; i < count; ++i) expected[i % cols] += y0[i] > 0 ? dy0[i] : 0.0;
+    expect_all_close(to_host(*backend, dbias.get(), cols), expected, 0, 0,
+                     "bias gradient, " + std::to_string(rows) + " x " + std::to_string(cols));
+  }
+}
+
 // Whole dense layers (dense_forward, dense_backward_input), unfused and, on
 // CUDA, with cuBLASLt epilogues. Small integers with half-integer biases make
 // every product, sum, bias and ReLU exact in float and no pre-activation 0
 // (where a ReLU mask convention could differ), so the test asks for
 // equality: it checks the column-major mapping, the bit mask's leading
-// dimension and the bias gradient's layout with nothing to hide behind. The
-// weights sit one float past an aligned address, as a layer's weights inside
-// the flat parameter buffer may; the biases 16-byte aligned, and in a third
-// case one float past, which the CUDA backend must leave unfused.
+// dimension and the bias gradient's layout with nothing to hide behind. In
+// the first three cases the weights sit one float past an aligned address,
+// as a layer's weights inside the flat parameter buffer may (cuBLASLt may
+// or may not have an FP32 epilogue algorithm there: exact either way); the
+// biases 16-byte aligned, and in the third case one float past, which the
+// CUDA backend must leave unfused. In the last case everything is 16-byte
+// aligned: there the epilogues must fuse.
 TEST_P(BackendOps, DenseLayersExactOnSmallIntegers) {
   CUVAE_BACKEND_OR_SKIP(backend, GetParam());
   auto small_ints = [](size_t n, int mod, int shift) {
@@ -136,14 +185,16 @@ TEST_P(BackendOps, DenseLayersExactOnSmallIntegers) {
   for (const bool epilogues : {false, true}) {
     if (!backend->set_gemm_epilogues(epilogues)) continue;  // the CPU has no cuBLASLt
     const DenseFusionCounts before = backend->dense_fusion_counts();
+    DenseFusionCounts before_aligned;
     // rows x in -> hidden (ReLU) -> out (identity); hidden 77 and 200 need
     // a mask leading dimension rounded up to 128 and 256 bits.
-    for (const auto& [rows, in, hidden, out, bias_shift] : std::vector<std::array<int, 5>>{
-             {203, 53, 77, 29, 0}, {1030, 64, 200, 130, 0}, {203, 53, 77, 29, 1}}) {
+    for (const auto& [rows, in, hidden, out, bias_shift, weight_shift] : std::vector<std::array<int, 6>>{
+             {203, 53, 77, 29, 0, 1}, {1030, 64, 200, 130, 0, 1}, {203, 53, 77, 29, 1, 1}, {1030, 64, 200, 128, 0, 0}}) {
+      if (weight_shift == 0) before_aligned = backend->dense_fusion_counts();
       const std::vector<float> x0 = small_ints(static_cast<size_t>(rows) * in, 7, 3);
-      auto aligned = [&](size_t offset) { return (offset + 3) / 4 * 4 + static_cast<size_t>(bias_shift); };
-      const size_t w1 = 1, b1 = aligned(w1 + static_cast<size_t>(in) * hidden), w2 = b1 + hidden + 1,
-                   b2 = aligned(w2 + static_cast<size_t>(hidden) * out);
+      auto aligned = [&](size_t offset, int shift) { return (offset + 3) / 4 * 4 + static_cast<size_t>(shift); };
+      const size_t w1 = static_cast<size_t>(weight_shift), b1 = aligned(w1 + static_cast<size_t>(in) * hidden, bias_shift),
+                   w2 = aligned(b1 + hidden, weight_shift), b2 = aligned(w2 + static_cast<size_t>(hidden) * out, bias_shift);
       std::vector<float> params = small_ints(b2 + out, 5, 2);
       for (size_t c = 0; c < static_cast<size_t>(hidden); ++c) params[b1 + c] += 0.5f;
       for (size_t c = 0; c < static_cast<size_t>(out); ++c) params[b2 + c] += 0.5f;
@@ -168,7 +219,8 @@ TEST_P(BackendOps, DenseLayersExactOnSmallIntegers) {
         }
       }
       const std::string tag = std::string(epilogues ? " (epilogues)" : "") + " " + std::to_string(rows) + "x" +
-                              std::to_string(hidden) + (bias_shift != 0 ? ", bias unaligned" : "");
+                              std::to_string(hidden) + (bias_shift != 0 ? ", bias unaligned" : "") +
+                              (weight_shift != 0 ? ", weights 4-byte aligned" : ", all 16-byte aligned");
       expect_all_close(to_host(*backend, h.get(), h_ref.size()), h_ref, 0, 0, "dense forward, bias+relu" + tag);
       expect_all_close(to_host(*backend, y.get(), y_ref.size()), y_ref, 0, 0, "dense forward, bias" + tag);
 
@@ -196,13 +248,13 @@ TEST_P(BackendOps, DenseLayersExactOnSmallIntegers) {
     std::printf("  %s: %ld dense-layer calls fused, %ld not\n", epilogues ? "epilogues on" : "epilogues off",
                 after.fused - before.fused, after.unfused - before.unfused);
     if (epilogues) {
-      // 9 calls: the 3 with an unaligned bias unfused by our rule. Of the 6
-      // aligned ones, those cuBLASLt has no FP32 algorithm for run unfused
-      // too (still exact above: a capability, not an error), but the flag
-      // must fuse something.
-      EXPECT_EQ(after.fused + after.unfused - before.fused - before.unfused, 9);
+      // 12 calls: the 3 with an unaligned bias unfused by our rule; those
+      // with 4-byte-aligned weights fused where cuBLASLt has an FP32
+      // algorithm (exact above either way: a capability, not an error); the
+      // 3 of the all-aligned case fused.
+      EXPECT_EQ(after.fused + after.unfused - before.fused - before.unfused, 12);
       EXPECT_GE(after.unfused - before.unfused, 3) << "an unaligned bias was given to cuBLASLt";
-      EXPECT_GT(after.fused - before.fused, 0) << "cuBLASLt fused none of the aligned calls";
+      EXPECT_EQ(after.fused - before_aligned.fused, 3) << "cuBLASLt left an all-aligned layer unfused";
     } else {
       EXPECT_EQ(after.fused, before.fused) << "fused with the epilogues off";
     }

@@ -211,6 +211,63 @@ TEST(TwoBranchStep, AReplayWithTheWeightGradientOnTheMainBranchIsRefused) {
   EXPECT_EQ(m.results().size(), static_cast<size_t>(MiniBackward::kIn * MiniBackward::kOut + MiniBackward::kRows * MiniBackward::kIn + MiniBackward::kIn));
 }
 
+// A capture that throws while its side branch is forked (here: inside it,
+// as a cuBLASLt refusal there would) is abandoned with the side stream joined:
+// the backend then runs an eager two-branch step and a new capture with the
+// one-stream bits.
+TEST(TwoBranchStep, ACaptureThatThrowsInsideItsSideBranchLeavesTheBackendUsable) {
+  CUVAE_BACKEND_OR_SKIP(two, "cuda");
+  std::unique_ptr<Backend> one = make_backend("cuda");
+  ASSERT_TRUE(two->set_two_branch(true));
+  MiniBackward a(*one), b(*two);
+  a.set_inputs(11);
+  b.set_inputs(11);
+  one->run_step(nullptr, [&] { a.step(false); });
+  std::unique_ptr<StepRecording> recording = two->make_step_recording();
+  two->run_step(recording.get(), [&] { b.step(true); });  // eager warm-up
+  const std::string e = error_of([&] {
+    two->run_step(recording.get(), [&] {
+      two->begin_side_branch();
+      two->gemm(true, false, MiniBackward::kIn, MiniBackward::kOut, MiniBackward::kRows, 1.0f, b.x.get(),
+                MiniBackward::kIn, b.da.get(), MiniBackward::kOut, 0.0f, b.dw.get(), MiniBackward::kOut);
+      throw Error("refused inside the capture");
+    });
+  });
+  EXPECT_EQ(e, "refused inside the capture");
+  two->synchronize();
+  two->run_step(nullptr, [&] { b.step(true); });
+  EXPECT_EQ(b.results(), a.results());
+  std::unique_ptr<StepRecording> fresh = two->make_step_recording();
+  for (int run = 0; run < 3; ++run) two->run_step(fresh.get(), [&] { b.step(true); });
+  EXPECT_EQ(b.results(), a.results());
+}
+
+// An eager call that outgrows the bias-gradient scratch buffer between two
+// replays of a captured step: the graph's kernels still hold the old buffer,
+// which must stay allocated (compute-sanitizer's memcheck sees a read of a
+// freed one; the bits show it where the freed memory is reused).
+TEST(TwoBranchStep, ReplayAfterAnEagerCallOutgrewTheBiasScratch) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  std::unique_ptr<Backend> one = make_backend("cuda");
+  MiniBackward a(*one), b(*cuda);
+  std::unique_ptr<StepRecording> recording = cuda->make_step_recording();
+  for (int run = 0; run < 2; ++run) cuda->run_step(recording.get(), [&] { b.step(false); });  // eager, captured
+  constexpr int kManyRows = 50000;
+  DeviceArray<float> dy(*cuda, size_t{kManyRows} * MiniBackward::kIn), y(*cuda, dy.size()),
+      dbias(*cuda, MiniBackward::kIn);
+  cuda->copy_to_device(y.get(), std::vector<float>(y.size(), 0.5f).data(), y.size() * sizeof(float));
+  cuda->copy_to_device(dy.get(), std::vector<float>(dy.size(), 1.0f).data(), dy.size() * sizeof(float));
+  cuda->activation_backward_bias_grad(dy.get(), y.get(), dbias.get(), kManyRows, MiniBackward::kIn,
+                                      Activation::kTanh, nullptr);
+  for (int run = 0; run < 3; ++run) {
+    a.set_inputs(300 + static_cast<uint64_t>(run));
+    b.set_inputs(300 + static_cast<uint64_t>(run));
+    one->run_step(nullptr, [&] { a.step(false); });
+    cuda->run_step(recording.get(), [&] { b.step(false); });
+    EXPECT_EQ(b.results(), a.results()) << "replay " << run;
+  }
+}
+
 TEST(TwoBranchStep, AStepEndingInsideItsSideBranchIsAnError) {
   CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
   ASSERT_TRUE(cuda->set_two_branch(true));

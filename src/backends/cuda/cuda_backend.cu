@@ -16,6 +16,7 @@
 #include <array>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "cuvae/backends/cuda/cuda_backend.h"
 #include "cuvae/backends/cuda/cuda_check.h"
@@ -94,11 +95,21 @@ class CudaBackend final : public Backend {
     cublasDestroy(cublas_);  // its status has no cudaError_t; nothing to do on failure
     CUVAE_CUDA_WARN(cudaFree(workspace_));
     CUVAE_CUDA_WARN(cudaFree(bias_scratch_.data));
+    for (float* retired : retired_scratch_) CUVAE_CUDA_WARN(cudaFree(retired));
     CUVAE_CUDA_WARN(cudaStreamDestroy(compute_));
     CUVAE_CUDA_WARN(cudaStreamDestroy(copy_));
   }
 
   std::string name() const override { return "cuda"; }
+
+  // The device memory free now: what a model about to be made can have
+  // (check_model_fits refuses a configuration beyond it with one line,
+  // before any allocation fails mid-way).
+  size_t memory_bytes() const override {
+    size_t free = 0, total = 0;
+    CUVAE_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return free;
+  }
 
   std::string description() const override {
     size_t free_bytes = 0, total_bytes = 0;
@@ -210,11 +221,19 @@ class CudaBackend final : public Backend {
       // Sized by the eager first run of a step, so never inside a capture.
       not_in_a_step("growing the bias-gradient scratch buffer");
       CUVAE_CUDA_CHECK(cudaStreamSynchronize(stream()));  // the old buffer may be in use
-      deallocate(scratch.data);
+      // A captured step graph holds the old buffer's address and may be
+      // replayed after this eager call: one that was captured is kept until
+      // the backend goes, never freed under a graph.
+      if (scratch.captured) {
+        retired_scratch_.push_back(scratch.data);
+      } else {
+        deallocate(scratch.data);
+      }
       scratch = Scratch{};
       scratch.data = static_cast<float*>(allocate(needed * sizeof(float)));
       scratch.floats = needed;
     }
+    if (graph_ != nullptr) scratch.captured = true;
     kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, row_scale, scratch.data,
                                            target());
   }
@@ -346,6 +365,7 @@ class CudaBackend final : public Backend {
       step();
       finish_side_branch();  // a capture must end with every stream joined
     } catch (...) {
+      rejoin_side_branch_of_failed_capture(*graph);
       graph->abort_capture(compute_);
       throw;
     }
@@ -428,6 +448,7 @@ class CudaBackend final : public Backend {
   struct Scratch {
     float* data = nullptr;
     size_t floats = 0;
+    bool captured = false;  // a step graph's kernel node holds `data`
   };
   // The side branch's stream, cuBLAS handle (and workspace: two GEMMs may
   // run at once), scratch, and the events of its fork and of its last end.
@@ -476,6 +497,18 @@ class CudaBackend final : public Backend {
       throw;
     }
   }
+  // A capture that throws between a fork and its join (a branch-structure
+  // error, cuBLASLt refusing inside the capture) has the side stream still
+  // forked into it: ending the capture then fails as unjoined and can leave
+  // that stream capturing, unusable. Its work is joined into the compute
+  // stream first. Errors are ignored: the capture is being abandoned, and
+  // the error being thrown is the one the caller gets.
+  void rejoin_side_branch_of_failed_capture(const StepGraph& graph) noexcept {
+    if (side_.stream == nullptr || !graph.branches.side_pending()) return;
+    (void)cudaEventRecord(side_.done, side_.stream);
+    (void)cudaStreamWaitEvent(compute_, side_.done, 0);
+  }
+
   // Before the host waits for the compute stream: the side branch's work too.
   void join_before_host_wait(const char* what) {
     if (on_side()) throw Error(std::string(what) + " inside a side branch (an internal error)");
@@ -499,6 +532,7 @@ class CudaBackend final : public Backend {
   size_t next_staging_ = 0;
   void* workspace_ = nullptr;
   Scratch bias_scratch_;  // the main branch's
+  std::vector<float*> retired_scratch_;  // outgrown scratch buffers that a step graph may still read
   SideBranch side_;       // made by set_two_branch(true)
   bool two_branch_ = false;
   StepBranches eager_branches_;  // outside a captured or replayed step

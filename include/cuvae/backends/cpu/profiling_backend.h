@@ -73,10 +73,12 @@ class ProfilingBackend final : public Backend {
                                            const float* eps, const float* z, const float* weights,
                                            int images, int samples, int latent, float scale,
                                            bool dreg, float* d_encoder_out) override;
-  // Forwarded as they are: they order calls, they compute nothing to time.
-  void begin_side_branch() override { inner_.begin_side_branch(); }
-  void end_side_branch() override { inner_.end_side_branch(); }
-  void join_side_branches() override { inner_.join_side_branches(); }
+  // Not forwarded: every call is timed alone, between two synchronize()s,
+  // so the profiled step runs all its calls in order on one branch (the
+  // CUDA backend refuses a synchronize inside a side branch; forwarding made
+  // every profiled two-branch bench throw). begin/end/join_side_branch keep
+  // the base's no-ops; the inner backend's two-branch setting is still set,
+  // for the unprofiled runs that share it.
   bool set_two_branch(bool on) override { return inner_.set_two_branch(on); }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override;
