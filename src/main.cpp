@@ -275,9 +275,7 @@ int run_info() {
   const cuvae::BlasKernelReport gemm = cuvae::cpu_gemm_kernel();
   std::cout << "CPU vector ISA: " << cuvae::vector_isa_name(gemm.cpu_isa) << "\n";
   std::cout << "GEMM kernel: " << gemm.kernel << "\n";
-  std::cout << "Small GEMMs: "
-            << (gemm.small_gemm.empty() ? std::string("the GEMM kernel's too") : gemm.small_gemm + " (m n k up to 2^23; CUVAE_CPU_GEMM=openblas: OpenBLAS for all)")
-            << "\n";
+  std::cout << "GEMM shapes: " << cuvae::cpu_gemm_shapes() << "\n";
   if (!gemm.below_cpu.empty()) std::cout << "GEMM speed: " << gemm.below_cpu << "\n";
   std::cout << "OpenMP waiting: " << cuvae::openmp_wait_description() << "\n";
   std::cout.flush();

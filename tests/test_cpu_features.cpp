@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cuvae/cpu_features.h"
+#include "cuvae/openmp_wait.h"
 #include "vae_process.h"
 
 namespace {
@@ -128,6 +129,62 @@ TEST(CpuFeatures, KernelOriginFollowsTheEnvironmentsValues) {
   for (const char* core : {"Haswell", "SkylakeX", "Prescott"}) {
     EXPECT_EQ(cuvae::openblas_core_to_request(avx512_cpu(), core, environment), "") << core;
   }
+}
+
+TEST(CpuFeatures, LibxsmmTargetsMapToTheirVectorIsa) {
+  EXPECT_EQ(cuvae::libxsmm_target_isa("cpx"), VectorIsa::kAvx512);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("SKX"), VectorIsa::kAvx512);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("spr"), VectorIsa::kAvx512);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("hsw"), VectorIsa::kAvx2);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("snb"), VectorIsa::kAvx);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("wsm"), VectorIsa::kSse);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("generic"), VectorIsa::kSse);
+  // libxsmm at the CPU's level is not below it, whatever OpenBLAS was
+  // given; OpenBLAS is then named for what libxsmm declines.
+  cuvae::BlasKernelReport r = cuvae::assess_gemm_kernel(avx512_cpu(), "libxsmm 1.17", "JIT for cpx",
+                                                        cuvae::libxsmm_target_isa("cpx"), "o", "r");
+  EXPECT_EQ(r.below_cpu, "");
+  r.fallback = cuvae::assess_blas_kernel(avx512_cpu(), "Haswell", "OPENBLAS_CORETYPE=Haswell set in the environment").kernel;
+  EXPECT_EQ(cuvae::gemm_kernel_summary(r),
+            "GEMM kernel libxsmm 1.17 JIT for cpx (AVX-512, o), where it declines OpenBLAS Haswell (AVX2+FMA, "
+            "OPENBLAS_CORETYPE=Haswell set in the environment), CPU vector ISA AVX-512");
+}
+
+// The thread tuner on made-up step times: it settles on the faster count,
+// probes rarely when the other count loses by far, and comes back when the
+// load changes.
+double run_tuner(cuvae::ThreadTuner& tuner, int steps, double one_thread_s, double two_threads_s, int* steps_on_one) {
+  double total = 0;
+  for (int s = 0; s < steps; ++s) {
+    const double t = tuner.threads() == 1 ? one_thread_s : two_threads_s;
+    if (tuner.threads() == 1 && steps_on_one != nullptr) ++*steps_on_one;
+    total += t;
+    tuner.record(t);
+  }
+  return total;
+}
+
+TEST(ThreadTuner, FollowsTheFasterCountAndProbesRarelyWhenItIsClear) {
+  cuvae::ThreadTuner tuner(2);
+  EXPECT_EQ(tuner.threads(), 2);
+  // Idle: two threads 1.7x faster. Probing one thread costs little.
+  int on_one = 0;
+  run_tuner(tuner, 5000, 1.7e-3, 1.0e-3, &on_one);
+  EXPECT_EQ(tuner.threads(), 2);
+  EXPECT_LT(on_one, 5000 / 40) << "probing one thread took " << on_one << " of 5000 steps";
+  // Busy: two threads 4x slower than one. Within a few windows it is on one.
+  on_one = 0;
+  run_tuner(tuner, 2000, 1.7e-3, 6.8e-3, &on_one);
+  EXPECT_EQ(tuner.threads(), 1);
+  EXPECT_GT(on_one, 2000 * 9 / 10);
+  // Idle again: back to two.
+  on_one = 0;
+  run_tuner(tuner, 3000, 1.7e-3, 1.0e-3, &on_one);
+  EXPECT_EQ(tuner.threads(), 2);
+  // One core: nothing to choose.
+  cuvae::ThreadTuner single(1);
+  run_tuner(single, 100, 1e-3, 1e-3, nullptr);
+  EXPECT_EQ(single.threads(), 1);
 }
 
 // The text after "GEMM kernel: " up to the end of its line.
