@@ -268,6 +268,40 @@ TEST(BlasKernelEndToEnd, OneDnnCappedToSseIsStated) {
   EXPECT_FALSE(has_vae_diagnostic(r.err)) << describe(r);
 }
 
+// `vae info` says which library runs which GEMMs and why: in a build with
+// libxsmm, libxsmm all of the model's, OpenBLAS (named with its kernel and
+// that kernel's cause, as the environment has it) only what libxsmm
+// declines; CUVAE_CPU_GEMM=openblas, OpenBLAS all.
+TEST(BlasKernelEndToEnd, InfoSaysWhichLibraryRunsWhichGemms) {
+  ScopedEnv gemm_choice("CUVAE_CPU_GEMM", nullptr);
+  TempDir dir;
+  const RunResult r = run_vae({"info"}, dir.path());
+  expect_success(r);
+  ASSERT_TRUE(contains(r.out, "\nGEMM shapes: ")) << describe(r);
+  if (contains(kernel_line(r.out), "GEMM kernel: libxsmm ")) {
+    EXPECT_TRUE(contains(r.out, " runs every GEMM of the model (all have alpha 1 and beta 0), in 64 x 64 blocks"))
+        << describe(r);
+    const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+    if (coretype != nullptr && *coretype != '\0') {
+      EXPECT_TRUE(contains(r.out, std::string(", OPENBLAS_CORETYPE=") + coretype +
+                                      " set in the environment) only for GEMMs that libxsmm declines"))
+          << describe(r);
+    }
+    EXPECT_TRUE(contains(r.out, "OpenMP threads (training: 1 to ")) << describe(r);
+  } else {
+    EXPECT_TRUE(contains(r.out, "\nGEMM shapes: OpenBLAS runs every GEMM (this build has no libxsmm)")) << describe(r);
+  }
+  ScopedEnv openblas("CUVAE_CPU_GEMM", "openblas");
+  const RunResult o = run_vae({"info"}, dir.path());
+  expect_success(o);
+  EXPECT_TRUE(contains(o.out, "\nGEMM shapes: OpenBLAS runs every GEMM (CUVAE_CPU_GEMM=openblas)\n")) << describe(o);
+  EXPECT_FALSE(contains(o.out, "(training: 1 to ")) << describe(o);
+}
+
+TEST(BlasKernelEndToEnd, UnknownThreadPolicyIsOneLineError) {
+  expect_info_refuses_env("CUVAE_THREADS", "many", "vae: error: CUVAE_THREADS must be auto or fixed, got 'many'\n");
+}
+
 // The device line of every command's banner is the same description().
 TEST(BlasKernelEndToEnd, CpuBackendDescriptionNamesTheKernel) {
   TempDir dir;
