@@ -50,7 +50,7 @@ bool use_onednn() {
 // model's) unless the user named one library. Why, measured on the Zen 5 of
 // 2026-12-04 (docs/results/2026-12-04-cpu/): its JIT follows the CPU's
 // features whatever kernel OpenBLAS was given (the machine's environment
-// forces OpenBLAS to Haswell's AVX2 kernels there, 2x slower than libxsmm on
+// forces OpenBLAS to Haswell's AVX2 kernels there, 1.4-1.8x slower than libxsmm on
 // a batch-200 step's GEMMs), it was as fast as or faster than OpenBLAS's own
 // AVX-512 pick on the model's shapes (batch 20, 200, and eval's 5000), and its
 // shape-fixed blocks make the bits independent of the thread count, which
