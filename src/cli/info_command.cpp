@@ -31,9 +31,7 @@ int run_info() {
   const BlasKernelReport gemm = cpu_gemm_kernel();
   std::cout << "CPU vector ISA: " << vector_isa_name(gemm.cpu_isa) << "\n";
   std::cout << "GEMM kernel: " << gemm.kernel << "\n";
-  std::cout << "Small GEMMs: "
-            << (gemm.small_gemm.empty() ? std::string("the GEMM kernel's too") : gemm.small_gemm + " (m n k up to 2^23; CUVAE_CPU_GEMM=openblas: OpenBLAS for all)")
-            << "\n";
+  std::cout << "GEMM shapes: " << cpu_gemm_shapes() << "\n";
   if (!gemm.below_cpu.empty()) std::cout << "GEMM speed: " << gemm.below_cpu << "\n";
   std::cout << "OpenMP waiting: " << openmp_wait_description() << "\n";
   std::cout.flush();

@@ -130,6 +130,25 @@ TEST(CpuFeatures, KernelOriginFollowsTheEnvironmentsValues) {
   }
 }
 
+TEST(CpuFeatures, LibxsmmTargetsMapToTheirVectorIsa) {
+  EXPECT_EQ(cuvae::libxsmm_target_isa("cpx"), VectorIsa::kAvx512);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("SKX"), VectorIsa::kAvx512);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("spr"), VectorIsa::kAvx512);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("hsw"), VectorIsa::kAvx2);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("snb"), VectorIsa::kAvx);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("wsm"), VectorIsa::kSse);
+  EXPECT_EQ(cuvae::libxsmm_target_isa("generic"), VectorIsa::kSse);
+  // libxsmm at the CPU's level is not below it, whatever OpenBLAS was
+  // given; OpenBLAS is then named for what libxsmm declines.
+  cuvae::BlasKernelReport r = cuvae::assess_gemm_kernel(avx512_cpu(), "libxsmm 1.17", "JIT for cpx",
+                                                        cuvae::libxsmm_target_isa("cpx"), "o", "r");
+  EXPECT_EQ(r.below_cpu, "");
+  r.fallback = cuvae::assess_blas_kernel(avx512_cpu(), "Haswell", "OPENBLAS_CORETYPE=Haswell set in the environment").kernel;
+  EXPECT_EQ(cuvae::gemm_kernel_summary(r),
+            "GEMM kernel libxsmm 1.17 JIT for cpx (AVX-512, o), where it declines OpenBLAS Haswell (AVX2+FMA, "
+            "OPENBLAS_CORETYPE=Haswell set in the environment), CPU vector ISA AVX-512");
+}
+
 // The text after "GEMM kernel: " up to the end of its line.
 std::string kernel_line(const std::string& out) {
   const size_t at = out.find("\nGEMM kernel: ");
@@ -209,6 +228,40 @@ TEST(BlasKernelEndToEnd, OneDnnCappedToSseIsStated) {
       << describe(r);
   EXPECT_TRUE(contains(r.out, "\nGEMM speed: the GEMM kernel, oneDNN ")) << describe(r);
   EXPECT_FALSE(has_vae_diagnostic(r.err)) << describe(r);
+}
+
+// `vae info` says which library runs which GEMMs and why: in a build with
+// libxsmm, libxsmm all of the model's, OpenBLAS (named with its kernel and
+// that kernel's cause, as the environment has it) only what libxsmm
+// declines; CUVAE_CPU_GEMM=openblas, OpenBLAS all.
+TEST(BlasKernelEndToEnd, InfoSaysWhichLibraryRunsWhichGemms) {
+  ScopedEnv gemm_choice("CUVAE_CPU_GEMM", nullptr);
+  TempDir dir;
+  const RunResult r = run_vae({"info"}, dir.path());
+  expect_success(r);
+  ASSERT_TRUE(contains(r.out, "\nGEMM shapes: ")) << describe(r);
+  if (contains(kernel_line(r.out), "GEMM kernel: libxsmm ")) {
+    EXPECT_TRUE(contains(r.out, " runs every GEMM of the model (all have alpha 1 and beta 0), in 64 x 64 blocks"))
+        << describe(r);
+    const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+    if (coretype != nullptr && *coretype != '\0') {
+      EXPECT_TRUE(contains(r.out, std::string(", OPENBLAS_CORETYPE=") + coretype +
+                                      " set in the environment) only for GEMMs that libxsmm declines"))
+          << describe(r);
+    }
+    EXPECT_TRUE(contains(r.out, "OpenMP threads (training: 1 to ")) << describe(r);
+  } else {
+    EXPECT_TRUE(contains(r.out, "\nGEMM shapes: OpenBLAS runs every GEMM (this build has no libxsmm)")) << describe(r);
+  }
+  ScopedEnv openblas("CUVAE_CPU_GEMM", "openblas");
+  const RunResult o = run_vae({"info"}, dir.path());
+  expect_success(o);
+  EXPECT_TRUE(contains(o.out, "\nGEMM shapes: OpenBLAS runs every GEMM (CUVAE_CPU_GEMM=openblas)\n")) << describe(o);
+  EXPECT_FALSE(contains(o.out, "(training: 1 to ")) << describe(o);
+}
+
+TEST(BlasKernelEndToEnd, UnknownThreadPolicyIsOneLineError) {
+  expect_info_refuses_env("CUVAE_THREADS", "many", "vae: error: CUVAE_THREADS must be auto or fixed, got 'many'\n");
 }
 
 // The device line of every command's banner is the same description().

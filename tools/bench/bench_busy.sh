@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# A training step on an idle machine against the same step with one competing
-# CPU-bound process (a shell busy loop this script starts and stops), for
-# several OpenMP environments, alternating, and writes a Markdown table.
-# Each run is `vae bench --device cpu` at one batch size (its median step).
+# The training step on an idle machine and with 1 and 2 competing CPU-bound
+# processes (`python3 -c "while True: pass"`, started and stopped by this
+# script), for several cuvae environments and for PyTorch, alternating, in
+# one run, and a Markdown table.
+# cuvae: `vae bench --device cpu` at one batch size (its median step).
+# PyTorch: tools/torch/torch_reference.py, STEPS_TORCH steps, its samples/s as a step.
 # Usage: tools/bench/bench_busy.sh [OUT.md] [ROUNDS] [VARIANT...]
 #   OUT.md    default: stdout
 #   ROUNDS    default 3; each cell is the median over the rounds
 #   VARIANT   an environment for the vae process, as "NAME=VALUE[ NAME=VALUE]",
-#             or "default" (the environment as it is); default: a built-in list
-# Environment: VAE (default build/vae), BATCH (default 200), STEPS (default 20).
+#             "default" (the environment as it is), or "torch THREADS" (PyTorch
+#             with torch.set_num_threads(THREADS) and OPENBLAS_NUM_THREADS=THREADS);
+#             default: default, CUVAE_THREADS=fixed, OMP_NUM_THREADS=1,
+#             torch 1, torch 2
+# Environment: VAE (default build/vae), BATCH (default 200), STEPS (default
+# 20), STEPS_TORCH (default 150), COMPETITORS (default "0 1 2").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-/dev/stdout}"
@@ -17,6 +23,8 @@ shift $(( $# < 2 ? $# : 2 ))
 vae="${VAE:-build/vae}"
 batch="${BATCH:-200}"
 steps="${STEPS:-20}"
+steps_torch="${STEPS_TORCH:-150}"
+loads="${COMPETITORS:-0 1 2}"
 if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
   echo "bench_busy: error: ROUNDS must be a positive integer, got '$rounds'" >&2
   exit 2
@@ -27,62 +35,81 @@ if [[ ! -x "$vae" ]]; then
 fi
 variants=("$@")
 if [[ ${#variants[@]} -eq 0 ]]; then
-  variants=("default" "CUVAE_OMP_WAIT=keep" "GOMP_SPINCOUNT=1000" "OMP_NUM_THREADS=1")
+  variants=("default" "CUVAE_THREADS=fixed" "OMP_NUM_THREADS=1" "torch 1" "torch 2")
 fi
 work="$(mktemp -d)"
-competitor=""
-stop_competitor() {
-  if [[ -n "$competitor" ]]; then kill "$competitor" 2>/dev/null || true; wait "$competitor" 2>/dev/null || true; fi
-  competitor=""
+competitors=()
+stop_competitors() {
+  for p in "${competitors[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  competitors=()
 }
-trap 'stop_competitor; rm -rf "$work"' EXIT
+trap 'stop_competitors; rm -rf "$work"' EXIT
 
 step_ms() {  # VARIANT -> the median step in ms
   local variant="$1" json="$work/run.json"
+  if [[ "$variant" == torch* ]]; then
+    local threads="${variant#torch }"
+    OPENBLAS_NUM_THREADS="$threads" /usr/bin/python3 tools/torch/torch_reference.py --data data/mnist --epochs 1 \
+      --batch-size "$batch" --max-steps "$steps_torch" --threads "$threads" --json "$json" > "$work/run.log" 2>&1 ||
+      { cat "$work/run.log" >&2; return 1; }
+    /usr/bin/python3 -c 'import json,sys; print("%.3f" % (1e3 * int(sys.argv[2]) / json.load(open(sys.argv[1]))["epochs"][0]["samples_per_s"]))' "$json" "$batch"
+    return
+  fi
   local -a env_args=()
   [[ "$variant" != default ]] && read -r -a env_args <<<"$variant"
   env "${env_args[@]}" "$vae" bench --device cpu --batch-sizes "$batch" --warmup 5 --steps "$steps" \
     --repeats 5 --json "$json" > "$work/run.log" 2>&1 || { cat "$work/run.log" >&2; return 1; }
-  python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["results"][0]["step_ms"])' "$json"
+  /usr/bin/python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["results"][0]["step_ms"])' "$json"
 }
 
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= rounds; ++r)); do
-  for i in "${!variants[@]}"; do
-    echo "$i $r idle $(step_ms "${variants[$i]}")" >> "$work/all.txt"
-    # The competitor: one CPU-bound process, stopped after the run (and by
+  for load in $loads; do
+    # The competitors: CPU-bound processes, stopped after the runs (and by
     # timeout, should this script die without its trap).
-    timeout 900 sh -c 'while :; do :; done' &
-    competitor=$!
-    sleep 1
-    echo "$i $r busy $(step_ms "${variants[$i]}")" >> "$work/all.txt"
-    stop_competitor
+    for ((c = 0; c < load; ++c)); do
+      timeout 1800 /usr/bin/python3 -c "while True: pass" &
+      competitors+=($!)
+    done
+    (( load > 0 )) && sleep 1
+    for i in "${!variants[@]}"; do
+      echo "$i $r $load $(step_ms "${variants[$i]}")" >> "$work/all.txt"
+    done
+    stop_competitors
   done
 done
 
-median() {  # INDEX KIND -> the median over rounds
+median() {  # INDEX LOAD -> the median over rounds
   awk -v i="$1" -v k="$2" 'BEGIN { n = 0 } $1 == i && $3 == k { v[n++] = $4 }
     END { for (x = 0; x < n; x++) for (y = x + 1; y < n; y++) if (v[y] < v[x]) { t = v[x]; v[x] = v[y]; v[y] = t }
           print v[int((n - 1) / 2)] }' "$work/all.txt"
 }
 {
-  echo "# Training step at batch $batch, idle and with one competing CPU-bound process"
+  echo "# Training step at batch $batch, idle and with competing CPU-bound processes"
   echo
   echo "Generated by \`tools/bench/bench_busy.sh\`."
   echo
-  echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}, OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-unset}; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src include || echo ' (src or include modified)')"
   echo "- $("$vae" info | grep '^CPU backend:')"
-  echo "- default: cuvae's environment (GOMP_SPINCOUNT=1000 via the start-up restart, include/cuvae/backends/cpu/openmp_wait.h); CUVAE_OMP_WAIT=keep: libgomp's default spinning (300,000)"
-  echo "- each run: \`vae bench --device cpu --batch-sizes $batch --warmup 5 --steps $steps --repeats 5\` (median step);"
-  echo "  the competitor: \`sh -c 'while :; do :; done'\`, started 1 s before the busy run; $rounds rounds, each variant idle then busy; cells: median over rounds"
+  echo "- cuvae: \`vae bench --device cpu --batch-sizes $batch --warmup 5 --steps $steps --repeats 5\` (median step); default: threads adapted to the load (CUVAE_THREADS=auto); CUVAE_THREADS=fixed: always $(nproc)"
+  echo "- torch N: \`OPENBLAS_NUM_THREADS=N tools/torch/torch_reference.py --threads N --max-steps $steps_torch\` (its samples/s as a step)"
+  echo "- competitors: \`python3 -c \"while True: pass\"\`, started 1 s before a load level's runs; $rounds rounds, each load level in turn, every variant at each; cells: median over rounds, ms a step (images/s; share of the same variant's idle speed)"
   echo
-  echo "| environment | idle step ms | busy step ms | busy / idle | every round (idle / busy ms) |"
-  echo "| --- | ---: | ---: | ---: | --- |"
+  header="| environment |"; rule="| --- |"
+  for load in $loads; do header+=" $load competing |"; rule+=" ---: |"; done
+  echo "$header"; echo "$rule"
   for i in "${!variants[@]}"; do
-    idle="$(median "$i" idle)"; busy="$(median "$i" busy)"
-    rounds_text="$(awk -v i="$i" '$1 == i { v[$2 "," $3] = $4; if ($2 > n) n = $2 }
-      END { for (r = 1; r <= n; r++) printf "%s%s / %s", (r > 1 ? ", " : ""), v[r ",idle"], v[r ",busy"] }' "$work/all.txt")"
-    echo "| ${variants[$i]} | $idle | $busy | $(awk -v a="$idle" -v b="$busy" 'BEGIN { printf "%.2f", b / a }') | $rounds_text |"
+    idle="$(median "$i" 0)"
+    row="| ${variants[$i]} |"
+    for load in $loads; do
+      m="$(median "$i" "$load")"
+      row+=" $(awk -v m="$m" -v b="$batch" -v i="$idle" 'BEGIN { printf "%.2f ms (%.0f/s; %.0f%%)", m, 1e3 * b / m, 100 * i / m }') |"
+    done
+    echo "$row"
   done
+  echo
+  echo "Every round (variant, load: ms):"
+  echo
+  awk '{ printf "- %s round %s, %s competing: %s ms\n", $1, $2, $3, $4 }' "$work/all.txt"
 } > "$out"

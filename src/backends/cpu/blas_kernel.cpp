@@ -12,6 +12,7 @@
 
 #include "cuvae/backends/cpu/cpu_gemm.h"
 #include "cuvae/backends/cpu/openmp_wait.h"
+#include "cuvae/backends/cpu/thread_tuner.h"
 #include "cuvae/error.h"
 
 extern "C" char* openblas_get_corename(void);
@@ -74,6 +75,7 @@ void select_blas_kernel_at_startup(char** argv, bool long_running) {
   // Every value is checked in the restarted process too: nothing is trusted
   // because a marker says it was checked.
   check_cpu_gemm_choice();
+  adaptive_threads_requested();
   // The environment's OPENBLAS_CORETYPE, unless cuvae's restart set it.
   const std::string coretype = markers.core_from.empty() ? env_or_empty("OPENBLAS_CORETYPE") : "";
   const BlasKernelRequest request = blas_kernel_request(coretype);

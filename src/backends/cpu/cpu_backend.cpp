@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,7 @@
 
 #include "cuvae/backends/cpu/cpu_gemm.h"
 #include "cuvae/backends/cpu/openmp_wait.h"
+#include "cuvae/backends/cpu/thread_tuner.h"
 #include "cuvae/error.h"
 
 // Declared by OpenBLAS's cblas.h on Debian, but not by every cblas.h; these
@@ -280,6 +282,13 @@ float importance_weights_row(const float* logprob, const float* log_ratio, int s
 
 class CpuBackend final : public Backend {
  public:
+  CpuBackend()
+      : max_threads_(omp_get_max_threads()),
+        adaptive_(cpu_gemm_is_blocked() && adaptive_threads_requested() && max_threads_ > 1),
+        tuner_(max_threads_) {}
+  ~CpuBackend() override {
+    if (adaptive_) omp_set_num_threads(max_threads_);
+  }
   std::string name() const override { return "cpu"; }
   bool memory_is_host() const override { return true; }
   size_t memory_bytes() const override {
@@ -291,8 +300,12 @@ class CpuBackend final : public Backend {
     // openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP.
     const int parallel = openblas_get_parallel();
     const char* threading = parallel == 2 ? "OpenMP" : parallel == 1 ? "pthreads" : "sequential";
-    std::string text = "CPU, " + std::to_string(omp_get_max_threads()) +
-                       " OpenMP threads, BLAS: " + std::string(openblas_get_config()) + " (" +
+    std::string text = "CPU, " + std::to_string(max_threads_) +
+                       (adaptive_ ? " OpenMP threads (training: 1 to " + std::to_string(max_threads_) +
+                                        ", the faster under the machine's load; CUVAE_THREADS=fixed keeps " +
+                                        std::to_string(max_threads_) + ")"
+                                  : " OpenMP threads") +
+                       ", BLAS: " + std::string(openblas_get_config()) + " (" +
                        threading + ", " + std::to_string(openblas_get_num_threads()) + " threads), " +
                        cpu_gemm_kernel().summary + ", OpenMP waiting: " + openmp_wait_description();
     if (parallel == 1) {
@@ -487,12 +500,33 @@ class CpuBackend final : public Backend {
 
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override {
+    if (adaptive_) follow_the_load();
     const long n = static_cast<long>(count);
 #pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
     for (long i = 0; i < n; ++i) cuvae::adam_step(&params[i], &m[i], &v[i], grads[i], step);
   }
 
  private:
+  // One Adam update a training step: the time since the previous one is a
+  // step's, which the tuner turns into the thread count of the next steps.
+  // The results do not depend on it (adaptive_ only where every GEMM runs in
+  // shape-fixed blocks, and every other loop is element-wise or in fixed
+  // chunks).
+  void follow_the_load() {
+    const auto now = std::chrono::steady_clock::now();
+    if (has_last_step_) {
+      tuner_.record(std::chrono::duration<double>(now - last_step_).count());
+      if (tuner_.threads() != omp_get_max_threads()) omp_set_num_threads(tuner_.threads());
+    }
+    has_last_step_ = true;
+    last_step_ = now;
+  }
+
+  const int max_threads_;
+  const bool adaptive_;
+  ThreadTuner tuner_;
+  bool has_last_step_ = false;
+  std::chrono::steady_clock::time_point last_step_;
   std::vector<float> bias_chunk_sums_;  // activation_backward_bias_grad's per-chunk column sums
 };
 

@@ -114,6 +114,7 @@ std::string openblas_kernel_origin(const std::string& coretype, const std::strin
 
 std::string gemm_kernel_summary(const BlasKernelReport& r) {
   return "GEMM kernel " + r.kernel + (r.small_gemm.empty() ? "" : ", small GEMMs " + r.small_gemm) +
+         (r.fallback.empty() ? "" : ", where it declines " + r.fallback) +
          ", CPU vector ISA " + vector_isa_name(r.cpu_isa) + (r.below_cpu.empty() ? "" : "; " + r.below_cpu);
 }
 
@@ -132,6 +133,13 @@ BlasKernelReport assess_gemm_kernel(const CpuFeatures& features, const std::stri
   }
   r.summary = gemm_kernel_summary(r);
   return r;
+}
+
+VectorIsa libxsmm_target_isa(const std::string& target) {
+  if (is_one_of(target, {"skx", "clx", "cpx", "spr", "knl", "knm"})) return VectorIsa::kAvx512;
+  if (is_one_of(target, {"hsw"})) return VectorIsa::kAvx2;
+  if (is_one_of(target, {"snb"})) return VectorIsa::kAvx;
+  return VectorIsa::kSse;
 }
 
 BlasKernelReport assess_blas_kernel(const CpuFeatures& features, const std::string& core,

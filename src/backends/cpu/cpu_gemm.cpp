@@ -46,11 +46,36 @@ bool use_onednn() {
 #endif
 }
 
-// libxsmm runs the small shapes unless the user named one library.
-bool use_small_gemm() {
+// libxsmm runs every GEMM it takes (alpha 1, beta 0 or 1: all of the
+// model's) unless the user named one library. Why, measured on the Zen 5 of
+// 2026-12-04 (docs/results/2026-12-04-cpu/): its JIT follows the CPU's
+// features whatever kernel OpenBLAS was given (the machine's environment
+// forces OpenBLAS to Haswell's AVX2 kernels there, 1.4-1.8x slower than libxsmm on
+// a batch-200 step's GEMMs), it was as fast as or faster than OpenBLAS's own
+// AVX-512 pick on the model's shapes (batch 20, 200, and eval's 5000), and its
+// shape-fixed blocks make the bits independent of the thread count, which
+// lets the thread count follow the load (openmp_wait.h).
+bool use_blocked_gemm() {
   static const bool chosen = gemm_choice() == GemmChoice::kAuto && !small_sgemm_library().empty();
   return chosen;
 }
+
+std::string env_value_or(const char* name, const std::string& otherwise) {
+  const std::string value = env_or_empty(name);
+  return value.empty() ? otherwise : std::string(name) + "=" + value + " set in the environment";
+}
+
+#if CUVAE_HAVE_LIBXSMM
+// "1.17", "cpx", from "libxsmm 1.17 (JIT for cpx)".
+BlasKernelReport libxsmm_kernel() {
+  const std::string library = small_sgemm_library();
+  const size_t open = library.find(" (JIT for "), close = library.rfind(')');
+  const std::string target = library.substr(open + 10, close - open - 10);
+  return assess_gemm_kernel(detect_cpu_features(), library.substr(0, open), "JIT for " + target,
+                            libxsmm_target_isa(target), env_value_or("LIBXSMM_TARGET", "libxsmm's own choice from the CPU's features"),
+                            "unset LIBXSMM_TARGET");
+}
+#endif
 
 #if CUVAE_HAVE_DNNL
 // oneDNN's effective ISA: its name and level.
@@ -108,8 +133,8 @@ void cpu_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float al
     return;
   }
 #endif
-  if (use_small_gemm() &&
-      small_sgemm(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) {
+  if (use_blocked_gemm() &&
+      blocked_sgemm(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) {
     return;
   }
   cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
@@ -122,12 +147,31 @@ BlasKernelReport cpu_gemm_kernel() {
 #if CUVAE_HAVE_DNNL
   if (use_onednn()) return onednn_kernel();
 #endif
-  BlasKernelReport report = current_blas_kernel();
-  if (use_small_gemm()) {
-    report.small_gemm = small_sgemm_library();
+#if CUVAE_HAVE_LIBXSMM
+  if (use_blocked_gemm()) {
+    BlasKernelReport report = libxsmm_kernel();
+    report.fallback = current_blas_kernel().kernel;
     report.summary = gemm_kernel_summary(report);
+    return report;
   }
-  return report;
+#endif
+  return current_blas_kernel();
+}
+
+bool cpu_gemm_is_blocked() { return use_blocked_gemm(); }
+
+std::string cpu_gemm_shapes() {
+  if (use_onednn()) return "oneDNN runs every GEMM (CUVAE_CPU_GEMM=onednn)";
+  if (!use_blocked_gemm()) {
+    return small_sgemm_library().empty() ? "OpenBLAS runs every GEMM (this build has no libxsmm)"
+                                         : "OpenBLAS runs every GEMM (CUVAE_CPU_GEMM=openblas)";
+  }
+  return small_sgemm_library() +
+         " runs every GEMM of the model (all have alpha 1 and beta 0), in 64 x 64 blocks of C fixed by the shape: "
+         "its JIT follows the CPU's features whatever kernel OpenBLAS has, and the bits do not depend on the "
+         "thread count; " + current_blas_kernel().kernel +
+         " only for GEMMs that libxsmm declines (alpha not 1 or beta not 0 or 1); "
+         "CUVAE_CPU_GEMM=openblas: OpenBLAS for all";
 }
 
 }  // namespace cuvae

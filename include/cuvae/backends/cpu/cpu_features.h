@@ -73,7 +73,8 @@ struct BlasKernelReport {
   VectorIsa cpu_isa = VectorIsa::kSse;
   std::string kernel;      // "OpenBLAS SkylakeX (AVX-512, OpenBLAS's own choice)"
   std::string small_gemm;  // "libxsmm 1.17.0 (JIT for spr)" when it runs the small shapes, else ""
-  std::string summary;     // "GEMM kernel " + kernel + [", small GEMMs " + small_gemm] + ", CPU vector ISA AVX-512" [+ "; " + below_cpu]
+  std::string fallback;    // the library for the GEMMs `kernel` declines, when `kernel` runs all others, else ""
+  std::string summary;     // "GEMM kernel " + kernel + [", small GEMMs " + small_gemm] + [", where it declines " + fallback] + ", CPU vector ISA AVX-512" [+ "; " + below_cpu]
   std::string below_cpu;   // "" unless the kernel is below the CPU's level: what that costs, why, and the remedy
 };
 // The banner's words for a report: its `summary` from its other fields.
@@ -87,6 +88,10 @@ std::string gemm_kernel_summary(const BlasKernelReport& report);
 BlasKernelReport assess_gemm_kernel(const CpuFeatures& features, const std::string& library,
                                     const std::string& kernel, VectorIsa kernel_isa,
                                     const std::string& origin, const std::string& remedy);
+// The level of libxsmm's JIT target (libxsmm_get_target_arch(): "hsw",
+// "skx", "clx", "cpx", "spr", ...): AVX-512 for skx and later (and knl,
+// knm), AVX2+FMA for hsw, AVX for snb, SSE otherwise.
+VectorIsa libxsmm_target_isa(const std::string& target);
 // OpenBLAS's core `core`, as the above.
 BlasKernelReport assess_blas_kernel(const CpuFeatures& features, const std::string& core,
                                     const std::string& origin);

@@ -7,12 +7,12 @@
 // development Xeon (src/backends/cpu/cpu_gemm.cpp): opt-in until that is understood. Both
 // run on the OpenMP pool's threads.
 //
-// In a build with libxsmm, its JIT kernels take the small shapes (a batch-20
-// step's; include/cuvae/backends/cpu/cpu_gemm_small.h) unless CUVAE_CPU_GEMM names a
-// library.
+// In a build with libxsmm, its JIT kernels run every GEMM they take (all of
+// the model's) in shape-fixed blocks (include/cuvae/backends/cpu/cpu_gemm_small.h) unless
+// CUVAE_CPU_GEMM names a library.
 //
-// CUVAE_CPU_GEMM: auto (or unset) selects OpenBLAS with libxsmm for small
-// shapes, openblas OpenBLAS alone, onednn oneDNN alone.
+// CUVAE_CPU_GEMM: auto (or unset) selects libxsmm, with OpenBLAS for what it
+// declines; openblas OpenBLAS alone, onednn oneDNN alone.
 #pragma once
 
 #include <string>
@@ -31,6 +31,13 @@ BlasKernelReport cpu_gemm_kernel();
 
 // Whether cpu_sgemm runs oneDNN (else OpenBLAS).
 bool cpu_gemm_is_onednn();
+
+// Whether cpu_sgemm runs libxsmm in shape-fixed blocks (cpu_gemm_small.h),
+// whose bits do not depend on the thread count.
+bool cpu_gemm_is_blocked();
+
+// Which library runs which GEMMs, and why: `vae info`'s "GEMM shapes" line.
+std::string cpu_gemm_shapes();
 
 // Throws cuvae::Error naming CUVAE_CPU_GEMM if it is not auto, openblas or
 // (in a oneDNN build) onednn. Called at start-up so that a bad value fails

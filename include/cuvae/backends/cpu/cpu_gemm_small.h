@@ -4,8 +4,8 @@
 // forward and dW GEMMs 1.3x faster than OpenBLAS SkylakeX
 // (docs/results/2026-12-02-cpu/gemm-kernels-1-thread.md).
 //
-// C is cut into 16-wide blocks of rows or columns that depend on the shape
-// alone, shared out among the OpenMP threads, so the bits do not depend on
+// C is cut into 64 x 64 blocks that depend on the shape alone, handed out
+// dynamically to the OpenMP threads, so the bits do not depend on
 // the thread count (tested), unlike OpenBLAS's on these shapes.
 #pragma once
 
@@ -20,6 +20,15 @@ namespace cuvae {
 // Returns false, having done nothing, otherwise.
 bool small_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
                  int lda, const float* b, int ldb, float beta, float* c, int ldc);
+
+// Any shape, either operand transposed, through libxsmm in blocks of 64 x 64
+// of C fixed by the shape (k never split), handed out dynamically to the
+// OpenMP threads; a transposed B is first written out transposed (libxsmm
+// 1.17 takes no transposed first operand). The bits do not depend on the
+// thread count. Returns false, having done nothing, without libxsmm, unless
+// alpha is 1 and beta 0 or 1, or on an empty shape.
+bool blocked_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
+                   int lda, const float* b, int ldb, float beta, float* c, int ldc);
 
 // "libxsmm 1.17.0 (JIT for avx512_core)" or "" in a build without it.
 std::string small_sgemm_library();

@@ -1,0 +1,71 @@
+// The thread count under load (include/cuvae/backends/cpu/thread_tuner.h).
+#include "cuvae/backends/cpu/thread_tuner.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#include "cuvae/error.h"
+
+namespace cuvae {
+
+ThreadTuner::ThreadTuner(int max_threads)
+    : max_(std::max(1, max_threads)), settled_(max_), current_(max_) {}
+
+int ThreadTuner::neighbour() const {
+  const int down = std::max(1, settled_ / 2), up = std::min(max_, settled_ * 2);
+  if (down == settled_) return up;
+  if (up == settled_) return down;
+  return probe_down_ ? down : up;
+}
+
+void ThreadTuner::start_window(int threads) {
+  current_ = threads;
+  samples_ = 0;
+}
+
+void ThreadTuner::record(double seconds) {
+  window_[samples_++] = seconds;
+  if (samples_ < kWindow) return;
+  std::sort(window_, window_ + kWindow);
+  const double median = 0.5 * (window_[kWindow / 2 - 1] + window_[kWindow / 2]);
+  if (probing_) {
+    probing_ = false;
+    probe_down_ = !probe_down_;
+    if (median < 0.97 * settled_median_) {  // the probe won: settle there, look again soon
+      settled_ = current_;
+      settled_median_ = reference_median_ = median;
+      probe_interval_ = 1;
+    } else {
+      // Lost: by far (a third or more) makes the next probe twice as rare.
+      if (median > 1.33 * settled_median_) probe_interval_ = std::min(kMaxProbeInterval, probe_interval_ * 2);
+    }
+    windows_to_probe_ = probe_interval_;
+    start_window(settled_);
+    return;
+  }
+  settled_median_ = median;
+  if (reference_median_ == 0 || median < reference_median_) reference_median_ = median;
+  if (median > 1.33 * reference_median_) {  // the settled count slowed: the load changed
+    probe_interval_ = 1;
+    windows_to_probe_ = std::min(windows_to_probe_, 1);
+    reference_median_ = median;
+  }
+  if (max_ > 1 && --windows_to_probe_ <= 0) {
+    probing_ = true;
+    start_window(neighbour());
+    return;
+  }
+  start_window(settled_);
+}
+
+
+bool adaptive_threads_requested() {
+  const char* raw = std::getenv("CUVAE_THREADS");
+  const std::string value = raw != nullptr ? raw : "";
+  if (value.empty() || value == "auto") return true;
+  if (value == "fixed") return false;
+  throw Error("CUVAE_THREADS must be auto or fixed, got '" + value + "'");
+}
+
+}  // namespace cuvae
