@@ -78,7 +78,11 @@ struct Result {
 Result bench_one(Backend& backend, const IdxImages& images, int batch, const BenchOptions& o) {
   TrainConfig config;  // the seed's, with the objective and activation asked for
   config.batch_size = batch;
-  config.objective = {parse_objective(o.objective, "--objective"), o.samples};
+  config.objective.objective = parse_objective(o.objective, "--objective");
+  config.objective.samples = o.samples;
+  config.objective.outer_samples = o.outer_samples;
+  config.objective.ciwae_beta = o.ciwae_beta;
+  config.objective.validate();
   config.arch.activation = parse_activation(o.activation, "--activation");
   Result r;
   r.device = backend.name();
@@ -281,7 +285,9 @@ Command add_bench_command(CLI::App& app) {
   bench_cmd->add_flag("--tf32", bench->tf32, "TF32 tensor-core GEMMs on the CUDA backend");
   bench_cmd->add_flag("--gemm-epilogues", bench->gemm_epilogues, "Dense layers with cuBLASLt epilogues on the CUDA backend");
   bench_cmd->add_flag("--two-branch-graph", bench->two_branch_graph, "Weight-gradient GEMMs on a second stream / graph branch (CUDA)");
-  bench_cmd->add_option("--objective", bench->objective, "The step's objective: elbo, iwae or iwae-dreg")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg"}))->capture_default_str();
+  bench_cmd->add_option("--objective", bench->objective, "The step's objective: elbo, iwae, iwae-dreg, miwae, piwae or ciwae")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg", "miwae", "piwae", "ciwae"}))->capture_default_str();
+  bench_cmd->add_option("--outer-samples", bench->outer_samples, "M groups of K samples per image (miwae and piwae only)")->check(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
+  bench_cmd->add_option("--ciwae-beta", bench->ciwae_beta, "ciwae's beta in [0, 1]")->check(unit_interval())->capture_default_str();
   bench_cmd->add_option("--samples", bench->samples, "K samples per image (the decoder runs on batch * K rows)")->check(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
   bench_cmd->add_option("--activation", bench->activation, "Hidden layers: relu or tanh")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench->cuda_graph, "Replay each step as a CUDA Graph (default)");

@@ -67,6 +67,17 @@ CLI::Validator learning_rate() {
     "POSITIVE");
 }
 
+CLI::Validator unit_interval() {
+  return CLI::Validator(
+    [](std::string& input) -> std::string {
+      double value = 0;
+      if (!CLI::detail::lexical_cast(input, value)) return "'" + input + "' is not a number";
+      if (!(value >= 0.0 && value <= 1.0)) return "must be in [0, 1], got " + input;
+      return std::string();
+    },
+    "IN [0, 1]");
+}
+
 CLI::Validator unsigned_integer() {
   return CLI::Validator(
     [](std::string& input) -> std::string {

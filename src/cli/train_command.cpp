@@ -46,6 +46,13 @@ TrainConfig config_from_flags(const TrainOptions& o) {
   config.arch.validate();
   config.objective.objective = parse_objective(o.objective, "--objective");
   config.objective.samples = o.samples;
+  config.objective.outer_samples = o.outer_samples;
+  config.objective.ciwae_beta = o.ciwae_beta;
+  if (o.given_ciwae_beta && config.objective.objective != Objective::kCiwae) {
+    throw Error("--ciwae-beta " + format_beta(o.ciwae_beta) + ": objective " + o.objective +
+                " has no beta (only ciwae does)");
+  }
+  config.objective.validate();
   config.init = parse_init(o.init, "--init");
   config.schedule = parse_schedule(o.schedule, "--schedule");
   config.batch_size = o.batch_size;
@@ -84,6 +91,12 @@ void check_resume_flags(const TrainOptions& o, const TrainConfig& c, const std::
   check_name(o.given_schedule, "--schedule", o.schedule, schedule_name(c.schedule));
   if (o.given_samples && o.samples != c.objective.samples)
     refuse("--samples", std::to_string(o.samples), std::to_string(c.objective.samples));
+  if (o.given_outer_samples && o.outer_samples != c.objective.outer_samples)
+    refuse("--outer-samples", std::to_string(o.outer_samples), std::to_string(c.objective.outer_samples));
+  if (o.given_ciwae_beta && (c.objective.objective != Objective::kCiwae || o.ciwae_beta != c.objective.ciwae_beta))
+    refuse("--ciwae-beta", format_beta(o.ciwae_beta),
+           c.objective.objective == Objective::kCiwae ? format_beta(c.objective.ciwae_beta)
+                                                      : "objective " + objective_name(c.objective.objective) + " (no beta)");
   if (o.given_adam_eps && o.adam_eps != c.adam.eps)
     refuse("--adam-eps", shortest(o.adam_eps), shortest(c.adam.eps));
   if (o.given_batch_size && o.batch_size != c.batch_size)
@@ -126,9 +139,17 @@ void check_resumed_progress(const TrainState& r, const std::string& path, int st
 // "elbo, K = 1 sample per image" style, for the start-up lines.
 std::string describe_objective(const TrainConfig& c) {
   const int k = c.objective.samples;
-  return objective_name(c.objective.objective) + ", K = " + std::to_string(k) +
-         (k == 1 ? " sample" : " samples") + " per image (trained bound: " +
-         bound_name(c.objective.objective, k) + "); " + activation_name(c.arch.activation) +
+  const std::string groups =
+      has_outer_samples(c.objective.objective)
+          ? "M = " + std::to_string(c.objective.outer_samples) + " groups of "
+          : "";
+  const std::string beta = c.objective.objective == Objective::kCiwae
+                               ? ", beta = " + format_beta(c.objective.ciwae_beta)
+                               : "";
+  return objective_name(c.objective.objective) + ", " + groups + "K = " + std::to_string(k) +
+         (k == 1 ? " sample" : " samples") + (groups.empty() ? " per image" : " per image each") +
+         beta + " (trained bound: " + bound_name(c.objective) + "); " +
+         activation_name(c.arch.activation) +
          " hidden layers, " + init_name(c.init) + " init";
 }
 
@@ -179,17 +200,27 @@ std::string upgraded_metrics_rows(const std::string& rows, double lr) {
 }
 
 // The trained bound on the whole test set (fixed binarization, the run's
-// seed): the ELBO for elbo, the K-sample IWAE bound for the IWAE objectives.
+// seed): the ELBO for elbo, the K-sample IWAE bound for the IWAE objectives,
+// miwae's mean of M K-sample bounds (L_K over the M K samples' M groups),
+// piwae's L_MK, ciwae's beta ELBO + (1 - beta) L_K (the ELBO with the
+// analytic KL: the same expectation as the trained bound's sampled one).
 double test_set_bound(Backend& backend, const VaeModel& model, const TrainConfig& c,
                       const IdxImages& test) {
-  const int k = c.objective.samples;
+  const int k = c.objective.total_samples();
   VaeModel eval_model(backend, c.arch, eval_images_per_chunk(k), k);
   eval_model.set_parameters(model.parameters());
   EvalRequest request;
   request.k = k;
   request.seed = c.seed;
+  const Objective o = c.objective.objective;
+  if (o == Objective::kMiwae) request.bounds = {c.objective.samples};
   const EvalResult r = evaluate(eval_model, test, request);
-  return c.objective.objective == Objective::kElbo ? r.elbo : -r.nll;
+  if (o == Objective::kElbo) return r.elbo;
+  if (o == Objective::kMiwae) return r.bounds.at(0).second;
+  if (o == Objective::kCiwae) {
+    return c.objective.ciwae_beta * r.elbo + (1.0 - c.objective.ciwae_beta) * -r.nll;
+  }
+  return -r.nll;
 }
 
 // OUT/training_curve.png, redrawn from metrics.csv after an epoch: at the
@@ -340,7 +371,7 @@ class TrainingLoop {
                const TrainData& data)
       : run_(run), o_(o), backend_(backend), trainer_(trainer), data_(data),
         plan_(plan_steps(run, trainer.steps_per_epoch())), curve_(run.out),
-        bound_(bound_name(run.config.objective.objective, run.config.objective.samples)),
+        bound_(bound_name(run.config.objective)),
         model_path_(run.out + "/model.safetensors"), checkpoint_path_(run.out + "/checkpoint.safetensors") {
     if (run.resuming) metrics_ = upgraded_metrics_rows(run.resumed.metrics_csv, run.config.adam.lr);
   }
@@ -484,7 +515,7 @@ class TrainingLoop {
 
   std::map<std::string, std::string> model_metadata(int epoch, double elbo) const {
     const TrainConfig& config = run_.config;
-    return {{"seed", std::to_string(config.seed)},
+    std::map<std::string, std::string> metadata{{"seed", std::to_string(config.seed)},
             {"epochs", std::to_string(epoch)},
             {"steps", std::to_string(trainer_.steps_done())},
             {"batch_size", std::to_string(config.batch_size)},
@@ -492,6 +523,7 @@ class TrainingLoop {
             {"adam_eps", shortest(config.adam.eps)},
             {"objective", objective_name(config.objective.objective)},
             {"samples", std::to_string(config.objective.samples)},
+            {"outer_samples", std::to_string(config.objective.outer_samples)},
             {"init", init_name(config.init)},
             {"schedule", schedule_name(config.schedule)},
             {"train_bound", bound_},
@@ -499,6 +531,10 @@ class TrainingLoop {
             {"dataset", data_.dataset},
             {"commit", CUVAE_GIT_COMMIT},
             {"created", utc_now()}};
+    if (config.objective.objective == Objective::kCiwae) {
+      metadata["ciwae_beta"] = format_beta(config.objective.ciwae_beta);
+    }
+    return metadata;
   }
 
   TrainState snapshot(double epoch_seconds) const {

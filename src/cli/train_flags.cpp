@@ -21,8 +21,10 @@ Command add_train_command(CLI::App& app) {
   CLI::Option* hidden_opt = train_cmd->add_option("--hidden", train->hidden, "Hidden layer widths of encoder and decoder, comma-separated")->capture_default_str();
   CLI::Option* lr_opt = train_cmd->add_option("--lr", train->lr, "Adam step size alpha (with --schedule iwae: the first stage's)")->check(learning_rate())->capture_default_str();
   CLI::Option* adam_eps_opt = train_cmd->add_option("--adam-eps", train->adam_eps, "Adam's epsilon (the IWAE paper: 1e-4)")->check(learning_rate())->capture_default_str();
-  CLI::Option* objective_opt = train_cmd->add_option("--objective", train->objective, "elbo (analytic KL, averaged over K samples), iwae (the K-sample importance-weighted bound) or iwae-dreg (the same, DReG gradients for the encoder)")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg"}))->capture_default_str();
-  CLI::Option* samples_opt = train_cmd->add_option("--samples", train->samples, "K: samples of z per image (the decoder runs on batch * K rows)")->check(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
+  CLI::Option* objective_opt = train_cmd->add_option("--objective", train->objective, "elbo (analytic KL, averaged over K samples), iwae (the K-sample importance-weighted bound), iwae-dreg (the same, DReG gradients for the encoder), miwae (M groups of K: the mean of M K-sample bounds; --outer-samples M), piwae (the decoder on IWAE over all M K samples, the encoder on MIWAE(M, K)) or ciwae (beta ELBO + (1 - beta) IWAE over K samples; --ciwae-beta)")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg", "miwae", "piwae", "ciwae"}))->capture_default_str();
+  CLI::Option* samples_opt = train_cmd->add_option("--samples", train->samples, "K: samples of z per image, per group for miwae and piwae (the decoder runs on batch * M * K rows)")->check(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
+  CLI::Option* outer_samples_opt = train_cmd->add_option("--outer-samples", train->outer_samples, "M: groups of K samples per image (miwae and piwae only)")->check(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
+  CLI::Option* ciwae_beta_opt = train_cmd->add_option("--ciwae-beta", train->ciwae_beta, "ciwae's beta in [0, 1]: beta ELBO + (1 - beta) IWAE (ciwae only)")->check(unit_interval())->capture_default_str();
   CLI::Option* activation_opt = train_cmd->add_option("--activation", train->activation, "Hidden layers' nonlinearity: relu (the seed) or tanh (the IWAE paper)")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
   CLI::Option* init_opt = train_cmd->add_option("--init", train->init, "small-normal (the seed: 0.01 N(0,1)) or glorot (the IWAE paper's code: Glorot-uniform weights, zero biases, output bias at the logit of the mean pixel)")->check(CLI::IsMember({"small-normal", "glorot"}))->capture_default_str();
   CLI::Option* schedule_opt = train_cmd->add_option("--schedule", train->schedule, "constant, or iwae: 8 stages of 3^i epochs at lr 10^(-i/7) (3280 epochs; --epochs cuts it)")->check(CLI::IsMember({"constant", "iwae"}))->capture_default_str();
@@ -48,6 +50,8 @@ Command add_train_command(CLI::App& app) {
             train->given_adam_eps = adam_eps_opt->count() > 0;
             train->given_objective = objective_opt->count() > 0;
             train->given_samples = samples_opt->count() > 0;
+            train->given_outer_samples = outer_samples_opt->count() > 0;
+            train->given_ciwae_beta = ciwae_beta_opt->count() > 0;
             train->given_activation = activation_opt->count() > 0;
             train->given_init = init_opt->count() > 0;
             train->given_schedule = schedule_opt->count() > 0;

@@ -115,6 +115,8 @@ void save_checkpoint(const std::string& path, const TrainState& s) {
                    {"activation", activation_name(s.config.arch.activation)},
                    {"objective", objective_name(s.config.objective.objective)},
                    {"samples", std::to_string(s.config.objective.samples)},
+                   {"outer_samples", std::to_string(s.config.objective.outer_samples)},
+                   {"ciwae_beta", exact(s.config.objective.ciwae_beta)},
                    {"init", init_name(s.config.init)},
                    {"schedule", schedule_name(s.config.schedule)},
                    {"data", s.data_fingerprint},
@@ -151,6 +153,20 @@ TrainState load_checkpoint(const std::string& path) {
       file.metadata.count("samples") == 0
           ? 1
           : static_cast<int>(unsigned_field(path, file, "samples", 1, ObjectiveConfig::kMaxSamples));
+  // Fields added with miwae, piwae and ciwae (M; beta).
+  s.config.objective.outer_samples =
+      file.metadata.count("outer_samples") == 0
+          ? 1
+          : static_cast<int>(unsigned_field(path, file, "outer_samples", 1, ObjectiveConfig::kMaxSamples));
+  if (file.metadata.count("ciwae_beta") != 0) {
+    s.config.objective.ciwae_beta = double_field(
+        path, file, "ciwae_beta", [](double v) { return v >= 0.0 && v <= 1.0; }, "in [0, 1]");
+  }
+  try {
+    s.config.objective.validate();
+  } catch (const Error& e) {
+    throw Error(path + ": checkpoint metadata: " + e.what());
+  }
   try {
     arch.validate();
   } catch (const Error& e) {

@@ -35,7 +35,8 @@ int checked_batch_size(const Backend& backend, const TrainConfig& config, const 
     throw Error("images have " + std::to_string(images.pixels_per_image()) +
                 " pixels but the model expects " + std::to_string(config.arch.input_dim));
   }
-  check_model_fits(backend, config.arch, config.batch_size, config.objective.samples);
+  config.objective.validate();
+  check_model_fits(backend, config.arch, config.batch_size, config.objective.total_samples());
   return config.batch_size;
 }
 
@@ -95,10 +96,10 @@ Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& i
       config_(config),
       images_(images),
       model_(backend, config.arch, checked_batch_size(backend, config, images),
-             config.objective.samples),
+             config.objective.total_samples()),
       steps_per_epoch_(images.count / std::max(1, config.batch_size)),
       x_(backend, static_cast<size_t>(config.batch_size) * config.arch.input_dim),
-      eps_(backend, static_cast<size_t>(config.batch_size) * config.objective.samples *
+      eps_(backend, static_cast<size_t>(config.batch_size) * config.objective.total_samples() *
                         config.arch.latent_dim),
       elbo_sum_(backend, 1) {
   if (config.init == InitScheme::kGlorot) {

@@ -13,6 +13,7 @@
 #include "cuvae/model/vae_model.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <sstream>
 #include <utility>
@@ -111,7 +112,8 @@ std::string name_of(const std::pair<Enum, const char*> (&names)[N], Enum value) 
 const std::pair<Activation, const char*> kActivationNames[] = {{Activation::kRelu, "relu"},
                                                                {Activation::kTanh, "tanh"}};
 const std::pair<Objective, const char*> kObjectiveNames[] = {
-    {Objective::kElbo, "elbo"}, {Objective::kIwae, "iwae"}, {Objective::kIwaeDreg, "iwae-dreg"}};
+    {Objective::kElbo, "elbo"},   {Objective::kIwae, "iwae"},   {Objective::kIwaeDreg, "iwae-dreg"},
+    {Objective::kMiwae, "miwae"}, {Objective::kPiwae, "piwae"}, {Objective::kCiwae, "ciwae"}};
 const std::pair<InitScheme, const char*> kInitNames[] = {{InitScheme::kSmallNormal, "small-normal"},
                                                          {InitScheme::kGlorot, "glorot"}};
 
@@ -132,9 +134,51 @@ InitScheme parse_init(const std::string& name, const std::string& what) {
 }
 std::string init_name(InitScheme init) { return name_of(kInitNames, init); }
 
+bool has_outer_samples(Objective objective) {
+  return objective == Objective::kMiwae || objective == Objective::kPiwae;
+}
+
+std::string format_beta(double beta) {
+  char text[32];
+  const std::to_chars_result result = std::to_chars(text, text + sizeof text, beta);
+  return std::string(text, result.ptr);
+}
+
+void ObjectiveConfig::validate() const {
+  const std::string most = std::to_string(kMaxSamples);
+  if (samples < 1 || samples > kMaxSamples) {
+    throw Error("--samples must be between 1 and " + most + ", got " + std::to_string(samples));
+  }
+  if (outer_samples < 1 || outer_samples > kMaxSamples) {
+    throw Error("--outer-samples must be between 1 and " + most + ", got " +
+                std::to_string(outer_samples));
+  }
+  if (outer_samples != 1 && !has_outer_samples(objective)) {
+    throw Error("--outer-samples " + std::to_string(outer_samples) + ": objective " +
+                objective_name(objective) + " has no groups of samples (only miwae and piwae do)");
+  }
+  if (static_cast<long long>(samples) * outer_samples > kMaxSamples) {
+    throw Error("--outer-samples " + std::to_string(outer_samples) + " times --samples " +
+                std::to_string(samples) + " is more than " + most + " samples per image");
+  }
+  if (!(ciwae_beta >= 0.0 && ciwae_beta <= 1.0)) {
+    throw Error("--ciwae-beta must be in [0, 1], got " + format_beta(ciwae_beta));
+  }
+}
+
 std::string bound_name(Objective objective, int samples) {
   const std::string base = objective == Objective::kElbo ? "elbo" : "iwae";
   return samples == 1 && objective == Objective::kElbo ? base : base + "-" + std::to_string(samples);
+}
+
+std::string bound_name(const ObjectiveConfig& o) {
+  const std::string k = std::to_string(o.samples);
+  switch (o.objective) {
+    case Objective::kMiwae: return "miwae-" + std::to_string(o.outer_samples) + "x" + k;
+    case Objective::kPiwae: return "piwae-" + std::to_string(o.outer_samples) + "x" + k;
+    case Objective::kCiwae: return "ciwae-" + format_beta(o.ciwae_beta) + "-" + k;
+    default: return bound_name(o.objective, o.samples);
+  }
 }
 
 std::string format_widths(const std::vector<int>& widths) {
@@ -210,7 +254,7 @@ float* Mlp::forward(const float* params, const float* input, int rows) {
 }
 
 void Mlp::backward(const float* params, float* grads, const float* input, float* d_output,
-                   int rows, float* d_input, const float* row_scale) {
+                   int rows, float* d_input, const float* row_scale, bool weight_gradients) {
   // The top layer: dA = dY * act'(Y); db = column sums of dA. Below it each
   // layer's dA and db come with the dX of the layer above
   // (dense_backward_input).
@@ -225,10 +269,12 @@ void Mlp::backward(const float* params, float* grads, const float* input, float*
     // dW = X^T dA (in x out): nothing below needs it, so it may run beside
     // the chain of input gradients (each layer's dA has its own buffer, which
     // the chain does not overwrite while this GEMM may still read it).
-    backend_.begin_side_branch();
-    backend_.gemm(true, false, layer.in, layer.out, rows, 1.0f, x, layer.in, da, layer.out, 0.0f,
-                  grads + layer.weight_offset, layer.out);
-    backend_.end_side_branch();
+    if (weight_gradients) {
+      backend_.begin_side_branch();
+      backend_.gemm(true, false, layer.in, layer.out, rows, 1.0f, x, layer.in, da, layer.out, 0.0f,
+                    grads + layer.weight_offset, layer.out);
+      backend_.end_side_branch();
+    }
     if (i == 0) {
       // dX = dA W^T (B x in): the network's input has no activation or bias.
       if (d_input != nullptr) {
@@ -268,7 +314,8 @@ VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows, int
       row_kl_(backend, static_cast<size_t>(max_rows)),
       row_log_ratio_(backend, static_cast<size_t>(max_rows) * max_samples),
       row_bound_(backend, static_cast<size_t>(max_rows)),
-      sample_weights_(backend, static_cast<size_t>(max_rows) * max_samples) {
+      sample_weights_(backend, static_cast<size_t>(max_rows) * max_samples),
+      group_bound_(backend, static_cast<size_t>(max_rows) * max_samples) {
   if (max_rows < 1) throw Error("batch size must be at least 1, got " + std::to_string(max_rows));
   if (max_samples < 1) throw Error("--samples must be at least 1, got " + std::to_string(max_samples));
   std::vector<float> zeros(layout_.size(), 0.0f);
@@ -375,8 +422,16 @@ void VaeModel::check_samples(int samples) const {
 void VaeModel::forward_backward(const float* x, const float* eps, int images,
                                 const ObjectiveConfig& objective, bool compute_gradients) {
   check_rows(images);
-  check_samples(objective.samples);
-  const int latent = arch_.latent_dim, samples = objective.samples;
+  const Objective o = objective.objective;
+  const int groups = has_outer_samples(o) ? objective.outer_samples : 1;
+  const int group_size = objective.samples;  // K
+  if (groups < 1 || group_size < 1 ||
+      static_cast<long long>(groups) * group_size > static_cast<long long>(max_samples_)) {
+    throw Error(std::to_string(groups) + " x " + std::to_string(group_size) +
+                " samples per image do not fit buffers sized for " + std::to_string(max_samples_));
+  }
+  const int latent = arch_.latent_dim, samples = groups * group_size;  // M K per image
+  check_samples(samples);
   const int rows = images * samples;  // the decoder's
   const float* encoder_out = encoder_.forward(params_.get(), x, images);
   encoder_out_ = encoder_out;
@@ -386,27 +441,63 @@ void VaeModel::forward_backward(const float* x, const float* eps, int images,
   logits_ = logits;
   // The loss is the batch mean of -bound: each image's bound weighs 1/B.
   const float scale = 1.0f / static_cast<float>(images);
-  const bool elbo = objective.objective == Objective::kElbo;
-  // The ELBO's samples weigh 1/(B K) each; the IWAE objectives' Bernoulli
-  // gradient gets scale here and its weight w~ in the decoder's top layer.
+  const bool elbo = o == Objective::kElbo;
+  // The ELBO's samples weigh 1/(B K) each; the other objectives' Bernoulli
+  // gradient gets scale here and its per-sample weight in the decoder's top layer.
   const float logprob_scale = elbo ? 1.0f / static_cast<float>(rows) : scale;
   backend_.bernoulli_logprob_and_grad(x, logits, rows, arch_.input_dim, samples, logprob_scale,
                                       compute_gradients ? dlogits_.get() : nullptr,
                                       row_logprob_.get());
-  if (!elbo) {
+  const bool piwae = o == Objective::kPiwae;
+  if (piwae && decoder_weights_.size() == 0) {
+    // Made once, at the first piwae step (before a CUDA Graph records one).
+    const size_t sample_rows = static_cast<size_t>(max_rows_) * max_samples_;
+    decoder_weights_ = DeviceArray<float>(backend_, sample_rows);
+    piwae_dlogits_ = DeviceArray<float>(backend_, sample_rows * arch_.input_dim);
+    piwae_scratch_grads_ = DeviceArray<float>(backend_, layout_.size());
+    piwae_bound_ = DeviceArray<float>(backend_, static_cast<size_t>(max_rows_));
+  }
+  if (o == Objective::kIwae || o == Objective::kIwaeDreg) {
     backend_.importance_weights(row_logprob_.get(), row_log_ratio_.get(), images, samples,
                                 sample_weights_.get(), row_bound_.get());
+  } else if (!elbo) {
+    // miwae, ciwae and piwae's encoder: normalized weights within each of
+    // the B M groups of K, then v and the image's bound (vae_math.h).
+    backend_.importance_weights(row_logprob_.get(), row_log_ratio_.get(), images * groups,
+                                group_size, sample_weights_.get(), group_bound_.get());
+    const float beta = o == Objective::kCiwae ? static_cast<float>(objective.ciwae_beta) : 0.0f;
+    backend_.grouped_objective_weights(row_logprob_.get(), row_log_ratio_.get(), group_bound_.get(),
+                                       images, groups, group_size, beta, sample_weights_.get(),
+                                       piwae ? piwae_bound_.get() : row_bound_.get());
+    // piwae's decoder: IWAE over all M K samples, whose bound is the one reported.
+    if (piwae) {
+      backend_.importance_weights(row_logprob_.get(), row_log_ratio_.get(), images, samples,
+                                  decoder_weights_.get(), row_bound_.get());
+    }
   }
   if (!compute_gradients) return;
-  decoder_.backward(params_.get(), grads_.get(), z_.get(), dlogits_.get(), rows, dz_.get(),
-                    elbo ? nullptr : sample_weights_.get());
+  if (piwae) {
+    // The encoder's weights first, for dz only: the decoder's backward on a
+    // copy of the logits' gradient (each pass scales its d_output in place),
+    // no weight gradients, its bias gradients into scratch. Then the
+    // decoder's own pass with IWAE's weights, no dz.
+    backend_.copy_on_device(piwae_dlogits_.get(), dlogits_.get(),
+                            static_cast<size_t>(rows) * arch_.input_dim * sizeof(float));
+    decoder_.backward(params_.get(), piwae_scratch_grads_.get(), z_.get(), piwae_dlogits_.get(),
+                      rows, dz_.get(), sample_weights_.get(), /*weight_gradients=*/false);
+    decoder_.backward(params_.get(), grads_.get(), z_.get(), dlogits_.get(), rows, nullptr,
+                      decoder_weights_.get());
+  } else {
+    decoder_.backward(params_.get(), grads_.get(), z_.get(), dlogits_.get(), rows, dz_.get(),
+                      elbo ? nullptr : sample_weights_.get());
+  }
   if (elbo) {
     backend_.reparameterize_kl_backward(dz_.get(), encoder_out, eps, images, samples, latent,
                                         scale, d_encoder_out_.get());
   } else {
     backend_.importance_weighted_latent_backward(
         dz_.get(), encoder_out, eps, z_.get(), sample_weights_.get(), images, samples, latent,
-        scale, objective.objective == Objective::kIwaeDreg, d_encoder_out_.get());
+        scale, o == Objective::kIwaeDreg, d_encoder_out_.get());
   }
   encoder_.backward(params_.get(), grads_.get(), x, d_encoder_out_.get(), images, nullptr);
   backend_.join_side_branches();  // every gradient complete before Adam reads them

@@ -511,6 +511,82 @@ TEST_P(BackendOps, ImportanceWeightsAreStableOverHundredsOfNats) {
   }
 }
 
+// The grouped objectives' weights and bound (miwae, ciwae, piwae's encoder:
+// importance_weights over the B M groups, then grouped_objective_weights)
+// against the formula in long double, and each weight against the central
+// difference of the image's bound in its sample's log p: the weights are the
+// bound's gradient. Log-weights around -5 +- 3 nats, so float's rounding of
+// log p + h (~5e-7) is small next to h = 1e-2: the difference quotient is
+// good to ~1e-4 (rounding ~5e-7 / h, truncation h^2 / 6 times the third
+// derivative, ~2e-5).
+TEST_P(BackendOps, GroupedObjectiveWeightsMatchTheFormulaAndFiniteDifferences) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  struct Case { int groups, samples; float beta; };
+  double worst_formula = 0.0, worst_fd = 0.0;  // as fractions of the tolerances
+  for (const Case& c : {Case{1, 1, 0.3f}, Case{1, 5, 0.05f}, Case{2, 3, 0.0f}, Case{4, 8, 0.0f},
+                        Case{3, 4, 0.5f}, Case{1, 6, 1.0f}}) {
+    const std::string what = std::to_string(c.groups) + "x" + std::to_string(c.samples) + " beta " +
+                             std::to_string(c.beta);
+    SCOPED_TRACE(what);
+    const int images = 3, per_image = c.groups * c.samples, rows = images * per_image;
+    std::vector<float> logp = normals(static_cast<size_t>(rows), 51, 3.0f);
+    const std::vector<float> ratio = normals(logp.size(), 52, 1.0f);
+    for (float& v : logp) v -= 5.0f;
+    auto run = [&](const std::vector<float>& lp, std::vector<float>* weights_out) {
+      auto lp_d = to_device(*backend, lp), ratio_d = to_device(*backend, ratio);
+      DeviceArray<float> weights(*backend, lp.size()), group_bound(*backend, static_cast<size_t>(images) * c.groups);
+      DeviceArray<float> bound(*backend, images);
+      backend->importance_weights(lp_d.get(), ratio_d.get(), images * c.groups, c.samples, weights.get(),
+                                  group_bound.get());
+      backend->grouped_objective_weights(lp_d.get(), ratio_d.get(), group_bound.get(), images, c.groups,
+                                         c.samples, c.beta, weights.get(), bound.get());
+      if (weights_out != nullptr) *weights_out = to_host(*backend, weights.get(), lp.size());
+      return to_host(*backend, bound.get(), images);
+    };
+    std::vector<float> w;
+    const std::vector<float> bound = run(logp, &w);
+    std::vector<double> ebound(images, 0.0), ew(logp.size());
+    for (int b = 0; b < images; ++b) {
+      for (int m = 0; m < c.groups; ++m) {
+        const size_t first = (static_cast<size_t>(b) * c.groups + m) * c.samples;
+        long double max = -INFINITY, sum = 0, mean = 0;
+        for (int k = 0; k < c.samples; ++k) max = std::max<long double>(max, (long double)logp[first + k] + ratio[first + k]);
+        for (int k = 0; k < c.samples; ++k) {
+          sum += std::exp((long double)logp[first + k] + ratio[first + k] - max);
+          mean += ((long double)logp[first + k] + ratio[first + k]) / c.samples;
+        }
+        const long double lme = max + std::log(sum / c.samples);
+        ebound[b] += static_cast<double>((c.beta * mean + (1.0L - c.beta) * lme) / c.groups);
+        for (int k = 0; k < c.samples; ++k) {
+          const long double tilde = std::exp((long double)logp[first + k] + ratio[first + k] - max) / sum;
+          ew[first + k] = static_cast<double>((c.beta / (long double)c.samples + (1.0L - c.beta) * tilde) / c.groups);
+        }
+      }
+    }
+    expect_all_close(bound, ebound, 1e-6, 1e-5, "bound " + what);
+    expect_all_close(w, ew, 1e-5, 1e-7, "weights " + what);
+    for (int b = 0; b < images; ++b) {
+      double total = 0.0;
+      for (int s = 0; s < per_image; ++s) total += w[static_cast<size_t>(b) * per_image + s];
+      EXPECT_NEAR(total, 1.0, 1e-5) << "image " << b;
+      worst_formula = std::max(worst_formula, std::fabs(bound[b] - ebound[b]) / (1e-5 + 1e-6 * std::fabs(ebound[b])));
+    }
+    const float h = 1e-2f;
+    const double tolerance = 2e-4;
+    for (int r = 0; r < rows; ++r) {
+      std::vector<float> up = logp, down = logp;
+      up[r] += h;
+      down[r] -= h;
+      const double fd = (static_cast<double>(run(up, nullptr)[r / per_image]) - run(down, nullptr)[r / per_image]) /
+                        (static_cast<double>(up[r]) - down[r]);
+      EXPECT_NEAR(w[r], fd, tolerance) << "sample " << r;
+      worst_fd = std::max(worst_fd, std::fabs(w[r] - fd) / tolerance);
+    }
+  }
+  std::printf("  grouped_objective_weights on %s: worst bound error %.2f of tolerance, worst |fd - weight| %.2f of 2e-4\n",
+              GetParam().c_str(), worst_formula, worst_fd);
+}
+
 // The IWAE and DReG backward to the encoder outputs against the formula of
 // backend.h in double.
 TEST_P(BackendOps, ImportanceWeightedLatentBackwardMatchesTheFormula) {

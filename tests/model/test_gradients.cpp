@@ -1,7 +1,9 @@
 // The hand-derived gradients of every objective (the ELBO, the IWAE bound,
-// and the decoder's part of DReG) against central finite differences, for
-// every parameter of every tensor of a small network, with fixed eps and
-// fixed binary x, K in {1, 3}, ReLU and tanh.
+// the decoder's part of DReG, MIWAE over M x K, CIWAE for several beta)
+// against central finite differences, for every parameter of every tensor of
+// a small network, with fixed eps and fixed binary x, K in {1, 3}, ReLU and
+// tanh; PIWAE, which is not the gradient of one loss, as IWAE's decoder
+// gradient and MIWAE's encoder gradient of the same samples, bit for bit.
 //
 // Tolerance: the loss is computed in float (about 1e-7 relative). With step
 // h = 1e-2 the rounding error of the difference quotient is ~1e-7 * |loss| / h
@@ -11,7 +13,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "cuvae/backends/cpu/cpu_backend.h"
@@ -31,18 +35,21 @@ struct GradientCase {
   std::vector<float> params;
   DeviceArray<float> x, eps;
 
-  GradientCase(Objective o, int samples, Activation activation) {
+  GradientCase(Objective o, int samples, Activation activation, int outer = 1, double beta = 0.5) {
     arch.input_dim = 12;
     arch.hidden = {7, 5};
     arch.latent_dim = 3;
     arch.activation = activation;
-    objective = {o, samples};
+    objective.objective = o;
+    objective.samples = samples;
+    objective.outer_samples = outer;
+    objective.ciwae_beta = beta;
     params.resize(ParameterLayout(arch).size());
     for (size_t i = 0; i < params.size(); ++i) {
       params[i] = 0.4f * random_normal(RandomKey{11, RandomStream::kInit, 0}, i);
     }
     std::vector<float> hx(static_cast<size_t>(images) * arch.input_dim);
-    std::vector<float> he(static_cast<size_t>(images) * samples * arch.latent_dim);
+    std::vector<float> he(static_cast<size_t>(images) * samples * outer * arch.latent_dim);
     for (size_t i = 0; i < hx.size(); ++i) hx[i] = random_uniform(RandomKey{12, RandomStream::kBinarize, 0}, i) < 0.4f ? 1.0f : 0.0f;
     for (size_t i = 0; i < he.size(); ++i) he[i] = random_normal(RandomKey{13, RandomStream::kEps, 0}, i);
     x = to_device(*backend, hx);
@@ -68,9 +75,10 @@ struct GradientCase {
 // estimator of it with the score term's expectation removed), so there only
 // the decoder's parameters are checked here; its encoder gradient is checked
 // against the formula in BackendOps and against PyTorch's autograd.
-void check_against_finite_differences(Objective o, int samples, Activation activation) {
-  GradientCase c(o, samples, activation);
-  VaeModel model(*c.backend, c.arch, c.images, samples);
+void check_against_finite_differences(Objective o, int samples, Activation activation,
+                                      int outer = 1, double beta = 0.5) {
+  GradientCase c(o, samples, activation, outer, beta);
+  VaeModel model(*c.backend, c.arch, c.images, c.objective.total_samples());
   model.set_parameters(c.params);
   model.forward_backward(c.x.get(), c.eps.get(), c.images, c.objective, true);
   const std::vector<float> analytic = model.gradients();
@@ -94,8 +102,8 @@ void check_against_finite_differences(Objective o, int samples, Activation activ
           << (i < layer.bias_offset ? i - begin : i - layer.bias_offset) << "]";
       ++checked;
     }
-    std::printf("  %s K=%d %s %s: worst |fd - analytic| = %.2f of tolerance\n",
-                objective_name(o).c_str(), samples, activation_name(activation).c_str(),
+    std::printf("  %s %s: worst |fd - analytic| = %.2f of tolerance\n",
+                (bound_name(c.objective) + " " + activation_name(activation)).c_str(),
                 layer.name.c_str(), worst);
   }
   EXPECT_GT(checked, 0);
@@ -114,6 +122,71 @@ TEST(Gradients, EveryObjectiveAndKMatchesFiniteDifferences) {
       }
     }
   }
+}
+
+// MIWAE's M x K samples per image and CIWAE's beta (0 and 1 at the ends).
+TEST(Gradients, MiwaeAndCiwaeMatchFiniteDifferences) {
+  for (Activation act : {Activation::kRelu, Activation::kTanh}) {
+    for (const auto& [outer, samples] : std::vector<std::pair<int, int>>{{2, 3}, {3, 1}, {1, 3}}) {
+      SCOPED_TRACE("miwae " + std::to_string(outer) + "x" + std::to_string(samples));
+      check_against_finite_differences(Objective::kMiwae, samples, act, outer);
+    }
+    for (double beta : {0.0, 0.3, 1.0}) {
+      for (int samples : {1, 3}) {
+        SCOPED_TRACE("ciwae beta " + std::to_string(beta) + " K=" + std::to_string(samples));
+        check_against_finite_differences(Objective::kCiwae, samples, act, 1, beta);
+      }
+    }
+  }
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b, size_t begin, size_t end) {
+  return std::memcmp(a.data() + begin, b.data() + begin, (end - begin) * sizeof(float)) == 0;
+}
+
+std::vector<float> gradients_of(GradientCase& c, const ObjectiveConfig& objective) {
+  VaeModel model(*c.backend, c.arch, c.images, objective.total_samples());
+  model.set_parameters(c.params);
+  model.forward_backward(c.x.get(), c.eps.get(), c.images, objective, true);
+  return model.gradients();
+}
+
+// PIWAE from the same M K samples: the decoder's parameters get IWAE's
+// gradient over all M K samples, the encoder's MIWAE(M, K)'s, bit for bit
+// (the same operations on the same inputs); its bound is L_MK.
+TEST(Gradients, PiwaeIsIwaeForTheDecoderAndMiwaeForTheEncoder) {
+  for (Activation act : {Activation::kRelu, Activation::kTanh}) {
+    const int outer = 2, samples = 3;
+    GradientCase c(Objective::kPiwae, samples, act, outer);
+    ObjectiveConfig iwae{Objective::kIwae, outer * samples};
+    ObjectiveConfig miwae = c.objective;
+    miwae.objective = Objective::kMiwae;
+    const std::vector<float> piwae_g = gradients_of(c, c.objective);
+    const std::vector<float> iwae_g = gradients_of(c, iwae), miwae_g = gradients_of(c, miwae);
+    const ParameterLayout layout(c.arch);
+    const size_t decoder_begin = layout.decoder().front().weight_offset;
+    EXPECT_TRUE(same_bits(piwae_g, iwae_g, decoder_begin, layout.size())) << "decoder";
+    EXPECT_TRUE(same_bits(piwae_g, miwae_g, 0, decoder_begin)) << "encoder";
+    EXPECT_FALSE(same_bits(piwae_g, miwae_g, decoder_begin, layout.size()))
+        << "MIWAE's and IWAE's decoder gradients should differ";
+    GradientCase i(Objective::kIwae, outer * samples, act);
+    VaeModel piwae_model(*c.backend, c.arch, c.images, outer * samples);
+    VaeModel iwae_model(*i.backend, i.arch, i.images, outer * samples);
+    EXPECT_EQ(c.loss(piwae_model, c.params), i.loss(iwae_model, i.params)) << "piwae's bound is L_MK";
+  }
+}
+
+// CIWAE at beta 0 is IWAE and MIWAE with one group is IWAE, bit for bit:
+// their weights (0/K + 1 w~) / 1 are w~ exactly.
+TEST(Gradients, CiwaeAtBetaZeroAndMiwaeWithOneGroupAreIwaeBitForBit) {
+  GradientCase c(Objective::kIwae, 3, Activation::kTanh);
+  const std::vector<float> iwae = gradients_of(c, c.objective);
+  ObjectiveConfig ciwae{Objective::kCiwae, 3};
+  ciwae.ciwae_beta = 0.0;
+  ObjectiveConfig miwae{Objective::kMiwae, 3};
+  const size_t n = iwae.size();
+  EXPECT_TRUE(same_bits(gradients_of(c, ciwae), iwae, 0, n));
+  EXPECT_TRUE(same_bits(gradients_of(c, miwae), iwae, 0, n));
 }
 
 // With K = 1 the IWAE bound is the one-sample bound with the sampled KL:

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <memory>
 #include <sstream>
+#include <tuple>
 #include <vector>
 
 #include "cuvae/backends/cpu/cpu_backend.h"
@@ -59,11 +60,13 @@ class Objectives : public ::testing::Test {
 // Stopped mid-stage (step 13 is in epoch 2, stage 2 of the schedule) and
 // resumed to step 36 (epoch 5, stage 3): the same bits as in one go.
 TEST_F(Objectives, EveryObjectiveResumesExactlyInTheMiddleOfAStage) {
-  for (const std::string objective : {"elbo", "iwae", "iwae-dreg"}) {
+  for (const std::string objective : {"elbo", "iwae", "iwae-dreg", "miwae", "piwae", "ciwae"}) {
     SCOPED_TRACE(objective);
-    const std::map<std::string, std::string> flags = {
+    std::map<std::string, std::string> flags = {
         {"--objective", objective}, {"--samples", "3"},     {"--activation", "tanh"},
         {"--init", "glorot"},       {"--schedule", "iwae"}, {"--adam-eps", "1e-4"}};
+    if (objective == "miwae" || objective == "piwae") flags["--outer-samples"] = "2";
+    if (objective == "ciwae") flags["--ciwae-beta"] = "0.25";
     auto with = [&](const std::string& steps) {
       auto f = flags;
       f["--max-steps"] = steps;
@@ -84,6 +87,17 @@ TEST_F(Objectives, EveryObjectiveResumesExactlyInTheMiddleOfAStage) {
     EXPECT_TRUE(same_bits(a.adam_v, b.adam_v)) << "Adam v differs";
     EXPECT_EQ(objective_name(b.config.objective.objective), objective);
     EXPECT_EQ(b.config.objective.samples, 3);
+    EXPECT_EQ(b.config.objective.outer_samples, objective == "miwae" || objective == "piwae" ? 2 : 1);
+    if (objective == "ciwae") {
+      EXPECT_EQ(b.config.objective.ciwae_beta, 0.25);
+    }
+    // The epoch line and metrics name the bound.
+    const std::string bound = objective == "miwae"   ? "miwae-2x3"
+                              : objective == "piwae" ? "piwae-2x3"
+                              : objective == "ciwae" ? "ciwae-0.25-3"
+                              : objective == "elbo"  ? "elbo-3"
+                                                     : "iwae-3";
+    EXPECT_TRUE(contains(read_file(whole + "/metrics.csv"), "," + bound + ",")) << read_file(whole + "/metrics.csv");
     EXPECT_EQ(b.config.arch.activation, Activation::kTanh);
     EXPECT_EQ(b.config.init, InitScheme::kGlorot);
     EXPECT_EQ(b.config.schedule, Schedule::kIwae);
@@ -253,12 +267,28 @@ TEST_F(Objectives, BadObjectiveFlagsAreRefused) {
   const std::string out = dir_ / "bad";
   for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
            {"--objective", "vae"}, {"--activation", "sigmoid"}, {"--init", "zeros"},
-           {"--schedule", "cosine"}, {"--samples", "0"}, {"--samples", "many"}, {"--adam-eps", "0"}}) {
+           {"--schedule", "cosine"}, {"--samples", "0"}, {"--samples", "many"}, {"--adam-eps", "0"},
+           {"--outer-samples", "0"}, {"--ciwae-beta", "1.5"}, {"--ciwae-beta", "-0.1"},
+           {"--ciwae-beta", "nan"}}) {
     SCOPED_TRACE(flag + " " + value);
     const RunResult r = run_vae(run(out, {{flag, value}}), dir_.path());
     expect_one_line_error(r, {flag}, {"must", "not", "one of"});
     EXPECT_FALSE(fs::exists(out));
   }
+  // Flags an objective has no use for: refused, naming the flag.
+  for (const auto& [objective, flag, value] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"iwae", "--outer-samples", "4"}, {"ciwae", "--outer-samples", "2"},
+           {"elbo", "--ciwae-beta", "0.5"}, {"miwae", "--ciwae-beta", "0.1"}}) {
+    SCOPED_TRACE(objective + " " + flag);
+    const RunResult bad = run_vae(run(out, {{"--objective", objective}, {flag, value}}), dir_.path());
+    expect_one_line_error(bad, {flag}, {"only"});
+    EXPECT_FALSE(fs::exists(out));
+  }
+  // M K samples per image above the most.
+  const RunResult many = run_vae(
+      run(out, {{"--objective", "miwae"}, {"--outer-samples", "1000"}, {"--samples", "1000"}}), dir_.path());
+  expect_one_line_error(many, {"--outer-samples"}, {"more than"});
+  EXPECT_FALSE(fs::exists(out));
   // B K decoder rows that cannot fit: says how much they need.
   const RunResult r = run_vae(run(out, {{"--samples", "100000"}, {"--batch-size", "400"}}), dir_.path());
   expect_one_line_error(r, {"--samples", "--batch-size"}, {"GiB"});
@@ -275,6 +305,36 @@ TEST_F(Objectives, ResumeRefusesAnotherObjective) {
     const RunResult r = run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", flag, value}, dir_.path());
     expect_one_line_error(r, {flag}, {"disagrees"});
   }
+}
+
+TEST_F(Objectives, ResumeRefusesChangedGroupsAndBeta) {
+  const std::string miwae = dir_ / "miwae", ciwae = dir_ / "ciwae";
+  expect_success(run_vae(run(miwae, {{"--objective", "miwae"}, {"--outer-samples", "2"}, {"--samples", "2"},
+                                     {"--max-steps", "3"}}),
+                         dir_.path()));
+  expect_success(run_vae(run(ciwae, {{"--objective", "ciwae"}, {"--ciwae-beta", "0.1"}, {"--samples", "2"},
+                                     {"--max-steps", "3"}}),
+                         dir_.path()));
+  const ModelFile file = load_model(ciwae + "/model.safetensors");
+  EXPECT_EQ(file.metadata.at("ciwae_beta"), "0.1");
+  EXPECT_EQ(file.metadata.at("train_bound"), "ciwae-0.1-2");
+  EXPECT_EQ(load_model(miwae + "/model.safetensors").metadata.at("outer_samples"), "2");
+  for (const auto& [out, flag, value] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {miwae, "--outer-samples", "4"}, {miwae, "--ciwae-beta", "0.1"}, {ciwae, "--ciwae-beta", "0.2"},
+           {ciwae, "--outer-samples", "2"}, {miwae, "--objective", "piwae"}}) {
+    SCOPED_TRACE(flag + " " + value);
+    const RunResult r = run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", flag, value}, dir_.path());
+    expect_one_line_error(r, {flag}, {"disagrees"});
+  }
+  // The same values are accepted; eval reads the models (its k is its own).
+  expect_success(run_vae({"train", "--resume", ciwae, "--data", data_, "--device", "cpu", "--ciwae-beta", "0.1",
+                          "--max-steps", "4"},
+                         dir_.path()));
+  const RunResult eval = run_vae({"eval", "--model", miwae + "/model.safetensors", "--data", data_, "--k", "10",
+                                  "--device", "cpu"},
+                                 dir_.path());
+  expect_success(eval);
+  EXPECT_TRUE(contains(eval.out, "NLL")) << eval.out;
 }
 
 TEST_F(Objectives, BadEvalFlagsAreRefusedBeforeEvaluating) {

@@ -48,8 +48,13 @@ namespace {
 constexpr int kImages = 8;          // the checked batch
 constexpr int kTrainImages = 20;    // the warm-up steps' batch
 constexpr int kWarmupSteps = 300;
-constexpr int kSampleCounts[] = {1, 3, 5};
-constexpr int kMaxSamples = 5;
+constexpr int kSampleCounts[] = {1, 3, 5, 6};  // S, the samples per image
+constexpr int kMaxSamples = 6;
+// miwae and piwae split S into M groups of K: M = 2 where S is even, else
+// M = S (K = 1); ciwae's beta. check_gradients_torch.py reads both from the
+// file's metadata.
+int outer_samples_for(int s) { return s % 2 == 0 ? 2 : s; }
+constexpr double kCiwaeBeta = 0.3;
 constexpr uint64_t kSeed = 20261201;
 
 struct Case {
@@ -145,7 +150,8 @@ int run(int argc, char** argv) {
       {"real-tanh", {200, 200}, 50, Activation::kTanh},
   };
   const std::pair<Objective, const char*> objectives[] = {
-      {Objective::kElbo, "elbo"}, {Objective::kIwae, "iwae"}, {Objective::kIwaeDreg, "iwae-dreg"}};
+      {Objective::kElbo, "elbo"},   {Objective::kIwae, "iwae"},   {Objective::kIwaeDreg, "iwae-dreg"},
+      {Objective::kMiwae, "miwae"}, {Objective::kPiwae, "piwae"}, {Objective::kCiwae, "ciwae"}};
 
   std::unique_ptr<Backend> backend = make_cpu_backend();
   SafetensorsFile file;
@@ -185,7 +191,13 @@ int run(int argc, char** argv) {
       upload(*backend, eps_dev, eps);
       for (const auto& [objective, objective_text] : objectives) {
         const std::string key = prefix + objective_text + ".K" + std::to_string(samples) + ".";
-        model.forward_backward(x_dev.get(), eps_dev.get(), kImages, ObjectiveConfig{objective, samples}, true);
+        ObjectiveConfig config{objective, samples};
+        if (has_outer_samples(objective)) {
+          config.outer_samples = outer_samples_for(samples);
+          config.samples = samples / config.outer_samples;
+        }
+        config.ciwae_beta = kCiwaeBeta;
+        model.forward_backward(x_dev.get(), eps_dev.get(), kImages, config, true);
         std::vector<float> bound(kImages);
         if (objective == Objective::kElbo) {
           std::vector<float> logprob(rows), kl(kImages);
@@ -210,8 +222,10 @@ int run(int argc, char** argv) {
   }
   case_list += "]";
   file.metadata["cases"] = case_list;
-  file.metadata["objectives"] = "elbo,iwae,iwae-dreg";
-  file.metadata["samples"] = "1,3,5";
+  file.metadata["objectives"] = "elbo,iwae,iwae-dreg,miwae,piwae,ciwae";
+  file.metadata["samples"] = "1,3,5,6";
+  file.metadata["outer_samples"] = "M = 2 where S is even, else M = S; K = S / M (miwae, piwae)";
+  file.metadata["ciwae_beta"] = "0.3";
   file.metadata["images"] = std::to_string(kImages);
   file.metadata["data"] = data;
   file.metadata["params"] = "glorot init, then " + std::to_string(kWarmupSteps) +

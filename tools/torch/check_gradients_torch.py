@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""cuvae's analytic gradients of elbo, iwae and iwae-dreg against PyTorch autograd in float64.
+"""cuvae's analytic gradients of elbo, iwae, iwae-dreg, miwae, piwae and ciwae against PyTorch autograd in float64.
 
 Usage:
     /usr/bin/python3 tools/torch/check_gradients_torch.py --file grads.safetensors [--dump build/cuvae_dump_gradients]
@@ -7,8 +7,10 @@ Usage:
 
 With --dump EXE it first runs `EXE FILE --mnist DIR` (tests/torch/dump_gradients.cpp), which writes, for a
 small network (784-32-16-4) and the real one (784-200-200-50), each with ReLU and with tanh: the
-parameters, a fixed batch of binarized MNIST images x, eps for K = 1, 3, 5, and cuvae's per-image bound
-and gradient of loss = -(1/B) sum_b bound_b for each objective and K. This script loads the same tensors,
+parameters, a fixed batch of binarized MNIST images x, eps for S = 1, 3, 5, 6 samples per image, and
+cuvae's per-image bound and gradient of loss = -(1/B) sum_b bound_b for each objective and S (the K
+column below; miwae and piwae split S into M = 2 groups of K = S/2 where S is even, else M = S groups
+of one; ciwae's beta is 0.3). This script loads the same tensors,
 computes the loss in float64 with torch autograd and compares every parameter tensor's gradient.
 
 The reference (the model of cuvae, include/cuvae/model/vae_model.h):
@@ -19,6 +21,10 @@ The reference (the model of cuvae, include/cuvae/model/vae_model.h):
   iwae-dreg: decoder gradient: IWAE's; encoder gradient: autograd of the surrogate
              sum_k stop(w~_k)^2 log w_k with log q evaluated at stop(mean), stop(sigma) (Tucker et al. 2019,
              as in their code), w~ = softmax_k log w_k.
+  miwae:     (1/M) sum_m log (1/K) sum_k w_mk (Rainforth et al. 2018), sample k of group m in row (b M + m) K + k
+  piwae:     decoder gradient: autograd of IWAE over all M K samples (the bound compared); encoder
+             gradient: autograd of MIWAE(M, K) of the same samples
+  ciwae:     beta (1/K) sum_k log w_k + (1 - beta) log (1/K) sum_k w_k
 
 Error measure, per tensor: max_i |g_i - r_i| / max_i |r_i| (the worst element's error relative to the
 tensor's scale; an element-wise relative error would be dominated by entries that are sums cancelling to
@@ -48,6 +54,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 LOG_2PI = math.log(2.0 * math.pi)
 TOL = 2e-4
 BOUND_TOL = 1e-5  # relative, on each image's bound
+CIWAE_BETA = 0.3  # tests/torch/dump_gradients.cpp's
+
+
+def outer_samples_for(S):
+    """miwae's and piwae's M for S samples per image (dump_gradients.cpp's rule)."""
+    return 2 if S % 2 == 0 else S
 TOLERANCE_NOTE = """\
 Tolerances. cuvae computes in float32 (unit roundoff 6e-8), the reference in float64 from the same
 float32 params, x and eps, so the difference is cuvae's rounding (and its BLAS's summation order).
@@ -127,6 +139,9 @@ def bound_and_grads(objective, enc, dec, x, eps, K, act, variant=None):
                  'sigma' (d(-log q)/dz = eps sigma instead of eps / sigma)
       iwae:      'no-direct' (log q at stopped mean/sigma: drops the direct d/dlog_std term)
       elbo:      'sampled-kl' (log p(z) - log q(z|x) sampled instead of the analytic KL)
+      miwae:     'iwae' (IWAE over all M K samples instead of the mean of M group bounds)
+      piwae:     'miwae-decoder' (the decoder on MIWAE too), 'iwae-encoder' (the encoder on IWAE too)
+      ciwae:     'swapped' (beta on the IWAE term, 1 - beta on the ELBO term)
     """
     params = [p for layer in enc + dec for p in layer]
     enc_p = [p for layer in enc for p in layer]
@@ -143,6 +158,21 @@ def bound_and_grads(objective, enc, dec, x, eps, K, act, variant=None):
         return bound.detach(), list(grads)
     logw = logpx + log_prior - log_normal(z, mean, log_std)
     bound = torch.logsumexp(logw, 1) - math.log(K)
+    if objective in ("miwae", "piwae", "ciwae"):
+        M = outer_samples_for(K) if objective != "ciwae" else 1
+        miwae = (torch.logsumexp(logw.reshape(B, M, K // M), 2) - math.log(K // M)).mean(1)
+        if objective == "ciwae":
+            beta = 1.0 - CIWAE_BETA if variant == "swapped" else CIWAE_BETA
+            ciwae = beta * logw.mean(1) + (1.0 - beta) * bound
+            return ciwae.detach(), list(torch.autograd.grad(-ciwae.sum() / B, params))
+        if objective == "miwae":
+            target = bound if variant == "iwae" else miwae
+            return miwae.detach(), list(torch.autograd.grad(-target.sum() / B, params))
+        dec_target = miwae if variant == "miwae-decoder" else bound
+        enc_target = bound if variant == "iwae-encoder" else miwae
+        dec_g = torch.autograd.grad(-dec_target.sum() / B, dec_p, retain_graph=True)
+        enc_g = torch.autograd.grad(-enc_target.sum() / B, enc_p)
+        return bound.detach(), list(enc_g) + list(dec_g)
     if objective == "iwae" and variant is None:
         return bound.detach(), list(torch.autograd.grad(-bound.sum() / B, params))
     # Decoder: IWAE's gradient.
@@ -174,7 +204,11 @@ WRONG_VARIANTS = {"elbo": [("sampled-kl", "sampled KL instead of analytic")],
                   "iwae": [("no-direct", "no direct d(-log q)/dlog_std term")],
                   "iwae-dreg": [("iwae", "IWAE encoder gradient instead of DReG"),
                                 ("stl", "w~ instead of w~^2 (STL)"),
-                                ("sigma", "d(-log q)/dz as eps*sigma, not eps/sigma")]}
+                                ("sigma", "d(-log q)/dz as eps*sigma, not eps/sigma")],
+                  "miwae": [("iwae", "IWAE over all M K instead of MIWAE")],
+                  "piwae": [("miwae-decoder", "decoder on MIWAE instead of IWAE"),
+                            ("iwae-encoder", "encoder on IWAE instead of MIWAE")],
+                  "ciwae": [("swapped", "beta and 1 - beta swapped")]}
 
 
 def tensor_error(g, r):
@@ -276,7 +310,9 @@ def main(argv=None):
                 if torch_reference is not None:
                     e3, d3 = fresh()
                     ep, dp = [q for l in e3 for q in l], [q for l in d3 for q in l]
-                    b3, sur = torch_reference.objective_forward(ep, dp, x, torch.full_like(x, 0.5), eps, obj, K, act)
+                    M = outer_samples_for(K) if obj in ("miwae", "piwae") else 1
+                    b3, sur = torch_reference.objective_forward(ep, dp, x, torch.full_like(x, 0.5), eps, obj,
+                                                                K // M, act, M, CIWAE_BETA)
                     torch_reference.objective_backward(ep, dp, b3, sur)
                     for tn, q in zip(tensor_names, ep + dp):
                         g = torch.from_numpy(tensors[key + "grad." + tn].astype(np.float64))
@@ -300,6 +336,8 @@ def main(argv=None):
                     for variant, what in WRONG_VARIANTS[obj]:
                         if K == 1 and variant == "stl":
                             continue  # w~ = 1: STL is DReG at K = 1
+                        if K == 1 and obj in ("miwae", "piwae", "ciwae"):
+                            continue  # one sample: MIWAE, IWAE and the sampled ELBO are one bound
                         enc2, dec2 = fresh()
                         _, wrong = bound_and_grads(obj, enc2, dec2, x, eps, K, act, variant)
                         wf = max(tensor_error(w, r) / TOL for w, r in zip(wrong, ref))

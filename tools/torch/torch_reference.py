@@ -3,8 +3,8 @@
 
 Usage:
     /usr/bin/python3 tools/torch/torch_reference.py --data data/mnist [--epochs 30] [--eval-k 100] [--json out.json]
-        [--objective elbo|iwae|iwae-dreg] [--samples K] [--activation relu|tanh] [--init small-normal|glorot]
-        [--adam-eps 1e-8]
+        [--objective elbo|iwae|iwae-dreg|miwae|piwae|ciwae] [--samples K] [--outer-samples M]
+        [--ciwae-beta B] [--activation relu|tanh] [--init small-normal|glorot] [--adam-eps 1e-8]
 
 (Use Debian's /usr/bin/python3, which has python3-torch; a pyenv python3 on PATH may lack torch.)
 
@@ -27,7 +27,13 @@ Model (same as cuvae, after the practice in shared/seed/000_dfccf9fb7559ecfd.txt
                  (Tucker et al. 2019, as in their code): autograd of sum_k stop(w~_k)^2 log w_k with
                  log q evaluated at stop(mean), stop(sigma), so the encoder's gradient flows through z_k
                  only; w~ = softmax_k log w_k.
-    The per-epoch value printed is the bound being trained ("elbo" or "iwae-K").
+      miwae      M = --outer-samples groups of K: (1/M) sum_m log (1/K) sum_k w_mk (Rainforth et al. 2018);
+                 eps row (b*M + m)*K + k, as cuvae.
+      piwae      decoder gradient: autograd of IWAE over all M*K samples (the bound printed); encoder
+                 gradient: autograd of MIWAE(M, K) of the same samples.
+      ciwae      beta (1/K) sum_k log w_k + (1 - beta) log (1/K) sum_k w_k, beta = --ciwae-beta.
+    The per-epoch value printed is the bound being trained ("elbo", "iwae-K", "miwae-MxK", "piwae-MxK"
+    (its value: IWAE over M*K), "ciwae-beta-K"), named as cuvae names it.
 """
 
 import argparse
@@ -239,19 +245,33 @@ def train_loss(enc, dec, pixels, u, eps):
     return -elbo, elbo.detach()
 
 
-def objective_forward(enc, dec, pixels, u, eps, objective, K, activation):
-    """Per-image bound [B] and, for iwae-dreg, the encoder's DReG surrogate [B] (else None).
+def bound_name_of(objective, K, M=1, beta=0.5):
+    """cuvae's name of the trained bound (vae_model.h's bound_name)."""
+    if objective in ("miwae", "piwae"):
+        return "%s-%dx%d" % (objective, M, K)
+    if objective == "ciwae":
+        text = repr(float(beta))  # the shortest text that reads back, as cuvae's format_beta
+        return "ciwae-%s-%d" % (text[:-2] if text.endswith(".0") else text, K)
+    if objective == "elbo":
+        return "elbo" if K == 1 else "elbo-%d" % K
+    return "iwae-%d" % K
 
-    eps is [B*K, L], sample k of image b in row b*K + k."""
+
+def objective_forward(enc, dec, pixels, u, eps, objective, K, activation, M=1, beta=0.5):
+    """Per-image bound [B] and, for iwae-dreg and piwae, the encoder's surrogate [B] (else None):
+    objective_backward gives the decoder the bound's gradient and the encoder the surrogate's.
+
+    eps is [B*M*K, L], sample k of group m of image b in row (b*M + m)*K + k (M = 1 but for miwae, piwae)."""
+    S = M * K if objective in ("miwae", "piwae") else K
     x = (pixels > u).to(pixels.dtype)
     h = mlp(enc, x, activation)
     B, L = x.shape[0], h.shape[1] // 2
     mean, log_std = h[:, :L], h[:, L:]
-    e = eps.reshape(B, K, L)
+    e = eps.reshape(B, S, L)
     sigma = torch.exp(log_std)
-    z = mean.unsqueeze(1) + sigma.unsqueeze(1) * e                                # [B,K,L]
-    f = mlp(dec, z.reshape(B * K, L), activation).reshape(B, K, -1)
-    logpx = (x.unsqueeze(1) * f - F.softplus(f)).sum(2)                          # [B,K]
+    z = mean.unsqueeze(1) + sigma.unsqueeze(1) * e                                # [B,S,L]
+    f = mlp(dec, z.reshape(B * S, L), activation).reshape(B, S, -1)
+    logpx = (x.unsqueeze(1) * f - F.softplus(f)).sum(2)                          # [B,S]
     if objective == "elbo":
         kl = 0.5 * (torch.exp(2.0 * log_std) + mean * mean - 1.0 - 2.0 * log_std).sum(1)
         return logpx.mean(1) - kl, None
@@ -261,7 +281,14 @@ def objective_forward(enc, dec, pixels, u, eps, objective, K, activation):
         v = (z - m.unsqueeze(1)) / torch.exp(ls).unsqueeze(1)
         return (-0.5 * v * v - ls.unsqueeze(1)).sum(2)
     logw = logpx + log_prior - log_q(mean, log_std)
+    if objective in ("miwae", "piwae"):
+        miwae = (torch.logsumexp(logw.reshape(B, M, K), 2) - math.log(K)).mean(1)
+        if objective == "miwae":
+            return miwae, None
+        return torch.logsumexp(logw, 1) - math.log(S), miwae
     bound = torch.logsumexp(logw, 1) - math.log(K)
+    if objective == "ciwae":
+        return beta * logw.mean(1) + (1.0 - beta) * bound, None
     if objective == "iwae":
         return bound, None
     logw_stop = logpx + log_prior - log_q(mean.detach(), log_std.detach())
@@ -270,7 +297,8 @@ def objective_forward(enc, dec, pixels, u, eps, objective, K, activation):
 
 
 def objective_backward(enc, dec, bound, surrogate):
-    """Sets .grad of every parameter to d(-mean bound)/d(param); DReG's encoder gradient when surrogate."""
+    """Sets .grad of every parameter to d(-mean bound)/d(param); with a surrogate (DReG's, PIWAE's MIWAE),
+    the encoder's to d(-mean surrogate)/d(param)."""
     if surrogate is None:
         (-bound.mean()).backward()
         return
@@ -332,9 +360,11 @@ def parse_args(argv=None):
     p.add_argument("--hidden", default="200,200", help="comma-separated hidden layer widths (encoder; decoder mirrors)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--adam-eps", type=float, default=1e-8, help="Adam's epsilon (the IWAE paper: 1e-4)")
-    p.add_argument("--objective", choices=["elbo", "iwae", "iwae-dreg"], default="elbo",
+    p.add_argument("--objective", choices=["elbo", "iwae", "iwae-dreg", "miwae", "piwae", "ciwae"], default="elbo",
                    help="the trained bound (see the module docstring)")
-    p.add_argument("--samples", type=int, default=1, help="K: samples of z per image")
+    p.add_argument("--samples", type=int, default=1, help="K: samples of z per image (per group: miwae, piwae)")
+    p.add_argument("--outer-samples", type=int, default=1, help="M: groups of K samples (miwae, piwae)")
+    p.add_argument("--ciwae-beta", type=float, default=0.5, help="ciwae's beta in [0, 1]")
     p.add_argument("--activation", choices=["relu", "tanh"], default="relu", help="hidden layers' nonlinearity")
     p.add_argument("--init", choices=["small-normal", "glorot"], default="small-normal",
                    help="parameter initialization (see the module docstring)")
@@ -414,8 +444,16 @@ def main(argv=None):
     dropped = N - steps_per_epoch * B
     L = args.latent_dim
     K = args.samples
-    bound_name = "elbo" if args.objective == "elbo" and K == 1 else \
-        ("elbo" if args.objective == "elbo" else "iwae") + "-%d" % K
+    M = args.outer_samples
+    if K < 1 or M < 1:
+        sys.exit("error: --samples and --outer-samples must be at least 1")
+    if M != 1 and args.objective not in ("miwae", "piwae"):
+        sys.exit("error: --outer-samples %d: objective %s has no groups of samples (only miwae and piwae do)"
+                 % (M, args.objective))
+    if not 0.0 <= args.ciwae_beta <= 1.0:
+        sys.exit("error: --ciwae-beta must be in [0, 1], got %g" % args.ciwae_beta)
+    S = M * K  # samples per image
+    bound_name = bound_name_of(args.objective, K, M, args.ciwae_beta)
     print("data %s: train %d, test %d; batch %d, %d steps/epoch%s; latent %d, hidden %s, lr %g, seed %d%s"
           % (data_dir, N, test_np.shape[0], B, steps_per_epoch,
              (" (last %d images dropped)" % dropped) if dropped else "",
@@ -436,7 +474,7 @@ def main(argv=None):
     train = torch.from_numpy(np.ascontiguousarray(train_np)).to(device)
 
     def forward_fn(enc, dec, pix, u, eps):
-        return objective_forward(enc, dec, pix, u, eps, args.objective, K, args.activation)
+        return objective_forward(enc, dec, pix, u, eps, args.objective, K, args.activation, M, args.ciwae_beta)
     loss_fn = forward_fn
     if args.compile:
         try:
@@ -463,7 +501,7 @@ def main(argv=None):
                 break
             pix = train[order[i * B:(i + 1) * B]] if order is not None else train[i * B:(i + 1) * B]
             u = torch.rand(pix.shape, generator=noise_gen, device=device)
-            eps = torch.randn(B * K, L, generator=noise_gen, device=device)  # K = 1: the seed's draw
+            eps = torch.randn(B * S, L, generator=noise_gen, device=device)  # S = 1: the seed's draw
             opt.zero_grad(set_to_none=True)
             bound, surrogate = loss_fn(enc, dec, pix, u, eps)
             objective_backward(enc, dec, bound, surrogate)
@@ -514,6 +552,7 @@ def main(argv=None):
             "config": {"data": data_dir, "epochs": args.epochs, "batch_size": B, "latent_dim": L,
                        "hidden": args.hidden_sizes, "lr": args.lr, "adam_betas": [0.9, 0.999],
                        "adam_eps": args.adam_eps, "objective": args.objective, "samples": K,
+                       "outer_samples": M, "ciwae_beta": args.ciwae_beta if args.objective == "ciwae" else None,
                        "bound": bound_name, "activation": args.activation, "init": args.init,
                        "init_std": 0.01 if args.init == "small-normal" else None,
                        "seed": args.seed, "shuffle": args.shuffle,

@@ -147,6 +147,18 @@ class Backend {
   // weights[b K + k] = w~_bk = w_bk / sum_j w_bj if weights is not null.
   virtual void importance_weights(const float* row_logprob, const float* row_log_ratio,
                                   int images, int samples, float* weights, float* row_bound) = 0;
+  // The grouped objectives (miwae, ciwae, piwae's encoder; vae_math.h): image b
+  // has M = groups groups of K = samples samples, sample k of group m in row
+  // (b M + m) K + k, and importance_weights ran on the B M groups, giving
+  // each group's L_K in group_bound and its normalized weights w~ in weights.
+  // In place, weights[r] becomes v = grouped_sample_weight(w~, beta, K, M)
+  // (an image's v sum to 1); row_bound[b] = (1/M) sum_m grouped_bound_term(
+  // sum_k log w_mk, L_K(m), beta, K), log w = row_logprob + row_log_ratio,
+  // the sums in double in order k, then m.
+  virtual void grouped_objective_weights(const float* row_logprob, const float* row_log_ratio,
+                                         const float* group_bound, int images, int groups,
+                                         int samples, float beta, float* weights,
+                                         float* row_bound) = 0;
   // The IWAE (dreg false) or DReG (dreg true) backward to the encoder
   // outputs, for loss = -scale sum_b L_K(b): dz (images * K rows) from the
   // decoder, whose Bernoulli gradient had weight scale * w~_bk on row b K + k;

@@ -21,6 +21,8 @@ struct BenchOptions {
   // The step's objective (samples = K per image) and hidden activation.
   std::string objective = "elbo";
   int samples = 1;
+  int outer_samples = 1;   // M (miwae, piwae)
+  double ciwae_beta = 0.5;  // ciwae
   std::string activation = "relu";
 };
 

@@ -22,6 +22,8 @@ CLI::Validator unsigned_integer();
 CLI::Validator learning_rate();
 // A path or name that is not empty.
 CLI::Validator non_empty();
+// A number in [0, 1] (ciwae's beta).
+CLI::Validator unit_interval();
 
 void add_device(CLI::App* app, std::string* device);
 void add_image_scale(CLI::App* app, int* scale);

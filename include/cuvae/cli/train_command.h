@@ -16,8 +16,10 @@ struct TrainOptions {
   std::string hidden = "200,200";
   double lr = 1e-3;
   double adam_eps = 1e-8;
-  std::string objective = "elbo";      // elbo, iwae, iwae-dreg
+  std::string objective = "elbo";      // elbo, iwae, iwae-dreg, miwae, piwae, ciwae
   int samples = 1;                     // K
+  int outer_samples = 1;               // M (miwae, piwae)
+  double ciwae_beta = 0.5;             // ciwae's beta
   std::string activation = "relu";     // relu, tanh
   std::string init = "small-normal";   // small-normal, glorot
   std::string schedule = "constant";   // constant, iwae
@@ -42,7 +44,8 @@ struct TrainOptions {
        given_lr = false, given_seed = false, given_shuffle = false, given_out = false,
        given_epochs = false, given_max_steps = false, given_adam_eps = false,
        given_objective = false, given_samples = false, given_activation = false,
-       given_init = false, given_schedule = false;
+       given_init = false, given_schedule = false, given_outer_samples = false,
+       given_ciwae_beta = false;
 };
 
 // Runs training as the options say, printing progress to stdout. Returns the

@@ -355,6 +355,40 @@ CUVAE_HD float importance_weighted_dz(float dz, float z, float eps, float sigma,
               : dz + scale * weight * z;
 }
 
+// ---------------------------------------------------------------------------
+// Objectives over groups of samples (Rainforth, Kosiorek, Le, Maddison, Igl,
+// Wood & Teh, "Tighter Variational Bounds are Not Necessarily Better", ICML 2018).
+//
+// Image b has M groups of K samples (M K in all; sample k of group m in row
+// (b M + m) K + k), log w_mk as above, and per group
+//   L_K(m)   = log (1/K) sum_k w_mk      (importance_weights over the B M groups)
+//   E_K(m)   = (1/K) sum_k log w_mk      (the K-sample ELBO with a sampled KL)
+// The objectives (beta in [0, 1]):
+//   miwae  M x K:  (1/M) sum_m L_K(m)
+//   ciwae  beta:   beta E_K + (1 - beta) L_K                (M = 1)
+//   piwae  M x K:  the decoder's gradient is IWAE's over all M K samples
+//                  (L_MK), the encoder's MIWAE(M, K)'s, from the same samples
+// Each is a sum over groups of bound(m) = beta E_K(m) + (1 - beta) L_K(m),
+// divided by M (miwae: beta = 0; ciwae: M = 1; iwae: M = 1, beta = 0), so its
+// gradient with respect to sample k's log w is one weight per sample,
+//   v_mk = (beta / K + (1 - beta) w~_mk) / M,   w~_mk = w_mk / sum_j w_mj,
+// and the v of an image sum to 1 (as IWAE's w~ do): the IWAE backward runs
+// unchanged with v in place of w~.
+
+// v_mk from the sample's normalized weight within its group.
+CUVAE_HD float grouped_sample_weight(float group_weight, float beta, int samples, int groups) {
+  return (beta / static_cast<float>(samples) + (1.0f - beta) * group_weight) /
+         static_cast<float>(groups);
+}
+
+// bound(m) = beta E_K(m) + (1 - beta) L_K(m), from the group's sum of log w
+// (in double) and its L_K; beta 0 is L_K exactly (no 0 * E term).
+CUVAE_HD double grouped_bound_term(double log_w_sum, double group_bound, float beta, int samples) {
+  return beta == 0.0f ? group_bound
+                      : static_cast<double>(beta) * (log_w_sum / samples) +
+                            (1.0 - static_cast<double>(beta)) * group_bound;
+}
+
 // Adam's hyper-parameters for one step t (1-based). 1 - beta, the step size
 // lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t) are computed once per step on
 // the host, in double: in float, 1 - 0.999f is 0.00099998713, off by 1.3e-5

@@ -11,6 +11,12 @@
 //   elbo       (1/K) sum_k log p(x|z_k) - KL(q(z|x) || p(z))   (analytic KL)
 //   iwae       log (1/K) sum_k w_k, w_k = p(x|z_k) p(z_k) / q(z_k|x)
 //   iwae-dreg  the same bound, the encoder's gradient by DReG (Tucker et al. 2019)
+//   miwae      M groups of K: (1/M) sum_m log (1/K) sum_k w_mk  (Rainforth et al. 2018)
+//   piwae      the decoder's gradient IWAE's over all M K samples, the encoder's MIWAE's
+//   ciwae      beta (1/K) sum_k log w_k + (1 - beta) log (1/K) sum_k w_k
+// Each objective's gradient with respect to sample k's log w is one weight
+// per sample (vae_math.h: importance weights, grouped_sample_weight); nothing
+// here assumes one stochastic layer beyond the rows of z the decoder reads.
 // The encoder runs on B rows, the decoder on B K (sample k of image b in row
 // b K + k). A dense layer computes
 // y = x W + b with W stored [in, out] row-major (the seed's np.dot(x, W) + b).
@@ -52,20 +58,36 @@ std::string format_widths(const std::vector<int>& widths);
 Activation parse_activation(const std::string& name, const std::string& what);
 std::string activation_name(Activation act);
 
-enum class Objective { kElbo, kIwae, kIwaeDreg };
-// "elbo" | "iwae" | "iwae-dreg" and back.
+enum class Objective { kElbo, kIwae, kIwaeDreg, kMiwae, kPiwae, kCiwae };
+// "elbo" | "iwae" | "iwae-dreg" | "miwae" | "piwae" | "ciwae" and back.
 Objective parse_objective(const std::string& name, const std::string& what);
 std::string objective_name(Objective objective);
-// What the epoch line and metrics.csv call the bound being trained:
-// "elbo" or "iwae-5" style names ("elbo-5" for the K = 5 ELBO).
-std::string bound_name(Objective objective, int samples);
+// Whether the objective has M groups of K samples (--outer-samples).
+bool has_outer_samples(Objective objective);
 
-// The training objective and its K samples per image.
+// The training objective and its samples per image: K (--samples) in each
+// of M groups (--outer-samples; miwae and piwae, 1 for the others), and
+// ciwae's beta (--ciwae-beta).
 struct ObjectiveConfig {
   Objective objective = Objective::kElbo;
   int samples = 1;
+  int outer_samples = 1;
+  double ciwae_beta = 0.5;
+  // M K: the decoder's rows per image.
+  int total_samples() const { return samples * outer_samples; }
+  // Throws cuvae::Error, one line naming the flag, unless K and M are in
+  // 1..kMaxSamples with M K <= kMaxSamples, M is 1 for the objectives without
+  // groups, and beta is in [0, 1].
+  void validate() const;
   static constexpr int kMaxSamples = 100000;
 };
+// What the epoch line and metrics.csv call the bound being trained: "elbo",
+// "iwae-5" ("elbo-5" for the K = 5 ELBO, "iwae-dreg" trains "iwae-5" too),
+// "miwae-8x8" and "piwae-8x8" (M x K), "ciwae-0.05-64" (beta, K).
+std::string bound_name(const ObjectiveConfig& objective);
+std::string bound_name(Objective objective, int samples);
+// beta's shortest text that reads back as the same double ("0.05").
+std::string format_beta(double beta);
 
 // How the parameters start (stream kInit of the seed).
 enum class InitScheme {
@@ -113,8 +135,10 @@ class Mlp {
   // `grads` at the layer's offsets and, if d_input is not null, dloss/d(input).
   // If row_scale is not null, row r of d_output is multiplied by
   // row_scale[r] first.
+  // With weight_gradients false, no weight gradient is computed (the bias
+  // gradients still are): the pass only carries d_output down to d_input.
   void backward(const float* params, float* grads, const float* input, float* d_output, int rows,
-                float* d_input, const float* row_scale = nullptr);
+                float* d_input, const float* row_scale = nullptr, bool weight_gradients = true);
 
  private:
   Backend& backend_;
@@ -167,6 +191,14 @@ class VaeModel {
   // row_log_ratio() (images * K rows), row_kl() (images rows) and, for the
   // IWAE objectives, row_bound() and sample_weights(); with
   // compute_gradients, gradients() receives d(-batch mean bound)/d(params).
+  // eps has images * M K rows for miwae and piwae (sample k of group m of
+  // image b in row (b M + m) K + k). row_bound() is each image's trained
+  // bound (piwae: the decoder's, L_MK) and sample_weights() the per-sample
+  // weights of the encoder's gradient (miwae, ciwae, piwae: v of vae_math.h).
+  // piwae runs the decoder's backward twice: once with the encoder's weights
+  // for dz only (no weight gradients; its bias gradients go to a scratch
+  // buffer), once with IWAE's weights over all M K samples for the decoder's
+  // parameters (no dz).
   void forward_backward(const float* x, const float* eps, int images,
                         const ObjectiveConfig& objective, bool compute_gradients);
   // The one-sample ELBO (the seed's objective).
@@ -203,6 +235,9 @@ class VaeModel {
   Mlp encoder_, decoder_;
   DeviceArray<float> z_, dlogits_, dz_, d_encoder_out_;
   DeviceArray<float> row_logprob_, row_kl_, row_log_ratio_, row_bound_, sample_weights_;
+  DeviceArray<float> group_bound_;  // L_K of each of the B M groups (miwae, piwae, ciwae)
+  // piwae's second set of weights and its decoder pass's scratch, made at its first step.
+  DeviceArray<float> decoder_weights_, piwae_dlogits_, piwae_scratch_grads_, piwae_bound_;
   const float* logits_ = nullptr;
   const float* encoder_out_ = nullptr;
 };

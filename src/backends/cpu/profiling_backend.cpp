@@ -88,6 +88,16 @@ void ProfilingBackend::importance_weights(const float* row_logprob, const float*
     inner_.importance_weights(row_logprob, row_log_ratio, images, samples, weights, row_bound);
   });
 }
+void ProfilingBackend::grouped_objective_weights(const float* row_logprob,
+                                                 const float* row_log_ratio,
+                                                 const float* group_bound, int images, int groups,
+                                                 int samples, float beta, float* weights,
+                                                 float* row_bound) {
+  timed("grouped_objective_weights", [&] {
+    inner_.grouped_objective_weights(row_logprob, row_log_ratio, group_bound, images, groups,
+                                     samples, beta, weights, row_bound);
+  });
+}
 void ProfilingBackend::importance_weighted_latent_backward(
     const float* dz, const float* encoder_out, const float* eps, const float* z,
     const float* weights, int images, int samples, int latent, float scale, bool dreg,

@@ -308,6 +308,12 @@ class CudaBackend final : public Backend {
     kernels::importance_weights(row_logprob, row_log_ratio, images, samples, weights, row_bound,
                                 target());
   }
+  void grouped_objective_weights(const float* row_logprob, const float* row_log_ratio,
+                                 const float* group_bound, int images, int groups, int samples,
+                                 float beta, float* weights, float* row_bound) override {
+    kernels::grouped_objective_weights(row_logprob, row_log_ratio, group_bound, images, groups,
+                                       samples, beta, weights, row_bound, target());
+  }
   void importance_weighted_latent_backward(const float* dz, const float* encoder_out,
                                            const float* eps, const float* z, const float* weights,
                                            int images, int samples, int latent, float scale,

@@ -64,6 +64,10 @@ void accumulate_elbo(const float* row_logprob, const float* row_kl, int images, 
 // kernels/importance_weights.cu
 void importance_weights(const float* row_logprob, const float* row_log_ratio, int images,
                         int samples, float* weights, float* row_bound, const LaunchTarget& on);
+void grouped_objective_weights(const float* row_logprob, const float* row_log_ratio,
+                               const float* group_bound, int images, int groups, int samples,
+                               float beta, float* weights, float* row_bound,
+                               const LaunchTarget& on);
 void importance_weighted_latent_backward(const float* dz, const float* encoder_out,
                                          const float* eps, const float* z, const float* weights,
                                          int images, int samples, int latent, float scale,
