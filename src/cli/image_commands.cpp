@@ -33,7 +33,7 @@ int run_images(const ImageOptions& o, const std::string& which) {
   if (which != "sample") test = load_mnist_split(o.data, false).images;
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   // Removed again if the command fails (e.g. the model does not fit the data).
-  OutputDirectory out_dir(o.out);
+  OutputDirectory out_dir(o.out, "--out", "vae " + which);
   std::unique_ptr<VaeModel> model =
       open_saved_model(*backend, o.model, file, kTaskImageRows);
   GridOptions grid;

@@ -75,7 +75,7 @@ int run_latents_command(const LatentsOptions& o) {
   }
 
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
-  OutputDirectory out_dir(o.out);  // removed again if the command fails
+  OutputDirectory out_dir(o.out, "--out", "vae latents");  // removed again if the command fails
   VaeModel model(*backend, arch, kEncodeRows);
   model.set_parameters(file.params);
   std::cout << "model: " << o.model << " (" << arch.describe() << ")\n";

@@ -57,7 +57,7 @@ int run_manifold_command(const ManifoldOptions& o) {
   if (latent > 2) test = load_mnist_split(o.data, false).images;
 
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
-  OutputDirectory out_dir(o.out);  // removed again if the command fails
+  OutputDirectory out_dir(o.out, "--out", "vae manifold");  // removed again if the command fails
   const int rows_needed = std::max(o.grid, latent > 2 ? kEncodeRows : 1);
   VaeModel model(*backend, arch, rows_needed);
   model.set_parameters(file.params);

@@ -543,13 +543,14 @@ class TrainingLoop {
 int run_train_command(const TrainOptions& o) {
   install_interrupt_handlers();
   const TrainRun run = resolve_run(o);
+  // Made here and locked for the run's life (one run per directory), stale
+  // temporaries of killed runs cleared; removed again if the run fails
+  // before writing anything into it.
+  const OutputDirectory out_dir(run.out, run.resuming && !o.given_out ? "--resume" : "--out", "vae train");
   const TrainData data = load_train_data(run);
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   std::cout << "data: " << run.data << ": " << (data.dataset == "unknown" ? "not a known data set" : data.dataset)
             << " (" << data.fingerprint << ")\n";
-  // Made here, stale temporaries of killed runs cleared; removed again if the
-  // run fails before writing anything into it.
-  const OutputDirectory out_dir(run.out);
   apply_step_options(*backend, o);
   Trainer trainer(*backend, run.config, data.train.images, trainer_options(o));
   const bool cuda = backend->name() == "cuda";

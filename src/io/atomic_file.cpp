@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -137,7 +138,25 @@ int remove_stale_temporaries(const std::string& dir) {
   return removed;
 }
 
-OutputDirectory::OutputDirectory(const std::string& dir) {
+namespace {
+
+// What the lock file says of its holder ("process 1234, vae train"), or a
+// fallback while the holder has not written it yet.
+std::string lock_holder(int fd) {
+  char text[256];
+  const ssize_t n = ::pread(fd, text, sizeof text - 1, 0);
+  std::string holder;
+  for (ssize_t i = 0; i < n && text[i] != '\n'; ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    holder += c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?';
+  }
+  return holder.empty() ? std::string("another vae process") : holder;
+}
+
+}  // namespace
+
+OutputDirectory::OutputDirectory(const std::string& dir, const std::string& flag, const std::string& command)
+    : lock_path_((std::filesystem::path(dir) / kOutputLockName).string()) {
   std::error_code ec;
   for (std::filesystem::path p(dir); !p.empty(); p = p.parent_path()) {
     if (std::filesystem::exists(std::filesystem::symlink_status(p, ec)) || p == p.parent_path()) break;
@@ -145,20 +164,53 @@ OutputDirectory::OutputDirectory(const std::string& dir) {
   }
   try {
     make_directories(dir);
+    lock_fd_ = ::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (lock_fd_ < 0) {
+      throw Error(flag + " " + dir + ": cannot open the lock file " + lock_path_ + ": " + std::strerror(errno));
+    }
+    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int saved = errno;
+      if (saved == EWOULDBLOCK) {
+        created_.clear();  // the holder's directory, even if it appeared just now: not ours to remove
+        throw Error(flag + " " + dir + " is in use by " + lock_holder(lock_fd_) +
+                    ": one command at a time writes an output directory; wait for it to end or choose another " +
+                    flag);
+      }
+      throw Error(flag + " " + dir + ": cannot lock " + lock_path_ + ": " + std::strerror(saved));
+    }
+    const std::string holder = "process " + std::to_string(::getpid()) + ", " + command + "\n";
+    if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, holder.data(), holder.size(), 0) < 0) {
+      // The lock holds without the note; the holder is then "another vae process".
+    }
   } catch (...) {
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+    lock_fd_ = -1;
     remove_created();
     throw;
   }
   remove_stale_temporaries(dir);
 }
 
-OutputDirectory::~OutputDirectory() { remove_created(); }
+OutputDirectory::~OutputDirectory() {
+  remove_created();
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the lock
+}
 
 void OutputDirectory::remove_created() {
   std::error_code ec;
+  if (created_.empty()) return;
+  // The lock file of a directory this command made, if it holds nothing
+  // else (a lock file of a directory that stays must stay: another command
+  // may have it open), then the directories: remove() takes a directory only
+  // when it is empty.
+  bool only_the_lock = true;
+  std::filesystem::directory_iterator it(created_.front(), ec);
+  for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    if (it->path().filename() != kOutputLockName) only_the_lock = false;
+  }
+  if (ec || !only_the_lock) return;
+  std::filesystem::remove(lock_path_, ec);
   for (const std::string& p : created_) {
-    // remove() takes a directory only when it is empty: one that holds
-    // anything stays.
     if (!std::filesystem::is_directory(std::filesystem::symlink_status(p, ec))) break;
     if (!std::filesystem::remove(p, ec)) break;
   }

@@ -235,6 +235,43 @@ TEST_F(Resume, FirstInterruptCheckpointsAndResumesExactly) {
   }
 }
 
+// Two trainings into one --out mixed their files (B's model beside A's
+// checkpoint). The directory is locked for a run's life: a second run is
+// refused before it writes anything, naming --out and the holder; once the
+// holder is gone (even by kill -9: the kernel releases the lock) it is free.
+TEST_F(Resume, ASecondRunIntoARunningRunsDirectoryIsRefused) {
+  const std::string out = dir_ / "shared";
+  VaeProcess a(tiny_run(data_, out, {{"--epochs", "2000"}, {"--seed", "1"}, {"--checkpoint-every", "1"}}),
+               dir_.path(), "a");
+  ASSERT_TRUE(wait_for_file(out + "/checkpoint.safetensors"));
+  const TrainState before = load_checkpoint(out + "/checkpoint.safetensors");
+  VaeProcess b(tiny_run(data_, out, {{"--seed", "2"}, {"--latent-dim", "2"}}), dir_.path(), "b");
+  const RunResult refused = b.wait();
+  expect_one_line_error(refused, {"--out " + out, "process " + std::to_string(a.pid()), "vae train"}, {"in use"});
+  // Resuming it while it runs is refused too, naming --resume.
+  VaeProcess c({"train", "--resume", out, "--data", data_, "--device", "cpu"}, dir_.path(), "c");
+  expect_one_line_error(c.wait(), {"--resume " + out, "process " + std::to_string(a.pid())}, {"in use"});
+  a.signal(SIGINT);
+  const RunResult stopped = a.wait();
+  EXPECT_EQ(stopped.exit_code, 128 + SIGINT) << describe(stopped);
+  const TrainState after = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_EQ(after.config.seed, 1u);
+  EXPECT_GE(after.step, before.step);
+  EXPECT_EQ(load_model(out + "/model.safetensors").arch.latent_dim, 3) << "B's model is in A's directory";
+  // kill -9 releases the lock with the process.
+  VaeProcess d(tiny_run(data_, out, {{"--epochs", "2000"}, {"--checkpoint-every", "1"}}), dir_.path(), "d");
+  const std::string holder = "process " + std::to_string(d.pid()) + ", vae train";
+  for (int i = 0; i < 30000 && !contains(read_file(out + "/.vae.lock"), holder); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_TRUE(contains(read_file(out + "/.vae.lock"), holder));
+  d.signal(SIGKILL);
+  d.wait();
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", "--max-steps",
+                          std::to_string(load_checkpoint(out + "/checkpoint.safetensors").step + 1)},
+                         dir_.path()));
+}
+
 // One step an epoch: every interrupt lands on an epoch's last step, whose
 // epoch end (line, metrics row, model, checkpoint) must come first, so that
 // the resume continues exactly, with the same metrics rows as a whole run.

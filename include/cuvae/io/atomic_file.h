@@ -32,13 +32,25 @@ void check_writable_file_path(const std::string& path);
 // how many went.
 int remove_stale_temporaries(const std::string& dir);
 
-// The output directory of a command: made (with its parents) and cleared of
-// stale temporaries on construction. Unless keep() is called, the directories
-// it had to make are removed again when it dies, if still empty, so a command
-// that fails leaves no empty directory behind.
+// The name of the lock file OutputDirectory holds in a directory.
+inline constexpr const char* kOutputLockName = ".vae.lock";
+
+// The output directory of a command: made (with its parents), locked, and
+// cleared of stale temporaries on construction. The lock is an advisory
+// flock() on DIR/.vae.lock, held for the object's life and released by the
+// kernel when the process ends however it ends (kill -9 included): a second
+// command given the same directory while the first runs is refused with
+// cuvae::Error naming `flag`, the directory and the holder (its process id
+// and command, written into the lock file), so two runs never mix their
+// files. The lock file stays in the directory. Unless keep() is called, the
+// directories it had to make are removed again when it dies, if they hold
+// nothing but the lock file, so a command that fails leaves no empty
+// directory behind.
 class OutputDirectory {
  public:
-  explicit OutputDirectory(const std::string& dir);
+  // `flag` names the directory in errors ("--out"), `command` the holder in
+  // the lock file ("vae train").
+  OutputDirectory(const std::string& dir, const std::string& flag, const std::string& command);
   ~OutputDirectory();
   OutputDirectory(const OutputDirectory&) = delete;
   OutputDirectory& operator=(const OutputDirectory&) = delete;
@@ -48,6 +60,8 @@ class OutputDirectory {
   void remove_created();
 
   std::vector<std::string> created_;  // deepest first
+  std::string lock_path_;
+  int lock_fd_ = -1;
 };
 
 }  // namespace cuvae
