@@ -224,6 +224,35 @@ TEST_F(BadInputBenchJson, DataPathThatIsNotUtf8IsWrittenAtomically) {
 }
 
 // ---------------------------------------------------------------------------
+// Standard output
+
+// eval, info and train wrote into /dev/full or a closed stdout and exited 0:
+// the results were lost without a word. A failed write is an error.
+TEST(BadInputOutputs, AFailedWriteToStandardOutputIsAnError) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::vector<std::vector<std::string>> commands = {
+      {"eval", "--model", shared().model, "--data", shared().data, "--k", "2", "--limit", "3", "--device", "cpu"},
+      {"info"},
+      train_args(shared().data, dir / "run")};
+  for (const std::vector<std::string>& args : commands) {
+    SCOPED_TRACE(args[0]);
+    // (The reason where the failed write is the last: an earlier flush that
+    // failed leaves only the stream's error flag.)
+    expect_one_line_error(run_vae_with_stdout(args, dir.path(), "/dev/full"), {"cannot write to standard output"},
+                          {"lost"});
+    expect_one_line_error(run_vae_with_stdout(args, dir.path(), ""), {"standard output"}, {"closed"});
+  }
+  // The closed stdout is not reused for a file the command opens.
+  EXPECT_FALSE(fs::exists(dir / "run/model.safetensors") &&
+               contains(read_file(dir / "run/model.safetensors"), "model:"));
+  // A regular file still works.
+  const RunResult ok = run_vae_with_stdout({"info"}, dir.path(), dir / "info.txt");
+  EXPECT_EQ(ok.exit_code, 0) << describe(ok);
+  EXPECT_TRUE(contains(read_file(dir / "info.txt"), "cuvae ")) << describe(ok);
+}
+
+// ---------------------------------------------------------------------------
 // What runs leave behind
 
 // A model whose input size (10x10) does not fit MNIST-sized test images.
