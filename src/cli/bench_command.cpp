@@ -181,7 +181,10 @@ int run_bench_command(const BenchOptions& o) {
     throw Error("--steps and --repeats must be at least 1, --warmup at least 0");
   }
   // Before the benchmark, not after minutes of it.
-  if (!o.json.empty()) check_writable_file_path(o.json);
+  if (!o.json.empty()) {
+    check_output_is_not_an_input("--json", o.json, data_set_inputs("--data", o.data));
+    check_writable_file_path(o.json);
+  }
   std::vector<std::string> devices;
   std::string why_not;
   const bool have_cuda = cuda_available(&why_not);

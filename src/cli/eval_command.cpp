@@ -70,6 +70,9 @@ int run_eval(const EvalOptions& o) {
   if (!o.bounds.empty()) request.bounds = parse_bounds(o.bounds, o.k);
   request.per_image = !o.per_image.empty();
   if (request.per_image) {
+    std::vector<std::pair<std::string, std::string>> inputs = data_set_inputs("--data", o.data);
+    inputs.emplace_back("--model", o.model);
+    check_output_is_not_an_input("--per-image", o.per_image, inputs);
     try {
       check_writable_file_path(o.per_image);  // before the long evaluation
     } catch (const Error& e) {

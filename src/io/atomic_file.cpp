@@ -86,6 +86,30 @@ void check_writable_file_path(const std::string& path) {
   if (::access(dir.c_str(), W_OK | X_OK) != 0) refuse("directory " + dir + ": " + std::strerror(errno));
 }
 
+void check_output_is_not_an_input(const std::string& flag, const std::string& output,
+                                  const std::vector<std::pair<std::string, std::string>>& inputs) {
+  struct stat out {};
+  if (::stat(output.c_str(), &out) != 0) return;
+  for (const auto& [input_flag, input] : inputs) {
+    struct stat in {};
+    if (::stat(input.c_str(), &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino) {
+      throw Error(flag + " " + output + " is the file of " + input_flag + " (" + input +
+                  "): writing it would replace an input of this command; choose another " + flag);
+    }
+  }
+}
+
+std::vector<std::pair<std::string, std::string>> data_set_inputs(const std::string& flag, const std::string& dir) {
+  std::vector<std::pair<std::string, std::string>> inputs;
+  for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                           "t10k-labels-idx1-ubyte"}) {
+    for (const char* suffix : {"", ".gz"}) {
+      inputs.emplace_back(flag, (std::filesystem::path(dir) / (std::string(name) + suffix)).string());
+    }
+  }
+  return inputs;
+}
+
 namespace {
 
 // The files vae writes into an output directory: only their temporaries are

@@ -223,6 +223,34 @@ TEST_F(BadInputBenchJson, DataPathThatIsNotUtf8IsWrittenAtomically) {
   }
 }
 
+// `eval --per-image` naming the model replaced it with a CSV, exit 0. An
+// output that is an input of the same command (same device and inode:
+// another spelling, a hard link) is refused before anything is written.
+TEST(BadInputOutputs, AnOutputThatIsAnInputIsRefused) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  fs::copy_file(shared().model, dir / "model.safetensors");
+  fs::create_hard_link(dir / "model.safetensors", dir / "link.safetensors");
+  const std::string model_bytes = read_file(dir / "model.safetensors");
+  for (const std::string& output : {dir / "model.safetensors", dir / "./model.safetensors", dir / "link.safetensors"}) {
+    SCOPED_TRACE(output);
+    expect_one_line_error(run_vae({"eval", "--model", dir / "model.safetensors", "--data", shared().data, "--k", "1",
+                                   "--device", "cpu", "--per-image", output},
+                                  dir.path()),
+                          {"--per-image " + output, "--model"}, {"input"});
+    EXPECT_EQ(read_file(dir / "model.safetensors"), model_bytes) << "the model was replaced";
+  }
+  const std::string test_images = shared().data + "/t10k-images-idx3-ubyte";
+  const std::string images_bytes = read_file(test_images);
+  expect_one_line_error(run_vae({"eval", "--model", dir / "model.safetensors", "--data", shared().data, "--k", "1",
+                                 "--device", "cpu", "--per-image", test_images},
+                                dir.path()),
+                        {"--per-image", "--data"}, {"input"});
+  expect_one_line_error(run_vae({"bench", "--data", shared().data, "--json", test_images}, dir.path()),
+                        {"--json", "--data"}, {"input"});
+  EXPECT_EQ(read_file(test_images), images_bytes);
+}
+
 // ---------------------------------------------------------------------------
 // Standard output
 

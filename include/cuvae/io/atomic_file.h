@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cuvae {
@@ -22,6 +23,18 @@ void make_directories(const std::string& dir);
 // a device such as /dev/full), or its directory is missing or not writable.
 // For commands that write a file at the end of a long run, to fail first.
 void check_writable_file_path(const std::string& path);
+
+// Throws cuvae::Error "FLAG OUTPUT is the file of INPUT_FLAG (INPUT): ..."
+// when `output` names the same file (device and inode, so through links and
+// other spellings) as one of `inputs` ({flag, path}): writing it would
+// replace an input of the same command. Inputs that do not exist, and an
+// output that does not, are no conflict.
+void check_output_is_not_an_input(const std::string& flag, const std::string& output,
+                                  const std::vector<std::pair<std::string, std::string>>& inputs);
+
+// The files of an MNIST-format directory (DIR/{train,t10k}-{images-idx3,
+// labels-idx1}-ubyte[.gz]), as --data inputs for check_output_is_not_an_input.
+std::vector<std::pair<std::string, std::string>> data_set_inputs(const std::string& flag, const std::string& dir);
 
 // Removes the temporaries of write_file_atomically in `dir` whose writer is
 // dead ("<name>.tmp.<pid>" where <name> is a file vae writes there: the
