@@ -7,6 +7,8 @@
 #include <limits>
 #include <string>
 
+#include "cuvae/io/checkpoint.h"
+
 namespace cuvae {
 
 namespace {
@@ -93,9 +95,9 @@ void add_device(CLI::App* app, std::string* device) {
       ->capture_default_str();
 }
 
-void add_image_scale(CLI::App* app, int* scale) {
-  app->add_option("--image-scale", *scale, "Scale each digit of the PNGs up by this integer factor")
-      ->check(integer_in(1, 16))
+CLI::Option* add_image_scale(CLI::App* app, int* scale) {
+  return app->add_option("--image-scale", *scale, "Scale each digit of the PNGs up by this integer factor")
+      ->check(integer_in(1, kMaxImageScale))
       ->capture_default_str();
 }
 

@@ -227,6 +227,8 @@ struct TrainRun {
   TrainConfig config;
   int epochs = 0;
   int64_t max_steps = 0;
+  int eval_every = 0, image_scale = 1;  // --eval-every, --image-scale
+  int64_t checkpoint_every = 0;         // --checkpoint-every
   std::string data, out;
   bool resuming = false;
   TrainState resumed;         // the checkpoint continued, when resuming
@@ -239,6 +241,9 @@ TrainRun resolve_run(const TrainOptions& o) {
   run.out = o.out;
   run.epochs = o.epochs;
   run.max_steps = o.max_steps;
+  run.eval_every = o.eval_every;
+  run.image_scale = o.image_scale;
+  run.checkpoint_every = o.checkpoint_every;
   run.resuming = !o.resume.empty();
   if (!run.resuming) {
     run.config = config_from_flags(o);
@@ -255,6 +260,9 @@ TrainRun resolve_run(const TrainOptions& o) {
   run.config = run.resumed.config;
   if (!o.given_epochs) run.epochs = run.resumed.epochs;
   if (!o.given_max_steps) run.max_steps = run.resumed.max_steps;
+  if (!o.given_eval_every) run.eval_every = run.resumed.eval_every;
+  if (!o.given_image_scale) run.image_scale = run.resumed.image_scale;
+  if (!o.given_checkpoint_every) run.checkpoint_every = run.resumed.checkpoint_every;
   check_resume_flags(o, run.config, run.resumed_path);
   return run;
 }
@@ -363,7 +371,7 @@ class TrainingLoop {
     VaeModel images_model(backend_, run_.config.arch, kTaskImageRows);
     images_model.set_parameters(trainer_.model().parameters());
     GridOptions grid;
-    grid.scale = o_.image_scale;
+    grid.scale = run_.image_scale;
     const uint64_t seed = run_.config.seed;
     const IdxImages& test = data_.test.images;
     std::vector<std::string> written = {model_path_, run_.out + "/metrics.csv", checkpoint_path_};
@@ -431,7 +439,7 @@ class TrainingLoop {
                                                  std::to_string(plan_.total_steps) + "; checkpoint written to " +
                                                  checkpoint_path_);
     }
-    if (o_.checkpoint_every > 0 && trainer_.steps_done() % static_cast<uint64_t>(o_.checkpoint_every) == 0) {
+    if (run_.checkpoint_every > 0 && trainer_.steps_done() % static_cast<uint64_t>(run_.checkpoint_every) == 0) {
       save_checkpoint(checkpoint_path_, snapshot(seconds));
     }
     return 0;
@@ -447,7 +455,7 @@ class TrainingLoop {
     const double elbo = trainer_.take_mean_elbo();
     const double rate = static_cast<double>(rows) / seconds;
     const double lr = scheduled_learning_rate(config.schedule, config.adam.lr, epoch - 1);
-    const double test_bound = o_.eval_every > 0 && (epoch % o_.eval_every == 0 || epoch == plan_.epochs)
+    const double test_bound = run_.eval_every > 0 && (epoch % run_.eval_every == 0 || epoch == plan_.epochs)
                                   ? test_set_bound(backend_, trainer_.model(), config, data_.test.images)
                                   : NAN;
     if (live_) std::printf("\r%*s\r", 72, "");
@@ -506,6 +514,9 @@ class TrainingLoop {
     s.config = run_.config;
     s.epochs = run_.epochs;
     s.max_steps = run_.max_steps;
+    s.eval_every = run_.eval_every;
+    s.checkpoint_every = run_.checkpoint_every;
+    s.image_scale = run_.image_scale;
     s.data_fingerprint = data_.fingerprint;
     s.step = trainer_.steps_done();
     s.params = trainer_.model().parameters();

@@ -26,18 +26,18 @@ Command add_train_command(CLI::App& app) {
   CLI::Option* activation_opt = train_cmd->add_option("--activation", train->activation, "Hidden layers' nonlinearity: relu (the seed) or tanh (the IWAE paper)")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
   CLI::Option* init_opt = train_cmd->add_option("--init", train->init, "small-normal (the seed: 0.01 N(0,1)) or glorot (the IWAE paper's code: Glorot-uniform weights, zero biases, output bias at the logit of the mean pixel)")->check(CLI::IsMember({"small-normal", "glorot"}))->capture_default_str();
   CLI::Option* schedule_opt = train_cmd->add_option("--schedule", train->schedule, "constant, or iwae: 8 stages of 3^i epochs at lr 10^(-i/7) (3280 epochs; --epochs cuts it)")->check(CLI::IsMember({"constant", "iwae"}))->capture_default_str();
-  train_cmd->add_option("--eval-every", train->eval_every, "Evaluate the trained bound on the test set every N epochs and at the end (0: never)")->check(integer_in(0, TrainConfig::kMaxEpochs))->capture_default_str();
+  CLI::Option* eval_every_opt = train_cmd->add_option("--eval-every", train->eval_every, "Evaluate the trained bound on the test set every N epochs and at the end (0: never)")->check(integer_in(0, TrainConfig::kMaxEpochs))->capture_default_str();
   CLI::Option* seed_opt = train_cmd->add_option("--seed", train->seed, "Seed of every random draw (init, binarization, eps, shuffles)")->check(unsigned_integer())->capture_default_str();
   CLI::Option* max_steps_opt = train_cmd->add_option("--max-steps", train->max_steps, "Stop after this many steps in all, a resumed run's earlier steps included (0: no limit)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
   CLI::Option* shuffle_opt = train_cmd->add_flag("--shuffle", train->shuffle, "Reshuffle the training images every epoch (default: dataset order, as the seed)");
-  train_cmd->add_option("--checkpoint-every", train->checkpoint_every, "Write OUT/checkpoint.safetensors every N steps (0: at the end of every epoch; always at the end and on Ctrl-C)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
-  train_cmd->add_option("--resume", train->resume, "Continue the run whose output directory is DIR, exactly, from DIR/checkpoint.safetensors; its architecture, batch size, lr, seed, shuffling and data are kept (--epochs, --max-steps, --out, --device, --checkpoint-every, --image-scale may change)")->check(non_empty());
+  CLI::Option* checkpoint_every_opt = train_cmd->add_option("--checkpoint-every", train->checkpoint_every, "Write OUT/checkpoint.safetensors every N steps (0: at the end of every epoch; always at the end and on Ctrl-C)")->check(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
+  train_cmd->add_option("--resume", train->resume, "Continue the run whose output directory is DIR, exactly, from DIR/checkpoint.safetensors; its architecture, batch size, lr, seed, shuffling and data are kept (--epochs, --max-steps, --eval-every, --checkpoint-every and --image-scale default to the checkpoint's; they, --out and --device may change)")->check(non_empty());
   train_cmd->add_flag("--tf32", train->tf32, "TF32 tensor-core math in the GEMMs (CUDA, sm_80 and newer): faster, about 1e-3 relative error per product; default FP32");
   train_cmd->add_flag("--gemm-epilogues", train->gemm_epilogues, "Dense layers as cuBLASLt GEMMs with fused bias+ReLU and ReLU-gradient+bias-gradient epilogues (CUDA; not yet measured on a GPU, so off by default)");
   train_cmd->add_flag("--two-branch-graph", train->two_branch_graph, "Run the weight-gradient GEMMs on a second stream, a second branch of the step's CUDA Graph, off the critical path (CUDA; not yet measured on a GPU, so off by default)");
   train_cmd->add_flag("--cuda-graph,!--no-cuda-graph", train->cuda_graph, "Replay each training step as one CUDA Graph (default; needs the training images resident)");
   train_cmd->add_option("--resident-data", train->resident_data, "Keep the training images in backend memory: auto (if they fit), on, off (stream each batch through pinned buffers)")->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
-  add_image_scale(train_cmd, &train->image_scale);
+  CLI::Option* image_scale_opt = add_image_scale(train_cmd, &train->image_scale);
   // Which flags were given: a resumed run checks those against its checkpoint.
   return {train_cmd, [=] {
             train->given_out = out_opt->count() > 0;
@@ -55,6 +55,9 @@ Command add_train_command(CLI::App& app) {
             train->given_shuffle = shuffle_opt->count() > 0;
             train->given_epochs = epochs_opt->count() > 0;
             train->given_max_steps = max_steps_opt->count() > 0;
+            train->given_eval_every = eval_every_opt->count() > 0;
+            train->given_checkpoint_every = checkpoint_every_opt->count() > 0;
+            train->given_image_scale = image_scale_opt->count() > 0;
             return run_train_command(*train);
           }};
 }

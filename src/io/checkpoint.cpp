@@ -121,6 +121,9 @@ void save_checkpoint(const std::string& path, const TrainState& s) {
                    {"step", std::to_string(s.step)},
                    {"epochs", std::to_string(s.epochs)},
                    {"max_steps", std::to_string(s.max_steps)},
+                   {"eval_every", std::to_string(s.eval_every)},
+                   {"checkpoint_every", std::to_string(s.checkpoint_every)},
+                   {"image_scale", std::to_string(s.image_scale)},
                    {"random", "Philox4x32-10; counters are (seed, stream, step, index): the step is the state"},
                    {"epoch_elbo_sum", exact(s.epoch_elbo_sum)},
                    {"epoch_rows", std::to_string(s.epoch_rows)},
@@ -168,6 +171,17 @@ TrainState load_checkpoint(const std::string& path) {
   s.epochs = static_cast<int>(unsigned_field(path, file, "epochs", 1, TrainConfig::kMaxEpochs));
   s.max_steps = static_cast<int64_t>(
       unsigned_field(path, file, "max_steps", 0, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+  // Added in issue 28; a checkpoint of an earlier build has the flags' defaults.
+  if (file.metadata.count("eval_every") != 0) {
+    s.eval_every = static_cast<int>(unsigned_field(path, file, "eval_every", 0, TrainConfig::kMaxEpochs));
+  }
+  if (file.metadata.count("checkpoint_every") != 0) {
+    s.checkpoint_every = static_cast<int64_t>(unsigned_field(
+        path, file, "checkpoint_every", 0, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+  }
+  if (file.metadata.count("image_scale") != 0) {
+    s.image_scale = static_cast<int>(unsigned_field(path, file, "image_scale", 1, kMaxImageScale));
+  }
   s.epoch_elbo_sum = double_field(path, file, "epoch_elbo_sum", any_finite, "a finite number");
   s.epoch_rows = unsigned_field(path, file, "epoch_rows");
   s.epoch_seconds = double_field(path, file, "epoch_seconds", nonnegative, "a finite number >= 0");

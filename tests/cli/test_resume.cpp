@@ -272,6 +272,51 @@ TEST_F(Resume, ASecondRunIntoARunningRunsDirectoryIsRefused) {
                          dir_.path()));
 }
 
+// Resume forgot --eval-every, --image-scale and --checkpoint-every: an
+// interrupted run with --eval-every 2 lost its test_bound column. They are
+// stored in the checkpoint and are a resume's defaults; given, they change.
+TEST_F(Resume, ResumeKeepsEvalEveryImageScaleAndCheckpointEvery) {
+  const std::string out = dir_ / "flags";
+  expect_success(run_vae(tiny_run(data_, out,
+                                  {{"--epochs", "4"}, {"--max-steps", "12"}, {"--eval-every", "2"},
+                                   {"--image-scale", "2"}, {"--checkpoint-every", "3"}}),
+                         dir_.path()));
+  const TrainState stopped = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_EQ(stopped.eval_every, 2);
+  EXPECT_EQ(stopped.image_scale, 2);
+  EXPECT_EQ(stopped.checkpoint_every, 3);
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", "--max-steps", "0"},
+                         dir_.path()));
+  // Epochs 2 and 4 (the last) have a test bound: the seventh column.
+  std::istringstream lines(read_file(out + "/metrics.csv"));
+  std::vector<std::string> test_bounds;
+  for (std::string line; std::getline(lines, line);) test_bounds.push_back(line.substr(line.rfind(',') + 1));
+  ASSERT_EQ(test_bounds.size(), 5u) << read_file(out + "/metrics.csv");
+  EXPECT_EQ(test_bounds[1], "");
+  EXPECT_NE(test_bounds[2], "");
+  EXPECT_EQ(test_bounds[3], "");
+  EXPECT_NE(test_bounds[4], "") << "the resumed run forgot --eval-every";
+  // --image-scale 2: the task images of 28x28 digits are twice as wide as
+  // at scale 1 (PNG width: big-endian at byte 16).
+  auto png_width = [](const std::string& png) {
+    return (uint32_t(uint8_t(png[16])) << 24) | (uint32_t(uint8_t(png[17])) << 16) |
+           (uint32_t(uint8_t(png[18])) << 8) | uint32_t(uint8_t(png[19]));
+  };
+  const std::string scaled = read_file(out + "/task_3_1.png");
+  ASSERT_GT(scaled.size(), 20u);
+  const TrainState ended = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_EQ(ended.eval_every, 2);
+  EXPECT_EQ(ended.image_scale, 2);
+  EXPECT_EQ(ended.checkpoint_every, 3);
+  // Given on resume, they change (and are stored).
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", "--epochs", "5",
+                          "--max-steps", "0", "--image-scale", "1", "--eval-every", "0"},
+                         dir_.path()));
+  EXPECT_EQ(png_width(read_file(out + "/task_3_1.png")) * 2, png_width(scaled));
+  EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").image_scale, 1);
+  EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").eval_every, 0);
+}
+
 // One step an epoch: every interrupt lands on an epoch's last step, whose
 // epoch end (line, metrics row, model, checkpoint) must come first, so that
 // the resume continues exactly, with the same metrics rows as a whole run.

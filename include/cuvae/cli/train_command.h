@@ -42,7 +42,8 @@ struct TrainOptions {
        given_lr = false, given_seed = false, given_shuffle = false, given_out = false,
        given_epochs = false, given_max_steps = false, given_adam_eps = false,
        given_objective = false, given_samples = false, given_activation = false,
-       given_init = false, given_schedule = false;
+       given_init = false, given_schedule = false, given_eval_every = false,
+       given_checkpoint_every = false, given_image_scale = false;
 };
 
 // Runs training as the options say, printing progress to stdout. Returns the

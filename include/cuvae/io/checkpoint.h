@@ -19,12 +19,20 @@
 
 namespace cuvae {
 
+// The largest --image-scale (the flag's range, checked in checkpoints too).
+inline constexpr int kMaxImageScale = 16;
+
 struct TrainState {
   TrainConfig config;
   std::string data_fingerprint;  // data_fingerprint() of the training images
   uint64_t step = 0;             // steps done
   int epochs = 0;                // the run's targets, the defaults of a resume
   int64_t max_steps = 0;
+  // The run's other flags, the defaults of a resume (checkpoints of earlier
+  // builds: 0, 0, 1, the flags' defaults).
+  int eval_every = 0;            // --eval-every
+  int64_t checkpoint_every = 0;  // --checkpoint-every
+  int image_scale = 1;           // --image-scale
   std::vector<float> params, adam_m, adam_v;
   // The current epoch's progress, so that its line after a resume reads as if
   // the run had not stopped.
