@@ -467,10 +467,14 @@ class TrainingLoop {
     check_finite(epoch, elbo, params);
     metrics_ += metrics_row(epoch, bound_, elbo, lr, seconds, rate, test_bound);
     const std::string csv = std::string(kMetricsHeader) + "\n" + metrics_;
-    write_file_atomically(run_.out + "/metrics.csv", csv.data(), csv.size());
+    // All three or none (a full disk fails the writing of the temporaries,
+    // before any rename); the checkpoint first.
+    AtomicFileSet files;
+    files.add(checkpoint_path_, checkpoint_bytes(checkpoint_path_, complete ? snapshot(0.0) : partial));
+    files.add(model_path_, model_file_bytes(model_path_, config.arch, params, model_metadata(epoch, elbo)));
+    files.add(run_.out + "/metrics.csv", csv.data(), csv.size());
+    files.commit();
     curve_.draw_after_epoch(epoch == plan_.epochs);
-    save_model(model_path_, config.arch, params, model_metadata(epoch, elbo));
-    save_checkpoint(checkpoint_path_, complete ? snapshot(0.0) : partial);
     if (const int signal_number = stop_requested()) {
       return report_interrupt(signal_number, "at the end of epoch " + std::to_string(epoch) + " (step " +
                                                  std::to_string(trainer_.steps_done()) + " of " +

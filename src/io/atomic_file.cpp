@@ -25,7 +25,11 @@ std::string parent_directory(const std::string& path) {
 
 }  // namespace
 
-void write_file_atomically(const std::string& path, const void* data, size_t size) {
+namespace {
+
+// Writes and fsyncs "<path>.tmp.<pid>"; returns its name. On failure it is
+// removed and cuvae::Error names `path`.
+std::string write_temporary(const std::string& path, const void* data, size_t size) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
@@ -45,8 +49,16 @@ void write_file_atomically(const std::string& path, const void* data, size_t siz
   }
   if (saved_errno == 0 && ::fsync(fd) != 0) saved_errno = errno;
   if (::close(fd) != 0 && saved_errno == 0) saved_errno = errno;
-  if (saved_errno == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) saved_errno = errno;
   if (saved_errno != 0) {
+    ::unlink(tmp.c_str());
+    throw Error("cannot write " + path + ": " + std::strerror(saved_errno));
+  }
+  return tmp;
+}
+
+void rename_into_place(const std::string& tmp, const std::string& path) {
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int saved_errno = errno;
     ::unlink(tmp.c_str());
     throw Error("cannot write " + path + ": " + std::strerror(saved_errno));
   }
@@ -55,6 +67,29 @@ void write_file_atomically(const std::string& path, const void* data, size_t siz
   if (dir_fd >= 0) {
     ::fsync(dir_fd);
     ::close(dir_fd);
+  }
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, const void* data, size_t size) {
+  rename_into_place(write_temporary(path, data, size), path);
+}
+
+AtomicFileSet::~AtomicFileSet() {
+  for (const auto& [tmp, path] : pending_) ::unlink(tmp.c_str());
+}
+
+void AtomicFileSet::add(const std::string& path, const void* data, size_t size) {
+  const std::string tmp = write_temporary(path, data, size);
+  pending_.emplace_back(tmp, path);
+}
+
+void AtomicFileSet::commit() {
+  while (!pending_.empty()) {
+    const auto [tmp, path] = pending_.front();
+    pending_.erase(pending_.begin());
+    rename_into_place(tmp, path);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "cuvae/error.h"
+#include "cuvae/io/atomic_file.h"
 #include "cuvae/io/safetensors.h"
 
 namespace cuvae {
@@ -97,6 +98,11 @@ std::string data_fingerprint(const IdxImages& images) {
 }
 
 void save_checkpoint(const std::string& path, const TrainState& s) {
+  const std::vector<char> bytes = checkpoint_bytes(path, s);
+  write_file_atomically(path, bytes.data(), bytes.size());
+}
+
+std::vector<char> checkpoint_bytes(const std::string& path, const TrainState& s) {
   const size_t n = ParameterLayout(s.config.arch).size();
   SafetensorsFile file;
   const std::vector<int64_t> shape{static_cast<int64_t>(n)};
@@ -129,7 +135,7 @@ void save_checkpoint(const std::string& path, const TrainState& s) {
                    {"epoch_rows", std::to_string(s.epoch_rows)},
                    {"epoch_seconds", exact(s.epoch_seconds)},
                    {"metrics_csv", s.metrics_csv}};
-  write_safetensors(path, file);
+  return safetensors_bytes(path, file);
 }
 
 TrainState load_checkpoint(const std::string& path) {

@@ -438,5 +438,34 @@ TEST_F(Resume, AFullDiskIsAClearErrorAndKeepsThePreviousCheckpoint) {
   }
 }
 
+// A full disk that let the model and metrics.csv through but not the larger
+// checkpoint left the folder inconsistent (model and metrics at step 16,
+// checkpoint at 8). The three are written all or none: here, none.
+TEST_F(Resume, AFullDiskNeverLeavesTheModelAheadOfTheCheckpoint) {
+  const std::string out = dir_ / "full";
+  expect_success(run_vae(tiny_run(data_, out, {{"--max-steps", "8"}}), dir_.path()));
+  const std::string model = read_file(out + "/model.safetensors");
+  const std::string metrics = read_file(out + "/metrics.csv");
+  const std::string checkpoint = read_file(out + "/checkpoint.safetensors");
+  ASSERT_LT(model.size(), 150000u);
+  ASSERT_GT(checkpoint.size(), 250000u);
+  struct rlimit old_limit;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct rlimit limit = old_limit;
+  limit.rlim_cur = 200000;  // a model file fits, a checkpoint does not
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  signal(SIGXFSZ, SIG_IGN);
+  const RunResult r = run_vae({"train", "--resume", out, "--data", data_, "--max-steps", "16"}, dir_.path());
+  setrlimit(RLIMIT_FSIZE, &old_limit);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_TRUE(contains(r.err, "cannot write " + out + "/checkpoint.safetensors")) << describe(r);
+  EXPECT_EQ(read_file(out + "/checkpoint.safetensors"), checkpoint);
+  EXPECT_EQ(read_file(out + "/model.safetensors"), model) << "the model is ahead of the checkpoint";
+  EXPECT_EQ(read_file(out + "/metrics.csv"), metrics) << "metrics.csv is ahead of the checkpoint";
+  for (const auto& entry : fs::directory_iterator(out)) {
+    EXPECT_FALSE(contains(entry.path().filename().string(), ".tmp.")) << entry.path();
+  }
+}
+
 }  // namespace
 }  // namespace cuvae

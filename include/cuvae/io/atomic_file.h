@@ -14,6 +14,26 @@ namespace cuvae {
 // (strerror).
 void write_file_atomically(const std::string& path, const void* data, size_t size);
 
+// Files that change together (a run's checkpoint, model and metrics.csv):
+// add() writes each to "<path>.tmp.<pid>" and fsyncs it; commit() renames
+// them all into place, in the order added. A failing add() (a full disk)
+// throws with every target as it was; temporaries not committed are removed
+// when the set dies. Only a kill between two renames (microseconds) can
+// leave some renamed and not others, the first added first.
+class AtomicFileSet {
+ public:
+  AtomicFileSet() = default;
+  ~AtomicFileSet();
+  AtomicFileSet(const AtomicFileSet&) = delete;
+  AtomicFileSet& operator=(const AtomicFileSet&) = delete;
+  void add(const std::string& path, const void* data, size_t size);
+  void add(const std::string& path, const std::vector<char>& bytes) { add(path, bytes.data(), bytes.size()); }
+  void commit();
+
+ private:
+  std::vector<std::pair<std::string, std::string>> pending_;  // {temporary, path}
+};
+
 // Creates `dir` and its parents if missing; throws cuvae::Error naming the
 // directory when it cannot be created or exists as something else.
 void make_directories(const std::string& dir);

@@ -46,6 +46,8 @@ struct TrainState {
 std::string data_fingerprint(const IdxImages& images);
 
 void save_checkpoint(const std::string& path, const TrainState& state);
+// What save_checkpoint writes to `path`, as bytes.
+std::vector<char> checkpoint_bytes(const std::string& path, const TrainState& state);
 // Throws cuvae::Error naming the path if the file is not a whole cuvae
 // checkpoint.
 TrainState load_checkpoint(const std::string& path);
