@@ -277,15 +277,15 @@ Command add_bench_command(CLI::App& app) {
   bench_cmd->add_option("--data", bench->data, "MNIST directory (generated images when absent)")->check(non_empty())->capture_default_str();
   bench_cmd->add_option("--device", bench->device, "all (every available backend), cpu or cuda")->check(CLI::IsMember({"all", "cpu", "cuda"}))->capture_default_str();
   bench_cmd->add_option("--batch-sizes", *bench_batches, "Batch sizes, comma-separated")->capture_default_str();
-  bench_cmd->add_option("--warmup", bench->warmup_steps, "Warm-up steps, not timed (a CUDA Graph step's two set-up runs come before them)")->check(integer_in(0, 100000))->capture_default_str();
-  bench_cmd->add_option("--steps", bench->steps, "Steps per timed repetition")->check(integer_in(1, 100000))->capture_default_str();
-  bench_cmd->add_option("--repeats", bench->repeats, "Timed repetitions; the median is reported")->check(integer_in(1, 1000))->capture_default_str();
+  bench_cmd->add_option("--warmup", bench->warmup_steps, "Warm-up steps, not timed (a CUDA Graph step's two set-up runs come before them)")->transform(integer_in(0, 100000))->capture_default_str();
+  bench_cmd->add_option("--steps", bench->steps, "Steps per timed repetition")->transform(integer_in(1, 100000))->capture_default_str();
+  bench_cmd->add_option("--repeats", bench->repeats, "Timed repetitions; the median is reported")->transform(integer_in(1, 1000))->capture_default_str();
   bench_cmd->add_option("--json", bench->json, "Also write the results as JSON to this file")->check(non_empty());
   bench_cmd->add_flag("--tf32", bench->tf32, "TF32 tensor-core GEMMs on the CUDA backend");
   bench_cmd->add_flag("--gemm-epilogues", bench->gemm_epilogues, "Dense layers with cuBLASLt epilogues on the CUDA backend");
   bench_cmd->add_flag("--two-branch-graph", bench->two_branch_graph, "Weight-gradient GEMMs on a second stream / graph branch (CUDA)");
   bench_cmd->add_option("--objective", bench->objective, "The step's objective: elbo, iwae or iwae-dreg")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg"}))->capture_default_str();
-  bench_cmd->add_option("--samples", bench->samples, "K samples per image (the decoder runs on batch * K rows)")->check(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
+  bench_cmd->add_option("--samples", bench->samples, "K samples per image (the decoder runs on batch * K rows)")->transform(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
   bench_cmd->add_option("--activation", bench->activation, "Hidden layers: relu or tanh")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench->cuda_graph, "Replay each step as a CUDA Graph (default)");
   return {bench_cmd, [bench, bench_batches] {

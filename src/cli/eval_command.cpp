@@ -124,9 +124,9 @@ Command add_eval_command(CLI::App& app) {
   add_model(eval_cmd, &eval->model);
   eval_cmd->add_option("--data", eval->data, "Directory with the MNIST IDX files")->check(non_empty())->capture_default_str();
   add_device(eval_cmd, &eval->device);
-  eval_cmd->add_option("--k", eval->k, "Importance samples per image")->check(integer_in(1, 100000))->capture_default_str();
-  eval_cmd->add_option("--limit", eval->limit, "Evaluate only the first N test images (0: all)")->check(non_negative_integer())->capture_default_str();
-  eval_cmd->add_option("--seed", eval->seed, "Seed of the fixed binarization and the samples")->check(unsigned_integer())->capture_default_str();
+  eval_cmd->add_option("--k", eval->k, "Importance samples per image")->transform(integer_in(1, 100000))->capture_default_str();
+  eval_cmd->add_option("--limit", eval->limit, "Evaluate only the first N test images (0: all)")->transform(non_negative_integer())->capture_default_str();
+  eval_cmd->add_option("--seed", eval->seed, "Seed of the fixed binarization and the samples")->transform(unsigned_integer())->capture_default_str();
   eval_cmd->add_option("--bounds", eval->bounds, "Also estimate the K-sample IWAE bounds L_k for these k, comma-separated (e.g. 1,5,50; each at most --k), from the same samples");
   eval_cmd->add_option("--per-image", eval->per_image, "Write each test image's estimated log-likelihood to this CSV file")->check(non_empty());
 

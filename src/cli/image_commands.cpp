@@ -71,7 +71,7 @@ std::vector<Command> add_image_commands(CLI::App& app) {
     cmd->add_option("--data", images->data, "Directory with the MNIST IDX files")->check(non_empty())->capture_default_str();
     cmd->add_option("--out", images->out, "Output directory")->check(non_empty())->capture_default_str();
     add_device(cmd, &images->device);
-    cmd->add_option("--seed", images->seed, "Seed of the random draws")->check(unsigned_integer())->capture_default_str();
+    cmd->add_option("--seed", images->seed, "Seed of the random draws")->transform(unsigned_integer())->capture_default_str();
     add_image_scale(cmd, &images->scale);
     commands.push_back({cmd, [images, which = name] { return run_images(*images, which); }});
   }

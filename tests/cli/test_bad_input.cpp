@@ -137,6 +137,33 @@ TEST_F(BadInputFlags, LargestValuesStillAccepted) {
   EXPECT_TRUE(contains(r.out, "18446744073709551615")) << r.out;
 }
 
+// CLI11 read a leading zero as octal and 0x as hex (--batch-size 020 trained
+// with batch 16, --seed 010 was seed 8, --limit 010 evaluated 8 images)
+// while --hidden 020 was 20: decimal everywhere.
+TEST_F(BadInputFlags, IntegersAreDecimalEverywhere) {
+  REQUIRE_SHARED();
+  const RunResult r = train({{"--batch-size", "020"}, {"--seed", "010"}, {"--hidden", "020"}, {"--max-steps", "02"}});
+  expect_success(r);
+  EXPECT_TRUE(contains(r.out, "batch 20,")) << r.out;
+  EXPECT_TRUE(contains(r.out, "seed 10,")) << r.out;
+  EXPECT_TRUE(contains(r.out, "(2 steps)")) << r.out;
+  EXPECT_TRUE(contains(r.out, "20 hidden")|| contains(r.out, "784-20-")) << r.out;
+  const RunResult e = run_vae({"eval", "--model", shared().model, "--data", shared().data, "--k", "02", "--limit",
+                               "010", "--device", "cpu"},
+                              dir.path());
+  expect_success(e);
+  EXPECT_TRUE(contains(e.out, "On 10 test images")) << e.out;
+  EXPECT_TRUE(contains(e.out, "\"k\":2")) << e.out;
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--batch-size", "0x10"}, {"--seed", "0x10"}, {"--epochs", "+3"}, {"--seed", " 5"}, {"--max-steps", "1e3"},
+           {"--hidden", "0x14"}, {"--latent-dim", "0b11"}}) {
+    SCOPED_TRACE(flag + " " + value);
+    expect_one_line_error(train({{flag, value}}), {flag}, {"decimal", "integer"});
+  }
+  expect_one_line_error(run_vae({"eval", "--model", shared().model, "--limit", "0x10"}, dir.path()), {"--limit"},
+                        {"decimal"});
+}
+
 // Adam applies the rate as a float: a subnormal one trains nothing.
 TEST_F(BadInputFlags, LearningRateThatIsNotANormalFloat) {
   for (const std::string lr : {"1e-320", "1e-39", "1e39"}) {
