@@ -1,6 +1,9 @@
 // vae eval: the test-set ELBO, the importance-sampled log-likelihood and the
 // K-sample bounds of a saved model (include/cuvae/model/evaluate.h).
+#include <signal.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +18,7 @@
 #include "cuvae/backends/backend.h"
 #include "cuvae/cli/commands.h"
 #include "cuvae/cli/flags.h"
+#include "cuvae/cli/interrupt.h"
 #include "cuvae/error.h"
 #include "cuvae/io/atomic_file.h"
 #include "cuvae/io/idx.h"
@@ -62,6 +66,7 @@ void write_per_image(const std::string& path, const std::vector<float>& log_like
 }
 
 int run_eval(const EvalOptions& o) {
+  install_interrupt_handlers();  // a Ctrl-C ends the evaluation between chunks, with one line
   const ModelFile file = load_model(o.model);  // bad models fail before the data is read
   EvalRequest request;
   request.k = o.k;
@@ -86,8 +91,18 @@ int run_eval(const EvalOptions& o) {
   std::unique_ptr<VaeModel> model = open_saved_model(*backend, o.model, file, chunk, o.k);
   const auto start = Clock::now();
   request.progress = eval_progress(start);
+  request.stop = [] { return stop_requested() != 0; };
   const EvalResult r = evaluate(*model, test, request);
   const double seconds = seconds_since(start);
+  if (r.stopped) {
+    if (::isatty(STDOUT_FILENO) != 0) std::printf("\n");
+    std::fflush(stdout);
+    const int signal_number = stop_requested();
+    std::cerr << "vae: interrupted by " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM") << " after " << r.images
+              << " of " << (o.limit > 0 ? std::min(o.limit, test.count) : test.count)
+              << " images; nothing written\n";
+    return 128 + signal_number;
+  }
   if (!std::isfinite(r.elbo) || !std::isfinite(r.nll)) {
     throw Error(o.model + ": the test-set ELBO or NLL is not finite (a diverged model?)");
   }

@@ -180,6 +180,7 @@ std::string upgraded_metrics_rows(const std::string& rows, double lr) {
 
 // The trained bound on the whole test set (fixed binarization, the run's
 // seed): the ELBO for elbo, the K-sample IWAE bound for the IWAE objectives.
+// NaN (no test bound) when a Ctrl-C stops it.
 double test_set_bound(Backend& backend, const VaeModel& model, const TrainConfig& c,
                       const IdxImages& test) {
   const int k = c.objective.samples;
@@ -188,7 +189,9 @@ double test_set_bound(Backend& backend, const VaeModel& model, const TrainConfig
   EvalRequest request;
   request.k = k;
   request.seed = c.seed;
+  request.stop = [] { return stop_requested() != 0; };  // the epoch's end is written without it
   const EvalResult r = evaluate(eval_model, test, request);
+  if (r.stopped) return NAN;
   return c.objective.objective == Objective::kElbo ? r.elbo : -r.nll;
 }
 

@@ -317,6 +317,49 @@ TEST_F(Resume, ResumeKeepsEvalEveryImageScaleAndCheckpointEvery) {
   EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").eval_every, 0);
 }
 
+// A Ctrl-C during the test-set evaluation of --eval-every was honoured only
+// when the evaluation ended (minutes on a full test set at large K). It is
+// checked between evaluation chunks: in train (the epoch's end is written
+// without its test bound, exit 130) and in vae eval (one line, exit 130).
+TEST_F(Resume, AnInterruptDuringTheTestSetEvaluationIsHonouredAtOnce) {
+  // 100 training images, 3000 test images: one step of 10, then a long evaluation
+  // (3000 images x K = 2000 through a 256-wide network, about a minute here).
+  const std::string data = dir_ / "big-test";
+  fs::create_directories(data);
+  write_file(fs::path(data) / kTrainImages, idx_images(100, kImagesMagic, 1));
+  write_file(fs::path(data) / kTrainLabels, idx_labels(100));
+  write_file(fs::path(data) / kTestImages, idx_images(3000, kImagesMagic, 2));
+  write_file(fs::path(data) / kTestLabels, idx_labels(3000));
+  const std::string out = dir_ / "eval-run";
+  VaeProcess train(train_args(data, out, {{"--hidden", "256"}, {"--samples", "2000"}, {"--objective", "iwae"}, {"--batch-size", "10"},
+                                          {"--eval-every", "1"}}),
+                   dir_.path(), "train");
+  // The lock file appears before the step; the step takes well under 2 s.
+  ASSERT_TRUE(wait_for_file(out + "/.vae.lock"));
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  const auto signalled = std::chrono::steady_clock::now();
+  train.signal(SIGINT);
+  const RunResult r = train.wait();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled).count();
+  EXPECT_EQ(r.exit_code, 130) << describe(r);
+  EXPECT_LT(seconds, 10.0) << "the interrupt waited for the evaluation";
+  const TrainState stopped = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_EQ(stopped.step, 1u);
+  EXPECT_TRUE(contains(read_file(out + "/metrics.csv"), "\n1,")) << read_file(out + "/metrics.csv");
+  // vae eval of that model: the same.
+  VaeProcess eval({"eval", "--model", out + "/model.safetensors", "--data", data, "--k", "2000", "--device", "cpu"},
+                  dir_.path(), "eval");
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const auto eval_signalled = std::chrono::steady_clock::now();
+  eval.signal(SIGINT);
+  const RunResult e = eval.wait();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - eval_signalled).count(), 10.0);
+  EXPECT_EQ(e.exit_code, 130) << describe(e);
+  EXPECT_TRUE(contains(e.err, "vae: interrupted by SIGINT after ")) << describe(e);
+  EXPECT_TRUE(contains(e.err, " of 3000 images; nothing written")) << describe(e);
+  EXPECT_FALSE(contains(e.out, "\"nll\"")) << describe(e);
+}
+
 // One step an epoch: every interrupt lands on an epoch's last step, whose
 // epoch end (line, metrics row, model, checkpoint) must come first, so that
 // the resume continues exactly, with the same metrics rows as a whole run.
