@@ -70,13 +70,26 @@ bool nonnegative(double v) { return v >= 0.0; }
 bool positive_normal(double v) { return v > 0.0 && std::isnormal(static_cast<float>(v)); }
 bool in_unit_interval(double v) { return v >= 0.0 && v < 1.0; }
 
+// A tensor of `size` values, all finite (and, for Adam's second moment,
+// none negative), as model files are checked: a damaged checkpoint would
+// otherwise resume and "diverge" at its first step.
 std::vector<float> tensor(const std::string& path, const SafetensorsFile& file,
-                          const std::string& name, size_t size) {
+                          const std::string& name, size_t size, bool nonnegative = false) {
   const Tensor* t = file.find(name);
   if (t == nullptr) throw Error(path + ": checkpoint has no tensor '" + name + "'");
   if (t->data.size() != size) {
     throw Error(path + ": checkpoint tensor '" + name + "' has " + std::to_string(t->data.size()) +
                 " values, the architecture needs " + std::to_string(size));
+  }
+  for (size_t i = 0; i < t->data.size(); ++i) {
+    const float v = t->data[i];
+    if (!std::isfinite(v) || (nonnegative && v < 0.0f)) {
+      char text[32];
+      std::snprintf(text, sizeof text, "%g", static_cast<double>(v));
+      throw Error(path + ": checkpoint tensor '" + name + "' has value " + text + " at index " + std::to_string(i) +
+                  (nonnegative ? ", not a finite number >= 0" : ", not a finite number") +
+                  " (a damaged checkpoint; resume from an earlier copy or start over)");
+    }
   }
   return t->data;
 }
@@ -195,7 +208,7 @@ TrainState load_checkpoint(const std::string& path) {
   const size_t n = ParameterLayout(arch).size();
   s.params = tensor(path, file, "params", n);
   s.adam_m = tensor(path, file, "adam.m", n);
-  s.adam_v = tensor(path, file, "adam.v", n);
+  s.adam_v = tensor(path, file, "adam.v", n, true);
   return s;
 }
 

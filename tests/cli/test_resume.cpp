@@ -179,6 +179,32 @@ TEST_F(Resume, CheckpointFieldsOutOfRangeAreRefused) {
   EXPECT_NO_THROW(load_checkpoint(path));
 }
 
+// A checkpoint with NaN or Inf in its parameters or Adam moments (or a
+// negative second moment) resumed and then "diverged in epoch 1"; it is
+// refused on load, as model files are.
+TEST_F(Resume, CheckpointTensorsThatAreNotFiniteAreRefused) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "3"}}), dir_.path()));
+  const std::string path = dir_ / "run/checkpoint.safetensors";
+  const SafetensorsFile good = read_safetensors(path);
+  for (const auto& [name, value] : std::vector<std::pair<std::string, float>>{
+           {"params", NAN}, {"adam.m", NAN}, {"adam.m", INFINITY}, {"adam.v", -INFINITY}, {"adam.v", -1.0f},
+           {"adam.v", NAN}}) {
+    SCOPED_TRACE(name + " " + std::to_string(value));
+    SafetensorsFile file = good;
+    for (Tensor& t : file.tensors) {
+      if (t.name == name) t.data[7] = value;
+    }
+    write_safetensors(path, file);
+    expect_one_line_error(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu",
+                                   "--max-steps", "6"},
+                                  dir_.path()),
+                          {path, "'" + name + "'", "index 7"}, {"not a finite number"});
+  }
+  write_safetensors(path, good);
+  expect_success(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu", "--max-steps", "6"},
+                         dir_.path()));
+}
+
 // The progress a checkpoint records must fit the run it continues.
 TEST_F(Resume, ProgressPastTheRunOrInconsistentIsRefused) {
   expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--epochs", "3"}, {"--max-steps", "19"}}), dir_.path()));
