@@ -121,6 +121,12 @@ void check_resumed_progress(const TrainState& r, const std::string& path, int st
                 ", but step " + std::to_string(r.step) + " at " + std::to_string(steps_per_epoch) +
                 " steps per epoch of " + std::to_string(r.config.batch_size) + " means " + std::to_string(rows));
   }
+  const uint64_t finished = r.step / static_cast<uint64_t>(steps_per_epoch) - (epoch_left_unfinished(r, steps_per_epoch) ? 1 : 0);
+  if (r.metrics_rows != finished) {
+    throw Error(path + ": checkpoint metadata 'metrics_csv' has " + std::to_string(r.metrics_rows) +
+                " rows, but step " + std::to_string(r.step) + " at " + std::to_string(steps_per_epoch) +
+                " steps per epoch means " + std::to_string(finished) + " finished epochs");
+  }
 }
 
 // "elbo, K = 1 sample per image" style, for the start-up lines.

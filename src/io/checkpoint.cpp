@@ -65,6 +65,57 @@ double double_field(const std::string& path, const SafetensorsFile& file, const 
   return value;
 }
 
+// metrics.csv's rows as a checkpoint stores them: epochs 1, 2, ... in order,
+// each "epoch,BOUND,bound,lr,seconds,images_per_s,test_bound" (BOUND the
+// run's bound name, test_bound possibly empty) or an earlier build's
+// "epoch,elbo,seconds,images_per_s"; numbers finite, times and rates >= 0.
+// Returns how many; throws naming the line otherwise.
+uint64_t check_metrics_rows(const std::string& path, const std::string& rows, const std::string& bound) {
+  uint64_t epoch = 0;
+  size_t at = 0;
+  while (at < rows.size()) {
+    const size_t end = rows.find('\n', at);
+    const std::string line = rows.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    ++epoch;
+    auto refuse = [&](const std::string& why) {
+      throw Error(path + ": checkpoint metadata 'metrics_csv' row " + std::to_string(epoch) + " is '" +
+                  printable_excerpt(line) + "': " + why);
+    };
+    if (end == std::string::npos) refuse("not ended by a newline (a truncated field)");
+    std::vector<std::string> fields;
+    for (size_t from = 0;;) {
+      const size_t comma = line.find(',', from);
+      fields.push_back(line.substr(from, comma == std::string::npos ? std::string::npos : comma - from));
+      if (comma == std::string::npos) break;
+      from = comma + 1;
+    }
+    if (fields.size() != 7 && fields.size() != 4) refuse("not a row of metrics.csv (7 fields, or 4 of an earlier build)");
+    if (fields[0] != std::to_string(epoch)) refuse("epochs must run 1, 2, 3, ... in order; expected " + std::to_string(epoch));
+    auto number = [&](size_t i, bool nonnegative_value, bool may_be_empty) {
+      if (may_be_empty && fields[i].empty()) return;
+      char* stop = nullptr;
+      const double v = std::strtod(fields[i].c_str(), &stop);
+      if (fields[i].empty() || *stop != '\0' || !std::isfinite(v) || (nonnegative_value && v < 0.0)) {
+        refuse("field " + std::to_string(i + 1) + " is not a " + (nonnegative_value ? "finite number >= 0" : "finite number"));
+      }
+    };
+    if (fields.size() == 7) {
+      if (fields[1] != bound && fields[1] != "elbo") refuse("field 2 is not the run's bound, " + bound);
+      number(2, false, false);
+      number(3, true, false);
+      number(4, true, false);
+      number(5, true, false);
+      number(6, false, true);
+    } else {
+      number(1, false, false);
+      number(2, true, false);
+      number(3, true, false);
+    }
+    at = end + 1;
+  }
+  return epoch;
+}
+
 bool any_finite(double) { return true; }
 bool nonnegative(double v) { return v >= 0.0; }
 bool positive_normal(double v) { return v > 0.0 && std::isnormal(static_cast<float>(v)); }
@@ -205,6 +256,7 @@ TrainState load_checkpoint(const std::string& path) {
   s.epoch_rows = unsigned_field(path, file, "epoch_rows");
   s.epoch_seconds = double_field(path, file, "epoch_seconds", nonnegative, "a finite number >= 0");
   s.metrics_csv = field(path, file, "metrics_csv");
+  s.metrics_rows = check_metrics_rows(path, s.metrics_csv, bound_name(s.config.objective.objective, s.config.objective.samples));
   const size_t n = ParameterLayout(arch).size();
   s.params = tensor(path, file, "params", n);
   s.adam_m = tensor(path, file, "adam.m", n);

@@ -205,6 +205,47 @@ TEST_F(Resume, CheckpointTensorsThatAreNotFiniteAreRefused) {
                          dir_.path()));
 }
 
+// A checkpoint's metrics rows were copied into metrics.csv unchecked
+// (garbage lines, epochs out of order or twice). They are checked like
+// every other field, and must be one per finished epoch.
+TEST_F(Resume, CheckpointMetricsRowsAreChecked) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "19"}}), dir_.path()));
+  const std::string path = dir_ / "run/checkpoint.safetensors";
+  const SafetensorsFile good = read_safetensors(path);
+  const std::string rows = good.metadata.at("metrics_csv");
+  const std::string row1 = rows.substr(0, rows.find('\n') + 1), row2 = rows.substr(rows.find('\n') + 1);
+  ASSERT_EQ(row2.substr(0, 2), "2,") << rows;
+  for (const auto& [value, why] : std::vector<std::pair<std::string, std::string>>{
+           {"garbage\n" + row2, "row 1 is 'garbage'"},
+           {row2 + row1, "expected 1"},
+           {row1 + row1, "expected 2"},
+           {row1 + "2,elbo,-1,0.001,1,2,3,4\n", "7 fields"},
+           {row1 + "2,elbo,nan,0.001,1,2,\n", "field 3"},
+           {row1 + "2,elbo,-1,0.001,-1,2,\n", "field 5"},
+           {row1 + row2.substr(0, row2.size() - 1), "newline"},
+           {row1 + std::string("2,\x01\xc3\xa9\\,1\n"), "'2,\\x01\\xc3\\xa9\\\\,1'"}}) {
+    SCOPED_TRACE(value);
+    SafetensorsFile file = good;
+    file.metadata["metrics_csv"] = value;
+    write_safetensors(path, file);
+    expect_one_line_error(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu",
+                                   "--max-steps", "24"},
+                                  dir_.path()),
+                          {path, "'metrics_csv'", why}, {});
+  }
+  // Whole rows, but one too few for the step.
+  SafetensorsFile file = good;
+  file.metadata["metrics_csv"] = row1;
+  write_safetensors(path, file);
+  expect_one_line_error(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu",
+                                 "--max-steps", "24"},
+                                dir_.path()),
+                        {path, "'metrics_csv' has 1 rows", "2 finished epochs"}, {});
+  write_safetensors(path, good);
+  expect_success(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu", "--max-steps", "24"},
+                         dir_.path()));
+}
+
 // The progress a checkpoint records must fit the run it continues.
 TEST_F(Resume, ProgressPastTheRunOrInconsistentIsRefused) {
   expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--epochs", "3"}, {"--max-steps", "19"}}), dir_.path()));

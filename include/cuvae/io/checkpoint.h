@@ -39,7 +39,8 @@ struct TrainState {
   double epoch_elbo_sum = 0.0;
   uint64_t epoch_rows = 0;
   double epoch_seconds = 0.0;
-  std::string metrics_csv;  // the rows of metrics.csv so far
+  std::string metrics_csv;  // the rows of metrics.csv so far, one per finished epoch
+  uint64_t metrics_rows = 0;  // how many (load_checkpoint counts them)
 };
 
 // Image count, shape and CRC-32 of the pixels: refuses resuming on other data.
