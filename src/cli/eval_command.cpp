@@ -106,7 +106,13 @@ int run_eval(const EvalOptions& o) {
   if (!std::isfinite(r.elbo) || !std::isfinite(r.nll)) {
     throw Error(o.model + ": the test-set ELBO or NLL is not finite (a diverged model?)");
   }
-  if (request.per_image) write_per_image(o.per_image, r.log_likelihood);
+  if (request.per_image) {
+    try {
+      write_per_image(o.per_image, r.log_likelihood);
+    } catch (const Error& e) {
+      throw Error(std::string("--per-image: ") + e.what());
+    }
+  }
   std::string bounds_text;
   nlohmann::json bounds = nlohmann::json::object();
   for (const auto& [k, value] : r.bounds) {

@@ -23,6 +23,19 @@ std::string parent_directory(const std::string& path) {
   return parent.empty() ? std::string(".") : parent.string();
 }
 
+// "<path>.tmp.<pid>", its file name cut to NAME_MAX (255) bytes: a legal
+// 250-byte name would otherwise fail as "File name too long" at the end of a
+// long run. (remove_stale_temporaries only knows vae's own short names.)
+std::string temporary_path(const std::string& path) {
+  const std::string suffix = ".tmp." + std::to_string(::getpid());
+  const size_t slash = path.rfind('/');
+  const size_t name_from = slash == std::string::npos ? 0 : slash + 1;
+  const size_t name_size = path.size() - name_from;
+  constexpr size_t kNameMax = 255;
+  if (name_size + suffix.size() <= kNameMax) return path + suffix;
+  return path.substr(0, name_from + (kNameMax - suffix.size())) + suffix;
+}
+
 }  // namespace
 
 namespace {
@@ -30,7 +43,7 @@ namespace {
 // Writes and fsyncs "<path>.tmp.<pid>"; returns its name. On failure it is
 // removed and cuvae::Error names `path`.
 std::string write_temporary(const std::string& path, const void* data, size_t size) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const std::string tmp = temporary_path(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     throw Error("cannot write " + path + ": " + std::strerror(errno));
@@ -119,6 +132,16 @@ void check_writable_file_path(const std::string& path) {
   if (::stat(dir.c_str(), &st) != 0) refuse("directory " + dir + ": " + std::strerror(errno));
   if (!S_ISDIR(st.st_mode)) refuse(dir + " is not a directory");
   if (::access(dir.c_str(), W_OK | X_OK) != 0) refuse("directory " + dir + ": " + std::strerror(errno));
+  // What access() cannot tell (root passes it everywhere; /proc, a read-only
+  // file system, a name too long): create the temporary and remove it.
+  const std::string tmp = temporary_path(path);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    if (errno == EEXIST) return;  // ours from an earlier call: creatable
+    refuse("cannot create a file in " + dir + ": " + std::strerror(errno));
+  }
+  ::close(fd);
+  ::unlink(tmp.c_str());
 }
 
 void check_output_is_not_an_input(const std::string& flag, const std::string& output,

@@ -278,6 +278,29 @@ TEST(BadInputOutputs, AnOutputThatIsAnInputIsRefused) {
   EXPECT_EQ(read_file(test_images), images_bytes);
 }
 
+// --per-image with a legal 250-byte name failed after the whole evaluation
+// ("File name too long": the temporary's name was longer), and
+// --per-image /proc/version said "No such file or directory" without the
+// flag. Output paths are checked up front by creating the temporary.
+TEST(BadInputOutputs, PerImagePathsAreCheckedUpFront) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string long_name = dir / std::string(250, 'p');
+  const RunResult ok = run_vae({"eval", "--model", shared().model, "--data", shared().data, "--k", "1", "--device",
+                                "cpu", "--per-image", long_name},
+                               dir.path());
+  expect_success(ok);
+  EXPECT_TRUE(contains(read_file(long_name), "image,log_likelihood\n")) << describe(ok);
+  expect_one_line_error(run_vae({"eval", "--model", shared().model, "--data", shared().data, "--k", "1", "--device",
+                                 "cpu", "--per-image", "/proc/version"},
+                                dir.path()),
+                        {"--per-image", "/proc/version"}, {"cannot"});
+  expect_one_line_error(run_vae({"eval", "--model", shared().model, "--data", shared().data, "--k", "1", "--device",
+                                 "cpu", "--per-image", dir / std::string(256, 'p')},
+                                dir.path()),
+                        {"--per-image"}, {"File name too long"});
+}
+
 // ---------------------------------------------------------------------------
 // Standard output
 

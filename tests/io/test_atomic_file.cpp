@@ -73,6 +73,17 @@ TEST_F(AtomicFileHelpers, WritablePathCheck) {
                 ": No such file or directory");
   EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path(path("old.json/x")); }),
             "cannot write " + path("old.json/x") + ": Not a directory");
+  // A name of 250 bytes is legal; its temporary is kept within 255.
+  const std::string long_name = path(std::string(250, 'n'));
+  EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path(long_name); }), "");
+  const std::string text = "written";
+  EXPECT_NO_THROW(cuvae::write_file_atomically(long_name, text.data(), text.size()));
+  std::ifstream in(long_name);
+  EXPECT_TRUE(in.good());
+  EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path(path(std::string(256, 'n'))); }),
+            "cannot write " + path(std::string(256, 'n')) + ": File name too long");
+  // access() says yes to root everywhere; creating a file says no.
+  EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path("/proc/version"); }).rfind("cannot write /proc/version: ", 0), 0u);
   EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path("/dev/full"); }),
             "cannot write /dev/full: exists and is not a regular file");
   ASSERT_EQ(::mkfifo(path("fifo").c_str(), 0600), 0);
