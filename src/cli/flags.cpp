@@ -44,7 +44,7 @@ CLI::Validator integer_in(int64_t lo, int64_t hi, const std::string& description
       [lo, hi](std::string& input) -> std::string {
         long long value = 0;
         const Parsed parsed = parse_integer(input, std::strtoll, &value);
-        if (parsed == Parsed::kNotANumber) return "'" + input + "' is not a decimal integer";
+        if (parsed == Parsed::kNotANumber) return "'" + input + "' is not an integer (decimal digits only)";
         if (parsed == Parsed::kOutOfRange || value < lo || value > hi) {
           return "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi) +
                  ", got " + input;
