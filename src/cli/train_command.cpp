@@ -244,6 +244,18 @@ struct TrainRun {
   std::string resumed_path;   // its file
 };
 
+// A new run (or a resumed one written elsewhere) into an --out that holds
+// another run's checkpoint would replace it silently: refused unless
+// --overwrite says so.
+void refuse_replacing_a_run(const TrainRun& run, const TrainOptions& o) {
+  const std::string existing = run.out + "/checkpoint.safetensors";
+  std::error_code ec;
+  if (o.overwrite || !std::filesystem::exists(std::filesystem::symlink_status(existing, ec))) return;
+  if (run.resuming && std::filesystem::equivalent(run.out, o.resume, ec)) return;
+  throw Error("--out " + run.out + " holds a run (" + existing + "): continue it with --resume " + run.out +
+              ", or give --overwrite to start over there (its checkpoint, model and metrics are replaced)");
+}
+
 TrainRun resolve_run(const TrainOptions& o) {
   TrainRun run;
   run.data = o.data;
@@ -571,6 +583,7 @@ int run_train_command(const TrainOptions& o) {
   // temporaries of killed runs cleared; removed again if the run fails
   // before writing anything into it.
   const OutputDirectory out_dir(run.out, run.resuming && !o.given_out ? "--resume" : "--out", "vae train");
+  refuse_replacing_a_run(run, o);
   const TrainData data = load_train_data(run);
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   std::cout << "data: " << run.data << ": " << (data.dataset == "unknown" ? "not a known data set" : data.dataset)

@@ -326,7 +326,9 @@ TEST_F(Resume, ASecondRunIntoARunningRunsDirectoryIsRefused) {
   EXPECT_GE(after.step, before.step);
   EXPECT_EQ(load_model(out + "/model.safetensors").arch.latent_dim, 3) << "B's model is in A's directory";
   // kill -9 releases the lock with the process.
-  VaeProcess d(tiny_run(data_, out, {{"--epochs", "2000"}, {"--checkpoint-every", "1"}}), dir_.path(), "d");
+  std::vector<std::string> over_a = tiny_run(data_, out, {{"--epochs", "2000"}, {"--checkpoint-every", "1"}});
+  over_a.push_back("--overwrite");
+  VaeProcess d(over_a, dir_.path(), "d");
   const std::string holder = "process " + std::to_string(d.pid()) + ", vae train";
   for (int i = 0; i < 30000 && !contains(read_file(out + "/.vae.lock"), holder); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -425,6 +427,31 @@ TEST_F(Resume, AnInterruptDuringTheTestSetEvaluationIsHonouredAtOnce) {
   EXPECT_TRUE(contains(e.err, "vae: interrupted by SIGINT after ")) << describe(e);
   EXPECT_TRUE(contains(e.err, " of 3000 images; nothing written")) << describe(e);
   EXPECT_FALSE(contains(e.out, "\"nll\"")) << describe(e);
+}
+
+// `train --out` into an existing run without --resume silently replaced its
+// checkpoint: refused, naming --resume and --overwrite; --overwrite starts
+// over; a resume into its own folder needs neither.
+TEST_F(Resume, ANewRunIntoAnExistingRunNeedsOverwrite) {
+  const std::string out = dir_ / "existing";
+  expect_success(run_vae(tiny_run(data_, out, {{"--max-steps", "3"}, {"--seed", "5"}}), dir_.path()));
+  const std::string checkpoint = read_file(out + "/checkpoint.safetensors");
+  expect_one_line_error(run_vae(tiny_run(data_, out, {{"--max-steps", "2"}}), dir_.path()),
+                        {"--out " + out, "--resume", "--overwrite"}, {"holds a run"});
+  EXPECT_EQ(read_file(out + "/checkpoint.safetensors"), checkpoint);
+  // Resuming another run into it is refused too.
+  expect_success(run_vae(tiny_run(data_, dir_ / "other", {{"--max-steps", "2"}}), dir_.path()));
+  expect_one_line_error(run_vae({"train", "--resume", dir_ / "other", "--out", out, "--data", data_, "--device", "cpu",
+                                 "--max-steps", "4"},
+                                dir_.path()),
+                        {"--out " + out, "--overwrite"}, {"holds a run"});
+  EXPECT_EQ(read_file(out + "/checkpoint.safetensors"), checkpoint);
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", "--max-steps", "4"}, dir_.path()));
+  std::vector<std::string> over = tiny_run(data_, out, {{"--max-steps", "2"}});
+  over.push_back("--overwrite");
+  expect_success(run_vae(over, dir_.path()));
+  EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").step, 2u);
+  EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").config.seed, 0u);
 }
 
 // One step an epoch: every interrupt lands on an epoch's last step, whose

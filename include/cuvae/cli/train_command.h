@@ -28,6 +28,7 @@ struct TrainOptions {
   int image_scale = 1;
   int64_t checkpoint_every = 0;  // steps; 0: at the end of every epoch
   std::string resume;            // a run's output directory, or empty
+  bool overwrite = false;        // start over in an --out that holds another run
   // How the steps run (never what they compute, except tf32).
   bool tf32 = false;
   bool gemm_epilogues = false;  // cuBLASLt epilogues (CUDA); changes summation order
