@@ -148,7 +148,7 @@ Command add_eval_command(CLI::App& app) {
   eval_cmd->add_option("--k", eval->k, "Importance samples per image")->transform(integer_in(1, 100000))->capture_default_str();
   eval_cmd->add_option("--limit", eval->limit, "Evaluate only the first N test images (0: all)")->transform(non_negative_integer())->capture_default_str();
   eval_cmd->add_option("--seed", eval->seed, "Seed of the fixed binarization and the samples")->transform(unsigned_integer())->capture_default_str();
-  eval_cmd->add_option("--bounds", eval->bounds, "Also estimate the K-sample IWAE bounds L_k for these k, comma-separated (e.g. 1,5,50; each at most --k), from the same samples");
+  eval_cmd->add_option("--bounds", eval->bounds, "Also estimate the K-sample IWAE bounds L_k for these k, comma-separated (e.g. 1,5,50; each at most --k), from the same samples")->check(non_empty());
   eval_cmd->add_option("--per-image", eval->per_image, "Write each test image's estimated log-likelihood to this CSV file")->check(non_empty());
 
   return {eval_cmd, [eval] { return run_eval(*eval); }};

@@ -116,6 +116,17 @@ std::optional<int> parse_command_line(CLI::App& app, const std::vector<Command>&
       std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
     }
     return 2;
+  } catch (const CLI::ArgumentMismatch& e) {
+    // CLI11 says "--seed: At Most 1 required but received 2" of a repeated flag.
+    const std::string what = e.what(), marker = ": At Most 1 required but received ";
+    const size_t at = what.find(marker);
+    if (at != std::string::npos) {
+      std::cerr << "vae: error: " << what.substr(0, at) << " given " << what.substr(at + marker.size())
+                << " times; give it once (see vae --help)\n";
+    } else {
+      std::cerr << "vae: error: " << what << " (see vae --help)\n";
+    }
+    return 2;
   } catch (const CLI::ParseError& e) {
     std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
     return 2;

@@ -187,6 +187,7 @@ TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
       {"--data", {"reconstruct", "--model", "m", "--data", ""}},
       {"--model", {"eval", "--model", ""}},
       {"--data", {"eval", "--model", "m", "--data", ""}},
+      {"--bounds", {"eval", "--model", "m", "--bounds", ""}},  // was accepted silently
       {"--data", {"bench", "--device", "cpu", "--batch-sizes", "10", "--warmup", "0", "--steps",
                   "1", "--repeats", "1", "--data", ""}},
       {"--json", {"bench", "--device", "cpu", "--batch-sizes", "10", "--warmup", "0", "--steps",
