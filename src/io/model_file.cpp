@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <unordered_map>
 
 #include "cuvae/error.h"
@@ -62,6 +63,11 @@ std::vector<char> model_file_bytes(const std::string& path, const Architecture& 
 ModelFile load_model(const std::string& path) {
   const SafetensorsFile file = read_safetensors(path);
   const auto format = file.metadata.find("format");
+  if (format != file.metadata.end() && format->second == "cuvae-checkpoint/1") {
+    const std::string beside = (std::filesystem::path(path).parent_path() / "model.safetensors").string();
+    throw Error(path + " is a training checkpoint, not a model file: pass the run's model, " + beside +
+                " (a checkpoint continues a run: vae train --resume)");
+  }
   if (format == file.metadata.end() || format->second != kFormat) {
     throw Error(path + ": not a cuvae model (metadata 'format' is not '" + kFormat + "')");
   }

@@ -200,6 +200,27 @@ TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
 
+// A checkpoint passed as a model said "not a cuvae model": say what it is
+// and which file to pass.
+TEST_F(BadInputFlags, ACheckpointPassedAsAModelIsNamed) {
+  REQUIRE_SHARED();
+  const std::string checkpoint = fs::path(shared().model).parent_path() / "checkpoint.safetensors";
+  const std::string model = fs::path(shared().model).parent_path() / "model.safetensors";
+  expect_one_line_error(run_vae({"eval", "--model", checkpoint, "--data", shared().data}, dir.path()),
+                        {checkpoint, model}, {"is a training checkpoint"});
+  expect_one_line_error(run_vae({"sample", "--model", checkpoint, "--out", dir / "s"}, dir.path()),
+                        {checkpoint, model}, {"is a training checkpoint"});
+}
+
+// A repeated flag said "At Most 1 required but received 2".
+TEST_F(BadInputFlags, ARepeatedFlagIsNamed) {
+  std::vector<std::string> args = train_args(dir / "data", dir / "out");
+  args.insert(args.end(), {"--seed", "1", "--seed", "2"});
+  expect_one_line_error(run_vae(args, dir.path()), {"--seed given 2 times"}, {"give it once"});
+  expect_one_line_error(run_vae({"eval", "--model", "m", "--k", "1", "--k", "2", "--k", "3"}, dir.path()),
+                        {"--k given 3 times"}, {"give it once"});
+}
+
 TEST_F(BadInputFlags, UnknownSubcommandListsEverySubcommand) {
   const RunResult r = run_vae({"bogus"}, dir.path());
   expect_one_line_error(r, {"bogus", "train", "sample", "reconstruct", "interpolate", "eval",
