@@ -144,9 +144,9 @@ __global__ void importance_weights_block_kernel(const float* __restrict__ row_lo
   }
 }
 
-// grouped_objective_weights: one thread per image, its M groups and K
-// samples in the CPU's order (k, then m), so both backends add the same
-// doubles in the same order. Training sizes (B images, M K of at most a few
+// grouped_objective_weights: one thread per image, each running
+// vae_math.h's grouped_objective_image, as the CPU does, so both backends add
+// the same doubles in the same order. Training sizes (B images, M K of at most a few
 // hundred) make this a small pass next to the decoder's GEMMs.
 __global__ void grouped_objective_weights_kernel(const float* __restrict__ row_logprob,
                                                  const float* __restrict__ row_log_ratio,
@@ -155,18 +155,7 @@ __global__ void grouped_objective_weights_kernel(const float* __restrict__ row_l
                                                  float* __restrict__ weights,
                                                  float* __restrict__ row_bound) {
   for (int b = blockIdx.x * blockDim.x + threadIdx.x; b < images; b += gridDim.x * blockDim.x) {
-    double bound = 0.0;
-    for (int m = 0; m < groups; ++m) {
-      const size_t group = static_cast<size_t>(b) * groups + m;
-      const size_t first = group * samples;
-      double log_w_sum = 0.0;
-      for (int k = 0; k < samples; ++k) {
-        log_w_sum += static_cast<double>(log_weight(row_logprob + first, row_log_ratio + first, k));
-        weights[first + k] = grouped_sample_weight(weights[first + k], beta, samples, groups);
-      }
-      bound += grouped_bound_term(log_w_sum, static_cast<double>(group_bound[group]), beta, samples);
-    }
-    row_bound[b] = static_cast<float>(bound / groups);
+    row_bound[b] = grouped_objective_image(row_logprob, row_log_ratio, group_bound, b, groups, samples, beta, weights);
   }
 }
 

@@ -198,6 +198,56 @@ inline RunResult run_vae(const std::vector<std::string>& args, const fs::path& c
   return process.wait(timeout_seconds);
 }
 
+// Runs vae to completion with its stdout on `stdout_path` (a device such as
+// /dev/full, a file) or, if empty, closed; stderr is captured. For the
+// promise that a failed write of results is an error.
+inline RunResult run_vae_with_stdout(const std::vector<std::string>& args, const fs::path& cwd,
+                                     const std::string& stdout_path, int timeout_seconds = 120) {
+  RunResult result;
+  result.command = "vae";
+  for (const std::string& arg : args) result.command += " '" + arg + "'";
+  result.command += stdout_path.empty() ? " >&-" : " > " + stdout_path;
+  const fs::path err_path = cwd / ".vae_stderr_stdout_test";
+  std::vector<std::string> argv_storage = {CUVAE_VAE_BINARY};
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& arg : argv_storage) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int in = ::open("/dev/null", O_RDONLY);
+    const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (in < 0 || err < 0 || ::dup2(in, 0) < 0 || ::dup2(err, 2) < 0 || ::chdir(cwd.c_str()) != 0) ::_exit(126);
+    if (stdout_path.empty()) {
+      ::close(1);
+    } else {
+      const int out = ::open(stdout_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (out < 0 || ::dup2(out, 1) < 0) ::_exit(126);
+    }
+    if (in > 2) ::close(in);
+    if (err > 2) ::close(err);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      result.timed_out = true;
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) result.signal = WTERMSIG(status);
+  result.err = read_file(err_path);
+  std::error_code ignored;
+  fs::remove(err_path, ignored);
+  return result;
+}
+
 inline std::string describe(const RunResult& r) {
   std::ostringstream s;
   s << r.command << "\n  exit " << r.exit_code << ", signal " << r.signal

@@ -185,7 +185,10 @@ int run_bench_command(const BenchOptions& o) {
     throw Error("--steps and --repeats must be at least 1, --warmup at least 0");
   }
   // Before the benchmark, not after minutes of it.
-  if (!o.json.empty()) check_writable_file_path(o.json);
+  if (!o.json.empty()) {
+    check_output_is_not_an_input("--json", o.json, data_set_inputs("--data", o.data));
+    check_writable_file_path(o.json);
+  }
   std::vector<std::string> devices;
   std::string why_not;
   const bool have_cuda = cuda_available(&why_not);
@@ -278,17 +281,17 @@ Command add_bench_command(CLI::App& app) {
   bench_cmd->add_option("--data", bench->data, "MNIST directory (generated images when absent)")->check(non_empty())->capture_default_str();
   bench_cmd->add_option("--device", bench->device, "all (every available backend), cpu or cuda")->check(CLI::IsMember({"all", "cpu", "cuda"}))->capture_default_str();
   bench_cmd->add_option("--batch-sizes", *bench_batches, "Batch sizes, comma-separated")->capture_default_str();
-  bench_cmd->add_option("--warmup", bench->warmup_steps, "Warm-up steps, not timed (a CUDA Graph step's two set-up runs come before them)")->check(integer_in(0, 100000))->capture_default_str();
-  bench_cmd->add_option("--steps", bench->steps, "Steps per timed repetition")->check(integer_in(1, 100000))->capture_default_str();
-  bench_cmd->add_option("--repeats", bench->repeats, "Timed repetitions; the median is reported")->check(integer_in(1, 1000))->capture_default_str();
+  bench_cmd->add_option("--warmup", bench->warmup_steps, "Warm-up steps, not timed (a CUDA Graph step's two set-up runs come before them)")->transform(integer_in(0, 100000))->capture_default_str();
+  bench_cmd->add_option("--steps", bench->steps, "Steps per timed repetition")->transform(integer_in(1, 100000))->capture_default_str();
+  bench_cmd->add_option("--repeats", bench->repeats, "Timed repetitions; the median is reported")->transform(integer_in(1, 1000))->capture_default_str();
   bench_cmd->add_option("--json", bench->json, "Also write the results as JSON to this file")->check(non_empty());
   bench_cmd->add_flag("--tf32", bench->tf32, "TF32 tensor-core GEMMs on the CUDA backend");
   bench_cmd->add_flag("--gemm-epilogues", bench->gemm_epilogues, "Dense layers with cuBLASLt epilogues on the CUDA backend");
   bench_cmd->add_flag("--two-branch-graph", bench->two_branch_graph, "Weight-gradient GEMMs on a second stream / graph branch (CUDA)");
   bench_cmd->add_option("--objective", bench->objective, "The step's objective: elbo, iwae, iwae-dreg, miwae, piwae or ciwae")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg", "miwae", "piwae", "ciwae"}))->capture_default_str();
-  bench_cmd->add_option("--outer-samples", bench->outer_samples, "M groups of K samples per image (miwae and piwae only)")->check(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
+  bench_cmd->add_option("--outer-samples", bench->outer_samples, "M groups of K samples per image (miwae and piwae only)")->transform(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
   bench_cmd->add_option("--ciwae-beta", bench->ciwae_beta, "ciwae's beta in [0, 1]")->check(unit_interval())->capture_default_str();
-  bench_cmd->add_option("--samples", bench->samples, "K samples per image (the decoder runs on batch * K rows)")->check(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
+  bench_cmd->add_option("--samples", bench->samples, "K samples per image (the decoder runs on batch * K rows)")->transform(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
   bench_cmd->add_option("--activation", bench->activation, "Hidden layers: relu or tanh")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench->cuda_graph, "Replay each step as a CUDA Graph (default)");
   return {bench_cmd, [bench, bench_batches] {

@@ -1,6 +1,9 @@
 // vae eval: the test-set ELBO, the importance-sampled log-likelihood and the
 // K-sample bounds of a saved model (include/cuvae/model/evaluate.h).
+#include <signal.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +18,7 @@
 #include "cuvae/backends/backend.h"
 #include "cuvae/cli/commands.h"
 #include "cuvae/cli/flags.h"
+#include "cuvae/cli/interrupt.h"
 #include "cuvae/error.h"
 #include "cuvae/io/atomic_file.h"
 #include "cuvae/io/idx.h"
@@ -62,6 +66,7 @@ void write_per_image(const std::string& path, const std::vector<float>& log_like
 }
 
 int run_eval(const EvalOptions& o) {
+  install_interrupt_handlers();  // a Ctrl-C ends the evaluation between chunks, with one line
   const ModelFile file = load_model(o.model);  // bad models fail before the data is read
   EvalRequest request;
   request.k = o.k;
@@ -70,6 +75,9 @@ int run_eval(const EvalOptions& o) {
   if (!o.bounds.empty()) request.bounds = parse_bounds(o.bounds, o.k);
   request.per_image = !o.per_image.empty();
   if (request.per_image) {
+    std::vector<std::pair<std::string, std::string>> inputs = data_set_inputs("--data", o.data);
+    inputs.emplace_back("--model", o.model);
+    check_output_is_not_an_input("--per-image", o.per_image, inputs);
     try {
       check_writable_file_path(o.per_image);  // before the long evaluation
     } catch (const Error& e) {
@@ -83,12 +91,28 @@ int run_eval(const EvalOptions& o) {
   std::unique_ptr<VaeModel> model = open_saved_model(*backend, o.model, file, chunk, o.k);
   const auto start = Clock::now();
   request.progress = eval_progress(start);
+  request.stop = [] { return stop_requested() != 0; };
   const EvalResult r = evaluate(*model, test, request);
   const double seconds = seconds_since(start);
+  if (r.stopped) {
+    if (::isatty(STDOUT_FILENO) != 0) std::printf("\n");
+    std::fflush(stdout);
+    const int signal_number = stop_requested();
+    std::cerr << "vae: interrupted by " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM") << " after " << r.images
+              << " of " << (o.limit > 0 ? std::min(o.limit, test.count) : test.count)
+              << " images; nothing written\n";
+    return 128 + signal_number;
+  }
   if (!std::isfinite(r.elbo) || !std::isfinite(r.nll)) {
     throw Error(o.model + ": the test-set ELBO or NLL is not finite (a diverged model?)");
   }
-  if (request.per_image) write_per_image(o.per_image, r.log_likelihood);
+  if (request.per_image) {
+    try {
+      write_per_image(o.per_image, r.log_likelihood);
+    } catch (const Error& e) {
+      throw Error(std::string("--per-image: ") + e.what());
+    }
+  }
   std::string bounds_text;
   nlohmann::json bounds = nlohmann::json::object();
   for (const auto& [k, value] : r.bounds) {
@@ -121,10 +145,10 @@ Command add_eval_command(CLI::App& app) {
   add_model(eval_cmd, &eval->model);
   eval_cmd->add_option("--data", eval->data, "Directory with the MNIST IDX files")->check(non_empty())->capture_default_str();
   add_device(eval_cmd, &eval->device);
-  eval_cmd->add_option("--k", eval->k, "Importance samples per image")->check(integer_in(1, 100000))->capture_default_str();
-  eval_cmd->add_option("--limit", eval->limit, "Evaluate only the first N test images (0: all)")->check(non_negative_integer())->capture_default_str();
-  eval_cmd->add_option("--seed", eval->seed, "Seed of the fixed binarization and the samples")->check(unsigned_integer())->capture_default_str();
-  eval_cmd->add_option("--bounds", eval->bounds, "Also estimate the K-sample IWAE bounds L_k for these k, comma-separated (e.g. 1,5,50; each at most --k), from the same samples");
+  eval_cmd->add_option("--k", eval->k, "Importance samples per image")->transform(integer_in(1, 100000))->capture_default_str();
+  eval_cmd->add_option("--limit", eval->limit, "Evaluate only the first N test images (0: all)")->transform(non_negative_integer())->capture_default_str();
+  eval_cmd->add_option("--seed", eval->seed, "Seed of the fixed binarization and the samples")->transform(unsigned_integer())->capture_default_str();
+  eval_cmd->add_option("--bounds", eval->bounds, "Also estimate the K-sample IWAE bounds L_k for these k, comma-separated (e.g. 1,5,50; each at most --k), from the same samples")->check(non_empty());
   eval_cmd->add_option("--per-image", eval->per_image, "Write each test image's estimated log-likelihood to this CSV file")->check(non_empty());
 
   return {eval_cmd, [eval] { return run_eval(*eval); }};

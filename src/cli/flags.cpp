@@ -7,6 +7,8 @@
 #include <limits>
 #include <string>
 
+#include "cuvae/io/checkpoint.h"
+
 namespace cuvae {
 
 namespace {
@@ -14,16 +16,23 @@ namespace {
 // Number checks. CLI11's Range says "Value abc not in range 1 to 1048576" for
 // text that is no number, PositiveNumber spells DBL_MAX out in full, and an
 // unsigned option takes "-1" as 2^64 - 1; these say what is wrong instead.
-// CLI11 converts with strtoll/strtoull (base 0) and ignores ERANGE, clamping
-// text beyond 64 bits to the limit; these parse the same way and refuse it.
+// Integers are decimal, every flag alike (--hidden's lists too): CLI11
+// converts with base 0, which read "020" as octal 16 and "0x10" as hex. So
+// the text must be an optional '-' and digits, is parsed base 10 (refusing
+// text beyond 64 bits, which strtoll clamps), and is rewritten to its
+// canonical decimal spelling ("020" -> "20") for CLI11's conversion.
 enum class Parsed { kOk, kNotANumber, kOutOfRange };
 
 template <typename T, typename Convert>
 Parsed parse_integer(const std::string& input, Convert convert, T* value) {
-  if (input.empty()) return Parsed::kNotANumber;
+  const size_t digits_from = !input.empty() && input[0] == '-' ? 1 : 0;
+  if (input.size() == digits_from) return Parsed::kNotANumber;
+  for (size_t i = digits_from; i < input.size(); ++i) {
+    if (input[i] < '0' || input[i] > '9') return Parsed::kNotANumber;
+  }
   char* end = nullptr;
   errno = 0;
-  *value = convert(input.c_str(), &end, 0);
+  *value = convert(input.c_str(), &end, 10);
   if (end != input.c_str() + input.size()) return Parsed::kNotANumber;
   return errno == ERANGE ? Parsed::kOutOfRange : Parsed::kOk;
 }
@@ -35,11 +44,12 @@ CLI::Validator integer_in(int64_t lo, int64_t hi, const std::string& description
       [lo, hi](std::string& input) -> std::string {
         long long value = 0;
         const Parsed parsed = parse_integer(input, std::strtoll, &value);
-        if (parsed == Parsed::kNotANumber) return "'" + input + "' is not an integer";
+        if (parsed == Parsed::kNotANumber) return "'" + input + "' is not an integer (decimal digits only)";
         if (parsed == Parsed::kOutOfRange || value < lo || value > hi) {
           return "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi) +
                  ", got " + input;
         }
+        input = std::to_string(value);
         return std::string();
       },
       description);
@@ -86,6 +96,7 @@ CLI::Validator unsigned_integer() {
           parse_integer(input, std::strtoull, &value) != Parsed::kOk) {
         return "must be a non-negative integer below 2^64, got " + input;
       }
+      input = std::to_string(value);
       return std::string();
     },
     "");
@@ -104,9 +115,9 @@ void add_device(CLI::App* app, std::string* device) {
       ->capture_default_str();
 }
 
-void add_image_scale(CLI::App* app, int* scale) {
-  app->add_option("--image-scale", *scale, "Scale each digit of the PNGs up by this integer factor")
-      ->check(integer_in(1, 16))
+CLI::Option* add_image_scale(CLI::App* app, int* scale) {
+  return app->add_option("--image-scale", *scale, "Scale each digit of the PNGs up by this integer factor")
+      ->transform(integer_in(1, kMaxImageScale))
       ->capture_default_str();
 }
 

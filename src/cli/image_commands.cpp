@@ -33,7 +33,7 @@ int run_images(const ImageOptions& o, const std::string& which) {
   if (which != "sample") test = load_mnist_split(o.data, false).images;
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   // Removed again if the command fails (e.g. the model does not fit the data).
-  OutputDirectory out_dir(o.out);
+  OutputDirectory out_dir(o.out, "--out", "vae " + which);
   std::unique_ptr<VaeModel> model =
       open_saved_model(*backend, o.model, file, kTaskImageRows);
   GridOptions grid;
@@ -71,7 +71,7 @@ std::vector<Command> add_image_commands(CLI::App& app) {
     cmd->add_option("--data", images->data, "Directory with the MNIST IDX files")->check(non_empty())->capture_default_str();
     cmd->add_option("--out", images->out, "Output directory")->check(non_empty())->capture_default_str();
     add_device(cmd, &images->device);
-    cmd->add_option("--seed", images->seed, "Seed of the random draws")->check(unsigned_integer())->capture_default_str();
+    cmd->add_option("--seed", images->seed, "Seed of the random draws")->transform(unsigned_integer())->capture_default_str();
     add_image_scale(cmd, &images->scale);
     commands.push_back({cmd, [images, which = name] { return run_images(*images, which); }});
   }

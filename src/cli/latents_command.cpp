@@ -75,7 +75,7 @@ int run_latents_command(const LatentsOptions& o) {
   }
 
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
-  OutputDirectory out_dir(o.out);  // removed again if the command fails
+  OutputDirectory out_dir(o.out, "--out", "vae latents");  // removed again if the command fails
   VaeModel model(*backend, arch, kEncodeRows);
   model.set_parameters(file.params);
   std::cout << "model: " << o.model << " (" << arch.describe() << ")\n";
@@ -142,7 +142,7 @@ Command add_latents_command(CLI::App& app) {
   latents_cmd->add_option("--data", latents->data, "Directory with the MNIST IDX files, labels included")->check(non_empty())->capture_default_str();
   latents_cmd->add_option("--out", latents->out, "Output directory")->check(non_empty())->capture_default_str();
   add_device(latents_cmd, &latents->device);
-  latents_cmd->add_option("--seed", latents->seed, "Seed of the test set's fixed binarization")->check(unsigned_integer())->capture_default_str();
+  latents_cmd->add_option("--seed", latents->seed, "Seed of the test set's fixed binarization")->transform(unsigned_integer())->capture_default_str();
   return {latents_cmd, [latents] { return run_latents_command(*latents); }};
 }
 

@@ -2,7 +2,12 @@
 // parses the command line, runs the one chosen. Library errors arrive as
 // cuvae::Error and become one line on stderr and a non-zero exit.
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <new>
 #include <optional>
@@ -19,6 +24,42 @@ namespace {
 
 using cuvae::Command;
 using cuvae::Error;
+
+// A closed stdin, stdout or stderr would be reused by the first file the
+// command opens (a checkpoint, the lock file), which printf would then
+// write into. They are held open on /dev/null; a closed stdout, where the
+// results go, is refused: exit status 2 (false when it is).
+bool standard_descriptors_open() {
+  bool stdout_open = true;
+  for (const int fd : {0, 1, 2}) {
+    if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    if (fd == 1) stdout_open = false;
+    const int null_fd = ::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+    if (null_fd >= 0 && null_fd != fd) {
+      ::dup2(null_fd, fd);
+      ::close(null_fd);
+    }
+  }
+  if (!stdout_open) {
+    std::cerr << "vae: error: standard output is closed: the command's output would be lost (redirect it to a "
+                 "file, or to /dev/null to discard it)\n";
+  }
+  return stdout_open;
+}
+
+// stdout carries the results (eval's line, info, train's log): a write that
+// failed (a full disk, /dev/full) is an error, not an exit status 0 with
+// nothing written.
+int check_standard_output(int status) {
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;
+  const int saved = errno;
+  if (flushed && std::ferror(stdout) == 0 && !std::cout.fail()) return status;
+  std::cerr << "vae: error: cannot write to standard output"
+            << (saved != 0 ? std::string(": ") + std::strerror(saved) : std::string())
+            << "; the command's output is lost\n";
+  return status != 0 ? status : 1;
+}
 
 // OpenBLAS's kernel and OpenMP's waiting, before anything computes: may
 // restart the binary. A non-zero exit status on a bad environment value.
@@ -75,6 +116,17 @@ std::optional<int> parse_command_line(CLI::App& app, const std::vector<Command>&
       std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
     }
     return 2;
+  } catch (const CLI::ArgumentMismatch& e) {
+    // CLI11 says "--seed: At Most 1 required but received 2" of a repeated flag.
+    const std::string what = e.what(), marker = ": At Most 1 required but received ";
+    const size_t at = what.find(marker);
+    if (at != std::string::npos) {
+      std::cerr << "vae: error: " << what.substr(0, at) << " given " << what.substr(at + marker.size())
+                << " times; give it once (see vae --help)\n";
+    } else {
+      std::cerr << "vae: error: " << what << " (see vae --help)\n";
+    }
+    return 2;
   } catch (const CLI::ParseError& e) {
     std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
     return 2;
@@ -109,6 +161,7 @@ int run_chosen(const std::vector<Command>& commands) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (!standard_descriptors_open()) return 2;
   if (const int status = choose_cpu_kernels(argc, argv)) return status;
   CLI::App app{"cuvae: a Variational Autoencoder on MNIST (the seed's model), CPU and CUDA"};
   // At most one; "none" is reported after parsing, so that an unknown flag or
@@ -116,9 +169,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   app.set_version_flag("--version", std::string("cuvae ") + CUVAE_VERSION + " (commit " + CUVAE_GIT_COMMIT + ")");
   const std::vector<Command> commands = add_commands(app);
-  if (const std::optional<int> status = parse_command_line(app, commands, argc, argv)) return *status;
+  if (const std::optional<int> status = parse_command_line(app, commands, argc, argv)) {
+    return check_standard_output(*status);
+  }
   // After parsing (whose number checks must see a subnormal --lr as what it
   // is), before the command starts any thread, so that every thread gets it.
   cuvae::enable_flush_denormals_to_zero();
-  return run_chosen(commands);
+  return check_standard_output(run_chosen(commands));
 }

@@ -57,7 +57,7 @@ int run_manifold_command(const ManifoldOptions& o) {
   if (latent > 2) test = load_mnist_split(o.data, false).images;
 
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
-  OutputDirectory out_dir(o.out);  // removed again if the command fails
+  OutputDirectory out_dir(o.out, "--out", "vae manifold");  // removed again if the command fails
   const int rows_needed = std::max(o.grid, latent > 2 ? kEncodeRows : 1);
   VaeModel model(*backend, arch, rows_needed);
   model.set_parameters(file.params);
@@ -137,9 +137,9 @@ Command add_manifold_command(CLI::App& app) {
   add_model(manifold_cmd, &manifold->model);
   manifold_cmd->add_option("--data", manifold->data, "Directory with the MNIST IDX files (read when L > 2)")->check(non_empty())->capture_default_str();
   manifold_cmd->add_option("--out", manifold->out, "Output directory")->check(non_empty())->capture_default_str();
-  manifold_cmd->add_option("--grid", manifold->grid, "Images per side of the grid")->check(integer_in(ManifoldOptions::kMinGrid, ManifoldOptions::kMaxGrid))->capture_default_str();
+  manifold_cmd->add_option("--grid", manifold->grid, "Images per side of the grid")->transform(integer_in(ManifoldOptions::kMinGrid, ManifoldOptions::kMaxGrid))->capture_default_str();
   add_device(manifold_cmd, &manifold->device);
-  manifold_cmd->add_option("--seed", manifold->seed, "Seed of the test set's fixed binarization (L > 2)")->check(unsigned_integer())->capture_default_str();
+  manifold_cmd->add_option("--seed", manifold->seed, "Seed of the test set's fixed binarization (L > 2)")->transform(unsigned_integer())->capture_default_str();
   add_image_scale(manifold_cmd, &manifold->scale);
   return {manifold_cmd, [manifold] { return run_manifold_command(*manifold); }};
 }

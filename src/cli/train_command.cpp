@@ -134,6 +134,12 @@ void check_resumed_progress(const TrainState& r, const std::string& path, int st
                 ", but step " + std::to_string(r.step) + " at " + std::to_string(steps_per_epoch) +
                 " steps per epoch of " + std::to_string(r.config.batch_size) + " means " + std::to_string(rows));
   }
+  const uint64_t finished = r.step / static_cast<uint64_t>(steps_per_epoch) - (epoch_left_unfinished(r, steps_per_epoch) ? 1 : 0);
+  if (r.metrics_rows != finished) {
+    throw Error(path + ": checkpoint metadata 'metrics_csv' has " + std::to_string(r.metrics_rows) +
+                " rows, but step " + std::to_string(r.step) + " at " + std::to_string(steps_per_epoch) +
+                " steps per epoch means " + std::to_string(finished) + " finished epochs");
+  }
 }
 
 // "elbo, K = 1 sample per image" style, for the start-up lines.
@@ -204,6 +210,7 @@ std::string upgraded_metrics_rows(const std::string& rows, double lr) {
 // miwae's mean of M K-sample bounds (L_K over the M K samples' M groups),
 // piwae's L_MK, ciwae's beta ELBO + (1 - beta) L_K (the ELBO with the
 // analytic KL: the same expectation as the trained bound's sampled one).
+// NaN (no test bound) when a Ctrl-C stops it.
 double test_set_bound(Backend& backend, const VaeModel& model, const TrainConfig& c,
                       const IdxImages& test) {
   const int k = c.objective.total_samples();
@@ -212,9 +219,11 @@ double test_set_bound(Backend& backend, const VaeModel& model, const TrainConfig
   EvalRequest request;
   request.k = k;
   request.seed = c.seed;
+  request.stop = [] { return stop_requested() != 0; };  // the epoch's end is written without it
   const Objective o = c.objective.objective;
   if (o == Objective::kMiwae) request.bounds = {c.objective.samples};
   const EvalResult r = evaluate(eval_model, test, request);
+  if (r.stopped) return NAN;
   if (o == Objective::kElbo) return r.elbo;
   if (o == Objective::kMiwae) return r.bounds.at(0).second;
   if (o == Objective::kCiwae) {
@@ -258,11 +267,25 @@ struct TrainRun {
   TrainConfig config;
   int epochs = 0;
   int64_t max_steps = 0;
+  int eval_every = 0, image_scale = 1;  // --eval-every, --image-scale
+  int64_t checkpoint_every = 0;         // --checkpoint-every
   std::string data, out;
   bool resuming = false;
   TrainState resumed;         // the checkpoint continued, when resuming
   std::string resumed_path;   // its file
 };
+
+// A new run (or a resumed one written elsewhere) into an --out that holds
+// another run's checkpoint would replace it silently: refused unless
+// --overwrite says so.
+void refuse_replacing_a_run(const TrainRun& run, const TrainOptions& o) {
+  const std::string existing = run.out + "/checkpoint.safetensors";
+  std::error_code ec;
+  if (o.overwrite || !std::filesystem::exists(std::filesystem::symlink_status(existing, ec))) return;
+  if (run.resuming && std::filesystem::equivalent(run.out, o.resume, ec)) return;
+  throw Error("--out " + run.out + " holds a run (" + existing + "): continue it with --resume " + run.out +
+              ", or give --overwrite to start over there (its checkpoint, model and metrics are replaced)");
+}
 
 TrainRun resolve_run(const TrainOptions& o) {
   TrainRun run;
@@ -270,6 +293,9 @@ TrainRun resolve_run(const TrainOptions& o) {
   run.out = o.out;
   run.epochs = o.epochs;
   run.max_steps = o.max_steps;
+  run.eval_every = o.eval_every;
+  run.image_scale = o.image_scale;
+  run.checkpoint_every = o.checkpoint_every;
   run.resuming = !o.resume.empty();
   if (!run.resuming) {
     run.config = config_from_flags(o);
@@ -286,6 +312,9 @@ TrainRun resolve_run(const TrainOptions& o) {
   run.config = run.resumed.config;
   if (!o.given_epochs) run.epochs = run.resumed.epochs;
   if (!o.given_max_steps) run.max_steps = run.resumed.max_steps;
+  if (!o.given_eval_every) run.eval_every = run.resumed.eval_every;
+  if (!o.given_image_scale) run.image_scale = run.resumed.image_scale;
+  if (!o.given_checkpoint_every) run.checkpoint_every = run.resumed.checkpoint_every;
   check_resume_flags(o, run.config, run.resumed_path);
   return run;
 }
@@ -394,7 +423,7 @@ class TrainingLoop {
     VaeModel images_model(backend_, run_.config.arch, kTaskImageRows);
     images_model.set_parameters(trainer_.model().parameters());
     GridOptions grid;
-    grid.scale = o_.image_scale;
+    grid.scale = run_.image_scale;
     const uint64_t seed = run_.config.seed;
     const IdxImages& test = data_.test.images;
     std::vector<std::string> written = {model_path_, run_.out + "/metrics.csv", checkpoint_path_};
@@ -462,7 +491,7 @@ class TrainingLoop {
                                                  std::to_string(plan_.total_steps) + "; checkpoint written to " +
                                                  checkpoint_path_);
     }
-    if (o_.checkpoint_every > 0 && trainer_.steps_done() % static_cast<uint64_t>(o_.checkpoint_every) == 0) {
+    if (run_.checkpoint_every > 0 && trainer_.steps_done() % static_cast<uint64_t>(run_.checkpoint_every) == 0) {
       save_checkpoint(checkpoint_path_, snapshot(seconds));
     }
     return 0;
@@ -478,7 +507,7 @@ class TrainingLoop {
     const double elbo = trainer_.take_mean_elbo();
     const double rate = static_cast<double>(rows) / seconds;
     const double lr = scheduled_learning_rate(config.schedule, config.adam.lr, epoch - 1);
-    const double test_bound = o_.eval_every > 0 && (epoch % o_.eval_every == 0 || epoch == plan_.epochs)
+    const double test_bound = run_.eval_every > 0 && (epoch % run_.eval_every == 0 || epoch == plan_.epochs)
                                   ? test_set_bound(backend_, trainer_.model(), config, data_.test.images)
                                   : NAN;
     if (live_) std::printf("\r%*s\r", 72, "");
@@ -490,10 +519,14 @@ class TrainingLoop {
     check_finite(epoch, elbo, params);
     metrics_ += metrics_row(epoch, bound_, elbo, lr, seconds, rate, test_bound);
     const std::string csv = std::string(kMetricsHeader) + "\n" + metrics_;
-    write_file_atomically(run_.out + "/metrics.csv", csv.data(), csv.size());
+    // All three or none (a full disk fails the writing of the temporaries,
+    // before any rename); the checkpoint first.
+    AtomicFileSet files;
+    files.add(checkpoint_path_, checkpoint_bytes(checkpoint_path_, complete ? snapshot(0.0) : partial));
+    files.add(model_path_, model_file_bytes(model_path_, config.arch, params, model_metadata(epoch, elbo)));
+    files.add(run_.out + "/metrics.csv", csv.data(), csv.size());
+    files.commit();
     curve_.draw_after_epoch(epoch == plan_.epochs);
-    save_model(model_path_, config.arch, params, model_metadata(epoch, elbo));
-    save_checkpoint(checkpoint_path_, complete ? snapshot(0.0) : partial);
     if (const int signal_number = stop_requested()) {
       return report_interrupt(signal_number, "at the end of epoch " + std::to_string(epoch) + " (step " +
                                                  std::to_string(trainer_.steps_done()) + " of " +
@@ -542,6 +575,9 @@ class TrainingLoop {
     s.config = run_.config;
     s.epochs = run_.epochs;
     s.max_steps = run_.max_steps;
+    s.eval_every = run_.eval_every;
+    s.checkpoint_every = run_.checkpoint_every;
+    s.image_scale = run_.image_scale;
     s.data_fingerprint = data_.fingerprint;
     s.step = trainer_.steps_done();
     s.params = trainer_.model().parameters();
@@ -579,13 +615,15 @@ class TrainingLoop {
 int run_train_command(const TrainOptions& o) {
   install_interrupt_handlers();
   const TrainRun run = resolve_run(o);
+  // Made here and locked for the run's life (one run per directory), stale
+  // temporaries of killed runs cleared; removed again if the run fails
+  // before writing anything into it.
+  const OutputDirectory out_dir(run.out, run.resuming && !o.given_out ? "--resume" : "--out", "vae train");
+  refuse_replacing_a_run(run, o);
   const TrainData data = load_train_data(run);
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   std::cout << "data: " << run.data << ": " << (data.dataset == "unknown" ? "not a known data set" : data.dataset)
             << " (" << data.fingerprint << ")\n";
-  // Made here, stale temporaries of killed runs cleared; removed again if the
-  // run fails before writing anything into it.
-  const OutputDirectory out_dir(run.out);
   apply_step_options(*backend, o);
   Trainer trainer(*backend, run.config, data.train.images, trainer_options(o));
   const bool cuda = backend->name() == "cuda";

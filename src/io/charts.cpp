@@ -7,7 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -49,7 +53,18 @@ std::string last_line(const std::string& text) {
                      end + 1 - (begin == std::string::npos ? 0 : begin + 1));
 }
 
+// How long a drawing may take: CUVAE_PLOT_TIMEOUT seconds (1 to 3600),
+// else 120 (matplotlib's first import builds its font cache: ~10 s).
+int plot_timeout_seconds() {
+  const char* env = std::getenv("CUVAE_PLOT_TIMEOUT");
+  if (env == nullptr || *env == '\0') return 120;
+  char* end = nullptr;
+  const long value = std::strtol(env, &end, 10);
+  return *end == '\0' && value >= 1 && value <= 3600 ? static_cast<int>(value) : 120;
+}
+
 struct Outcome {
+  bool timed_out = false;
   bool started = false;  // false: the program could not be run (*stderr_text says why)
   int exit_code = -1;
   std::string stderr_text;
@@ -69,6 +84,9 @@ Outcome run(const std::string& program, const std::vector<std::string>& args) {
     outcome.stderr_text = "cannot make a temporary file in " + pattern + ": " + std::strerror(errno);
     return outcome;
   }
+  // Unlinked at once: the child writes through its descriptor and we read
+  // ours back, so a run killed while drawing leaves nothing in /tmp.
+  ::unlink(err_path.data());
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
@@ -79,26 +97,54 @@ Outcome run(const std::string& program, const std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (std::string& arg : storage) argv.push_back(arg.data());
   argv.push_back(nullptr);
+  // Its own process group, so that a timeout ends Python and its children.
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attributes, 0);
   pid_t pid = -1;
-  const int rc = ::posix_spawnp(&pid, program.c_str(), &actions, nullptr, argv.data(), environ);
+  const int rc = ::posix_spawnp(&pid, program.c_str(), &actions, &attributes, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
-  ::close(err_fd);
+  posix_spawnattr_destroy(&attributes);
   if (rc != 0) {
     outcome.stderr_text = program + ": " + std::strerror(rc);
   } else {
     outcome.started = true;
+    const int limit = plot_timeout_seconds();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(limit);
     int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    for (;;) {
+      const pid_t done = ::waitpid(pid, &status, WNOHANG);
+      if (done == pid || (done < 0 && errno != EINTR)) break;
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(-pid, SIGKILL);
+        ::kill(pid, SIGKILL);
+        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        outcome.timed_out = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     if (WIFEXITED(status)) {
       outcome.exit_code = WEXITSTATUS(status);
     } else {
       outcome.exit_code = 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
     }
-    std::ifstream in(err_path.data(), std::ios::binary);
-    outcome.stderr_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (outcome.timed_out) {
+      outcome.stderr_text = program + " did not finish in " + std::to_string(limit) +
+                            " s (CUVAE_PLOT_TIMEOUT) and was stopped";
+    } else {
+      char buffer[4096];
+      for (off_t at = 0;;) {
+        const ssize_t n = ::pread(err_fd, buffer, sizeof buffer, at);
+        if (n <= 0) break;
+        outcome.stderr_text.append(buffer, static_cast<size_t>(n));
+        at += n;
+      }
+    }
   }
-  ::unlink(err_path.data());
+  ::close(err_fd);
   return outcome;
 }
 
@@ -148,6 +194,10 @@ bool run_plot_script(const std::vector<std::string>& args, std::string* note,
   for (const std::string& python : pythons) {
     outcome = run(python, script_args);
     if (outcome.started && outcome.exit_code == 0) return true;
+    if (outcome.timed_out) {
+      if (note != nullptr) *note = outcome.stderr_text;
+      return false;
+    }
     // Another Python may be there, or have matplotlib (a shell's "command
     // not found" is 127); any other failure is the input's.
     const bool runnable = outcome.started && outcome.exit_code != kNotRunnable;

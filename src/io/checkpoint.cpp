@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "cuvae/error.h"
+#include "cuvae/io/atomic_file.h"
 #include "cuvae/io/safetensors.h"
 
 namespace cuvae {
@@ -64,18 +65,82 @@ double double_field(const std::string& path, const SafetensorsFile& file, const 
   return value;
 }
 
+// metrics.csv's rows as a checkpoint stores them: epochs 1, 2, ... in order,
+// each "epoch,BOUND,bound,lr,seconds,images_per_s,test_bound" (BOUND the
+// run's bound name, test_bound possibly empty) or an earlier build's
+// "epoch,elbo,seconds,images_per_s"; numbers finite, times and rates >= 0.
+// Returns how many; throws naming the line otherwise.
+uint64_t check_metrics_rows(const std::string& path, const std::string& rows, const std::string& bound) {
+  uint64_t epoch = 0;
+  size_t at = 0;
+  while (at < rows.size()) {
+    const size_t end = rows.find('\n', at);
+    const std::string line = rows.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    ++epoch;
+    auto refuse = [&](const std::string& why) {
+      throw Error(path + ": checkpoint metadata 'metrics_csv' row " + std::to_string(epoch) + " is '" +
+                  printable_excerpt(line) + "': " + why);
+    };
+    if (end == std::string::npos) refuse("not ended by a newline (a truncated field)");
+    std::vector<std::string> fields;
+    for (size_t from = 0;;) {
+      const size_t comma = line.find(',', from);
+      fields.push_back(line.substr(from, comma == std::string::npos ? std::string::npos : comma - from));
+      if (comma == std::string::npos) break;
+      from = comma + 1;
+    }
+    if (fields.size() != 7 && fields.size() != 4) refuse("not a row of metrics.csv (7 fields, or 4 of an earlier build)");
+    if (fields[0] != std::to_string(epoch)) refuse("epochs must run 1, 2, 3, ... in order; expected " + std::to_string(epoch));
+    auto number = [&](size_t i, bool nonnegative_value, bool may_be_empty) {
+      if (may_be_empty && fields[i].empty()) return;
+      char* stop = nullptr;
+      const double v = std::strtod(fields[i].c_str(), &stop);
+      if (fields[i].empty() || *stop != '\0' || !std::isfinite(v) || (nonnegative_value && v < 0.0)) {
+        refuse("field " + std::to_string(i + 1) + " is not a " + (nonnegative_value ? "finite number >= 0" : "finite number"));
+      }
+    };
+    if (fields.size() == 7) {
+      if (fields[1] != bound && fields[1] != "elbo") refuse("field 2 is not the run's bound, " + bound);
+      number(2, false, false);
+      number(3, true, false);
+      number(4, true, false);
+      number(5, true, false);
+      number(6, false, true);
+    } else {
+      number(1, false, false);
+      number(2, true, false);
+      number(3, true, false);
+    }
+    at = end + 1;
+  }
+  return epoch;
+}
+
 bool any_finite(double) { return true; }
 bool nonnegative(double v) { return v >= 0.0; }
 bool positive_normal(double v) { return v > 0.0 && std::isnormal(static_cast<float>(v)); }
 bool in_unit_interval(double v) { return v >= 0.0 && v < 1.0; }
 
+// A tensor of `size` values, all finite (and, for Adam's second moment,
+// none negative), as model files are checked: a damaged checkpoint would
+// otherwise resume and "diverge" at its first step.
 std::vector<float> tensor(const std::string& path, const SafetensorsFile& file,
-                          const std::string& name, size_t size) {
+                          const std::string& name, size_t size, bool nonnegative = false) {
   const Tensor* t = file.find(name);
   if (t == nullptr) throw Error(path + ": checkpoint has no tensor '" + name + "'");
   if (t->data.size() != size) {
     throw Error(path + ": checkpoint tensor '" + name + "' has " + std::to_string(t->data.size()) +
                 " values, the architecture needs " + std::to_string(size));
+  }
+  for (size_t i = 0; i < t->data.size(); ++i) {
+    const float v = t->data[i];
+    if (!std::isfinite(v) || (nonnegative && v < 0.0f)) {
+      char text[32];
+      std::snprintf(text, sizeof text, "%g", static_cast<double>(v));
+      throw Error(path + ": checkpoint tensor '" + name + "' has value " + text + " at index " + std::to_string(i) +
+                  (nonnegative ? ", not a finite number >= 0" : ", not a finite number") +
+                  " (a damaged checkpoint; resume from an earlier copy or start over)");
+    }
   }
   return t->data;
 }
@@ -97,6 +162,11 @@ std::string data_fingerprint(const IdxImages& images) {
 }
 
 void save_checkpoint(const std::string& path, const TrainState& s) {
+  const std::vector<char> bytes = checkpoint_bytes(path, s);
+  write_file_atomically(path, bytes.data(), bytes.size());
+}
+
+std::vector<char> checkpoint_bytes(const std::string& path, const TrainState& s) {
   const size_t n = ParameterLayout(s.config.arch).size();
   SafetensorsFile file;
   const std::vector<int64_t> shape{static_cast<int64_t>(n)};
@@ -123,12 +193,15 @@ void save_checkpoint(const std::string& path, const TrainState& s) {
                    {"step", std::to_string(s.step)},
                    {"epochs", std::to_string(s.epochs)},
                    {"max_steps", std::to_string(s.max_steps)},
+                   {"eval_every", std::to_string(s.eval_every)},
+                   {"checkpoint_every", std::to_string(s.checkpoint_every)},
+                   {"image_scale", std::to_string(s.image_scale)},
                    {"random", "Philox4x32-10; counters are (seed, stream, step, index): the step is the state"},
                    {"epoch_elbo_sum", exact(s.epoch_elbo_sum)},
                    {"epoch_rows", std::to_string(s.epoch_rows)},
                    {"epoch_seconds", exact(s.epoch_seconds)},
                    {"metrics_csv", s.metrics_csv}};
-  write_safetensors(path, file);
+  return safetensors_bytes(path, file);
 }
 
 TrainState load_checkpoint(const std::string& path) {
@@ -184,14 +257,26 @@ TrainState load_checkpoint(const std::string& path) {
   s.epochs = static_cast<int>(unsigned_field(path, file, "epochs", 1, TrainConfig::kMaxEpochs));
   s.max_steps = static_cast<int64_t>(
       unsigned_field(path, file, "max_steps", 0, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+  // Added in issue 28; a checkpoint of an earlier build has the flags' defaults.
+  if (file.metadata.count("eval_every") != 0) {
+    s.eval_every = static_cast<int>(unsigned_field(path, file, "eval_every", 0, TrainConfig::kMaxEpochs));
+  }
+  if (file.metadata.count("checkpoint_every") != 0) {
+    s.checkpoint_every = static_cast<int64_t>(unsigned_field(
+        path, file, "checkpoint_every", 0, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+  }
+  if (file.metadata.count("image_scale") != 0) {
+    s.image_scale = static_cast<int>(unsigned_field(path, file, "image_scale", 1, kMaxImageScale));
+  }
   s.epoch_elbo_sum = double_field(path, file, "epoch_elbo_sum", any_finite, "a finite number");
   s.epoch_rows = unsigned_field(path, file, "epoch_rows");
   s.epoch_seconds = double_field(path, file, "epoch_seconds", nonnegative, "a finite number >= 0");
   s.metrics_csv = field(path, file, "metrics_csv");
+  s.metrics_rows = check_metrics_rows(path, s.metrics_csv, bound_name(s.config.objective));
   const size_t n = ParameterLayout(arch).size();
   s.params = tensor(path, file, "params", n);
   s.adam_m = tensor(path, file, "adam.m", n);
-  s.adam_v = tensor(path, file, "adam.v", n);
+  s.adam_v = tensor(path, file, "adam.v", n, true);
   return s;
 }
 

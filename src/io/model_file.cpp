@@ -2,9 +2,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <unordered_map>
 
 #include "cuvae/error.h"
+#include "cuvae/io/atomic_file.h"
 #include "cuvae/io/safetensors.h"
 
 namespace cuvae {
@@ -27,6 +29,13 @@ int parse_positive(const std::string& path, const std::map<std::string, std::str
 void save_model(const std::string& path, const Architecture& arch,
                 const std::vector<float>& params,
                 const std::map<std::string, std::string>& extra_metadata) {
+  const std::vector<char> bytes = model_file_bytes(path, arch, params, extra_metadata);
+  write_file_atomically(path, bytes.data(), bytes.size());
+}
+
+std::vector<char> model_file_bytes(const std::string& path, const Architecture& arch,
+                                   const std::vector<float>& params,
+                                   const std::map<std::string, std::string>& extra_metadata) {
   const ParameterLayout layout(arch);
   if (params.size() != layout.size()) {
     throw Error("cannot write " + path + ": " + std::to_string(params.size()) +
@@ -48,12 +57,17 @@ void save_model(const std::string& path, const Architecture& arch,
                             std::vector<float>(w, w + static_cast<size_t>(layer.in) * layer.out)});
     file.tensors.push_back({layer.name + ".bias", {layer.out}, std::vector<float>(b, b + layer.out)});
   }
-  write_safetensors(path, file);
+  return safetensors_bytes(path, file);
 }
 
 ModelFile load_model(const std::string& path) {
   const SafetensorsFile file = read_safetensors(path);
   const auto format = file.metadata.find("format");
+  if (format != file.metadata.end() && format->second == "cuvae-checkpoint/1") {
+    const std::string beside = (std::filesystem::path(path).parent_path() / "model.safetensors").string();
+    throw Error(path + " is a training checkpoint, not a model file: pass the run's model, " + beside +
+                " (a checkpoint continues a run: vae train --resume)");
+  }
   if (format == file.metadata.end() || format->second != kFormat) {
     throw Error(path + ": not a cuvae model (metadata 'format' is not '" + kFormat + "')");
   }

@@ -388,6 +388,11 @@ SafetensorsFile read_safetensors(const std::string& path) { return Reader(path).
 // Writing
 
 void write_safetensors(const std::string& path, const SafetensorsFile& file) {
+  const std::vector<char> buffer = safetensors_bytes(path, file);
+  write_file_atomically(path, buffer.data(), buffer.size());
+}
+
+std::vector<char> safetensors_bytes(const std::string& path, const SafetensorsFile& file) {
   const auto fail = [&path](const std::string& what) {
     throw Error("cannot write " + path + ": " + what);
   };
@@ -444,7 +449,7 @@ void write_safetensors(const std::string& path, const SafetensorsFile& file) {
     if (bytes > 0) std::memcpy(out, tensor.data.data(), bytes);
     out += bytes;
   }
-  write_file_atomically(path, buffer.data(), buffer.size());
+  return buffer;
 }
 
 }  // namespace cuvae

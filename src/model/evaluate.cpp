@@ -129,6 +129,11 @@ EvalResult evaluate(VaeModel& model, const IdxImages& images, const EvalRequest&
   EvalResult result;
   double nll_sum = 0.0;
   for (int first = 0; first < count; first += chunk) {
+    if (request.stop && request.stop()) {
+      result.stopped = true;
+      result.images = first;
+      return result;
+    }
     const int n = std::min(chunk, count - first);
     binarize_fixed(backend, images, first, n, request.seed, x.get());
     backend.fill_normal(eps.get(), static_cast<size_t>(n) * k * latent,

@@ -80,6 +80,12 @@ class TwoBranchRules final : public Backend {
                           float* weights, float* row_bound) override {
     inner_->importance_weights(row_logprob, row_log_ratio, images, samples, weights, row_bound);
   }
+  void grouped_objective_weights(const float* row_logprob, const float* row_log_ratio, const float* group_bound,
+                                 int images, int groups, int samples, float beta, float* weights,
+                                 float* row_bound) override {
+    inner_->grouped_objective_weights(row_logprob, row_log_ratio, group_bound, images, groups, samples, beta, weights,
+                                      row_bound);
+  }
   void importance_weighted_latent_backward(const float* dz, const float* enc, const float* eps, const float* z,
                                            const float* weights, int images, int samples, int latent, float scale,
                                            bool dreg, float* d_enc) override {
@@ -126,7 +132,8 @@ TrainConfig tiny_config() {
 TEST(ProfilingBackend, TheRulesAcceptTheModelsTwoBranchStep) {
   TwoBranchRules rules;
   ASSERT_TRUE(rules.set_two_branch(true));
-  Trainer trainer(rules, tiny_config(), patterned_images(100));
+  const IdxImages images = patterned_images(100);  // the trainer keeps a reference
+  Trainer trainer(rules, tiny_config(), images);
   for (int s = 0; s < 3; ++s) trainer.step();
   rules.synchronize();
   EXPECT_GT(rules.side_branches_opened, 0);
@@ -138,7 +145,8 @@ TEST(ProfilingBackend, ProfiledTwoBranchStepRunsOnOneBranch) {
   TwoBranchRules rules;
   ProfilingBackend profiler(rules);
   ASSERT_TRUE(profiler.set_two_branch(true));
-  Trainer trainer(profiler, tiny_config(), patterned_images(100));
+  const IdxImages images = patterned_images(100);  // the trainer keeps a reference
+  Trainer trainer(profiler, tiny_config(), images);
   EXPECT_NO_THROW(for (int s = 0; s < 3; ++s) trainer.step());
   EXPECT_EQ(rules.side_branches_opened, 0);
   EXPECT_GT(profiler.totals().at("gemm").calls, 0);

@@ -137,6 +137,33 @@ TEST_F(BadInputFlags, LargestValuesStillAccepted) {
   EXPECT_TRUE(contains(r.out, "18446744073709551615")) << r.out;
 }
 
+// CLI11 read a leading zero as octal and 0x as hex (--batch-size 020 trained
+// with batch 16, --seed 010 was seed 8, --limit 010 evaluated 8 images)
+// while --hidden 020 was 20: decimal everywhere.
+TEST_F(BadInputFlags, IntegersAreDecimalEverywhere) {
+  REQUIRE_SHARED();
+  const RunResult r = train({{"--batch-size", "020"}, {"--seed", "010"}, {"--hidden", "020"}, {"--max-steps", "02"}});
+  expect_success(r);
+  EXPECT_TRUE(contains(r.out, "batch 20,")) << r.out;
+  EXPECT_TRUE(contains(r.out, "seed 10,")) << r.out;
+  EXPECT_TRUE(contains(r.out, "(2 steps)")) << r.out;
+  EXPECT_TRUE(contains(r.out, "20 hidden")|| contains(r.out, "784-20-")) << r.out;
+  const RunResult e = run_vae({"eval", "--model", shared().model, "--data", shared().data, "--k", "02", "--limit",
+                               "010", "--device", "cpu"},
+                              dir.path());
+  expect_success(e);
+  EXPECT_TRUE(contains(e.out, "On 10 test images")) << e.out;
+  EXPECT_TRUE(contains(e.out, "\"k\":2")) << e.out;
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--batch-size", "0x10"}, {"--seed", "0x10"}, {"--epochs", "+3"}, {"--seed", " 5"}, {"--max-steps", "1e3"},
+           {"--hidden", "0x14"}, {"--latent-dim", "0b11"}}) {
+    SCOPED_TRACE(flag + " " + value);
+    expect_one_line_error(train({{flag, value}}), {flag}, {"decimal", "integer"});
+  }
+  expect_one_line_error(run_vae({"eval", "--model", shared().model, "--limit", "0x10"}, dir.path()), {"--limit"},
+                        {"decimal"});
+}
+
 // Adam applies the rate as a float: a subnormal one trains nothing.
 TEST_F(BadInputFlags, LearningRateThatIsNotANormalFloat) {
   for (const std::string lr : {"1e-320", "1e-39", "1e39"}) {
@@ -160,6 +187,7 @@ TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
       {"--data", {"reconstruct", "--model", "m", "--data", ""}},
       {"--model", {"eval", "--model", ""}},
       {"--data", {"eval", "--model", "m", "--data", ""}},
+      {"--bounds", {"eval", "--model", "m", "--bounds", ""}},  // was accepted silently
       {"--data", {"bench", "--device", "cpu", "--batch-sizes", "10", "--warmup", "0", "--steps",
                   "1", "--repeats", "1", "--data", ""}},
       {"--json", {"bench", "--device", "cpu", "--batch-sizes", "10", "--warmup", "0", "--steps",
@@ -170,6 +198,27 @@ TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
     expect_one_line_error(run_vae(args, dir.path()), {flag}, {"must not be empty"});
   }
   EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+// A checkpoint passed as a model said "not a cuvae model": say what it is
+// and which file to pass.
+TEST_F(BadInputFlags, ACheckpointPassedAsAModelIsNamed) {
+  REQUIRE_SHARED();
+  const std::string checkpoint = fs::path(shared().model).parent_path() / "checkpoint.safetensors";
+  const std::string model = fs::path(shared().model).parent_path() / "model.safetensors";
+  expect_one_line_error(run_vae({"eval", "--model", checkpoint, "--data", shared().data}, dir.path()),
+                        {checkpoint, model}, {"is a training checkpoint"});
+  expect_one_line_error(run_vae({"sample", "--model", checkpoint, "--out", dir / "s"}, dir.path()),
+                        {checkpoint, model}, {"is a training checkpoint"});
+}
+
+// A repeated flag said "At Most 1 required but received 2".
+TEST_F(BadInputFlags, ARepeatedFlagIsNamed) {
+  std::vector<std::string> args = train_args(dir / "data", dir / "out");
+  args.insert(args.end(), {"--seed", "1", "--seed", "2"});
+  expect_one_line_error(run_vae(args, dir.path()), {"--seed given 2 times"}, {"give it once"});
+  expect_one_line_error(run_vae({"eval", "--model", "m", "--k", "1", "--k", "2", "--k", "3"}, dir.path()),
+                        {"--k given 3 times"}, {"give it once"});
 }
 
 TEST_F(BadInputFlags, UnknownSubcommandListsEverySubcommand) {
@@ -221,6 +270,86 @@ TEST_F(BadInputBenchJson, DataPathThatIsNotUtf8IsWrittenAtomically) {
   for (const auto& entry : fs::directory_iterator(dir.path())) {
     EXPECT_FALSE(contains(entry.path().filename().string(), ".tmp.")) << entry.path();
   }
+}
+
+// `eval --per-image` naming the model replaced it with a CSV, exit 0. An
+// output that is an input of the same command (same device and inode:
+// another spelling, a hard link) is refused before anything is written.
+TEST(BadInputOutputs, AnOutputThatIsAnInputIsRefused) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  fs::copy_file(shared().model, dir / "model.safetensors");
+  fs::create_hard_link(dir / "model.safetensors", dir / "link.safetensors");
+  const std::string model_bytes = read_file(dir / "model.safetensors");
+  for (const std::string& output : {dir / "model.safetensors", dir / "./model.safetensors", dir / "link.safetensors"}) {
+    SCOPED_TRACE(output);
+    expect_one_line_error(run_vae({"eval", "--model", dir / "model.safetensors", "--data", shared().data, "--k", "1",
+                                   "--device", "cpu", "--per-image", output},
+                                  dir.path()),
+                          {"--per-image " + output, "--model"}, {"input"});
+    EXPECT_EQ(read_file(dir / "model.safetensors"), model_bytes) << "the model was replaced";
+  }
+  const std::string test_images = shared().data + "/t10k-images-idx3-ubyte";
+  const std::string images_bytes = read_file(test_images);
+  expect_one_line_error(run_vae({"eval", "--model", dir / "model.safetensors", "--data", shared().data, "--k", "1",
+                                 "--device", "cpu", "--per-image", test_images},
+                                dir.path()),
+                        {"--per-image", "--data"}, {"input"});
+  expect_one_line_error(run_vae({"bench", "--data", shared().data, "--json", test_images}, dir.path()),
+                        {"--json", "--data"}, {"input"});
+  EXPECT_EQ(read_file(test_images), images_bytes);
+}
+
+// --per-image with a legal 250-byte name failed after the whole evaluation
+// ("File name too long": the temporary's name was longer), and
+// --per-image /proc/version said "No such file or directory" without the
+// flag. Output paths are checked up front by creating the temporary.
+TEST(BadInputOutputs, PerImagePathsAreCheckedUpFront) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string long_name = dir / std::string(250, 'p');
+  const RunResult ok = run_vae({"eval", "--model", shared().model, "--data", shared().data, "--k", "1", "--device",
+                                "cpu", "--per-image", long_name},
+                               dir.path());
+  expect_success(ok);
+  EXPECT_TRUE(contains(read_file(long_name), "image,log_likelihood\n")) << describe(ok);
+  expect_one_line_error(run_vae({"eval", "--model", shared().model, "--data", shared().data, "--k", "1", "--device",
+                                 "cpu", "--per-image", "/proc/version"},
+                                dir.path()),
+                        {"--per-image", "/proc/version"}, {"cannot"});
+  expect_one_line_error(run_vae({"eval", "--model", shared().model, "--data", shared().data, "--k", "1", "--device",
+                                 "cpu", "--per-image", dir / std::string(256, 'p')},
+                                dir.path()),
+                        {"--per-image"}, {"File name too long"});
+}
+
+// ---------------------------------------------------------------------------
+// Standard output
+
+// eval, info and train wrote into /dev/full or a closed stdout and exited 0:
+// the results were lost without a word. A failed write is an error.
+TEST(BadInputOutputs, AFailedWriteToStandardOutputIsAnError) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::vector<std::vector<std::string>> commands = {
+      {"eval", "--model", shared().model, "--data", shared().data, "--k", "2", "--limit", "3", "--device", "cpu"},
+      {"info"},
+      train_args(shared().data, dir / "run")};
+  for (const std::vector<std::string>& args : commands) {
+    SCOPED_TRACE(args[0]);
+    // (The reason where the failed write is the last: an earlier flush that
+    // failed leaves only the stream's error flag.)
+    expect_one_line_error(run_vae_with_stdout(args, dir.path(), "/dev/full"), {"cannot write to standard output"},
+                          {"lost"});
+    expect_one_line_error(run_vae_with_stdout(args, dir.path(), ""), {"standard output"}, {"closed"});
+  }
+  // The closed stdout is not reused for a file the command opens.
+  EXPECT_FALSE(fs::exists(dir / "run/model.safetensors") &&
+               contains(read_file(dir / "run/model.safetensors"), "model:"));
+  // A regular file still works.
+  const RunResult ok = run_vae_with_stdout({"info"}, dir.path(), dir / "info.txt");
+  EXPECT_EQ(ok.exit_code, 0) << describe(ok);
+  EXPECT_TRUE(contains(read_file(dir / "info.txt"), "cuvae ")) << describe(ok);
 }
 
 // ---------------------------------------------------------------------------

@@ -308,3 +308,40 @@ TEST(LatentsBadInput, LatentSizeOneIsRefused) {
 }
 
 }  // namespace
+
+namespace {
+
+// The chart subprocess had no timeout: a python3 that hangs hung `vae
+// latents`, and a run killed while drawing left /tmp/cuvae_plot_* behind.
+// A drawing is bounded (CUVAE_PLOT_TIMEOUT, here 2 s) and its temporary is
+// unlinked as soon as Python has it.
+TEST(LatentsChart, AHangingPythonIsStoppedAndNothingIsLeftInTmp) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  fs::create_directories(dir / "tmp");
+  write_file(dir / "hang.sh", "#!/bin/sh\necho $$ > \"$(dirname \"$0\")/hang.pid\"\nexec sleep 20\n");
+  fs::permissions(dir / "hang.sh", fs::perms::owner_all);
+  ScopedEnv python("CUVAE_PYTHON", (dir / "hang.sh").c_str());
+  ScopedEnv timeout("CUVAE_PLOT_TIMEOUT", "2");
+  ScopedEnv tmpdir("TMPDIR", (dir / "tmp").c_str());
+  const auto start = std::chrono::steady_clock::now();
+  const RunResult r = run_vae(latents_args(shared().model, shared().data, dir / "out"), dir.path(), 30);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 20.0);
+  expect_one_line_error(r, {"latents.png"}, {"did not finish in 2 s"});
+  EXPECT_TRUE(fs::exists(dir / "out/latents.csv"));
+  EXPECT_TRUE(fs::is_empty(dir / "tmp")) << "a temporary was left in TMPDIR";
+  // Killed while drawing: nothing left either.
+  VaeProcess killed(latents_args(shared().model, shared().data, dir / "out2"), dir.path(), "k");
+  for (int i = 0; i < 10000 && !fs::exists(dir / "out2/latents.csv"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  killed.signal(SIGKILL);
+  killed.wait();
+  // The orphaned "python" (in its own process group) is the test's to end.
+  const std::string orphan = read_file(dir / "hang.pid");
+  if (!orphan.empty()) ::kill(static_cast<pid_t>(std::stol(orphan)), SIGKILL);
+  EXPECT_TRUE(fs::is_empty(dir / "tmp")) << "a killed run left a temporary in TMPDIR";
+}
+
+}  // namespace

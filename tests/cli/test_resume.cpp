@@ -179,6 +179,73 @@ TEST_F(Resume, CheckpointFieldsOutOfRangeAreRefused) {
   EXPECT_NO_THROW(load_checkpoint(path));
 }
 
+// A checkpoint with NaN or Inf in its parameters or Adam moments (or a
+// negative second moment) resumed and then "diverged in epoch 1"; it is
+// refused on load, as model files are.
+TEST_F(Resume, CheckpointTensorsThatAreNotFiniteAreRefused) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "3"}}), dir_.path()));
+  const std::string path = dir_ / "run/checkpoint.safetensors";
+  const SafetensorsFile good = read_safetensors(path);
+  for (const auto& [name, value] : std::vector<std::pair<std::string, float>>{
+           {"params", NAN}, {"adam.m", NAN}, {"adam.m", INFINITY}, {"adam.v", -INFINITY}, {"adam.v", -1.0f},
+           {"adam.v", NAN}}) {
+    SCOPED_TRACE(name + " " + std::to_string(value));
+    SafetensorsFile file = good;
+    for (Tensor& t : file.tensors) {
+      if (t.name == name) t.data[7] = value;
+    }
+    write_safetensors(path, file);
+    expect_one_line_error(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu",
+                                   "--max-steps", "6"},
+                                  dir_.path()),
+                          {path, "'" + name + "'", "index 7"}, {"not a finite number"});
+  }
+  write_safetensors(path, good);
+  expect_success(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu", "--max-steps", "6"},
+                         dir_.path()));
+}
+
+// A checkpoint's metrics rows were copied into metrics.csv unchecked
+// (garbage lines, epochs out of order or twice). They are checked like
+// every other field, and must be one per finished epoch.
+TEST_F(Resume, CheckpointMetricsRowsAreChecked) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "19"}}), dir_.path()));
+  const std::string path = dir_ / "run/checkpoint.safetensors";
+  const SafetensorsFile good = read_safetensors(path);
+  const std::string rows = good.metadata.at("metrics_csv");
+  const std::string row1 = rows.substr(0, rows.find('\n') + 1), row2 = rows.substr(rows.find('\n') + 1);
+  ASSERT_EQ(row2.substr(0, 2), "2,") << rows;
+  for (const auto& [value, why] : std::vector<std::pair<std::string, std::string>>{
+           {"garbage\n" + row2, "row 1 is 'garbage'"},
+           {row2 + row1, "expected 1"},
+           {row1 + row1, "expected 2"},
+           {row1 + "2,elbo,-1,0.001,1,2,3,4\n", "7 fields"},
+           {row1 + "2,elbo,nan,0.001,1,2,\n", "field 3"},
+           {row1 + "2,elbo,-1,0.001,-1,2,\n", "field 5"},
+           {row1 + row2.substr(0, row2.size() - 1), "newline"},
+           {row1 + std::string("2,\x01\xc3\xa9\\,1\n"), "'2,\\x01\\xc3\\xa9\\\\,1'"}}) {
+    SCOPED_TRACE(value);
+    SafetensorsFile file = good;
+    file.metadata["metrics_csv"] = value;
+    write_safetensors(path, file);
+    expect_one_line_error(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu",
+                                   "--max-steps", "24"},
+                                  dir_.path()),
+                          {path, "'metrics_csv'", why}, {});
+  }
+  // Whole rows, but one too few for the step.
+  SafetensorsFile file = good;
+  file.metadata["metrics_csv"] = row1;
+  write_safetensors(path, file);
+  expect_one_line_error(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu",
+                                 "--max-steps", "24"},
+                                dir_.path()),
+                        {path, "'metrics_csv' has 1 rows", "2 finished epochs"}, {});
+  write_safetensors(path, good);
+  expect_success(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--device", "cpu", "--max-steps", "24"},
+                         dir_.path()));
+}
+
 // The progress a checkpoint records must fit the run it continues.
 TEST_F(Resume, ProgressPastTheRunOrInconsistentIsRefused) {
   expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--epochs", "3"}, {"--max-steps", "19"}}), dir_.path()));
@@ -233,6 +300,158 @@ TEST_F(Resume, FirstInterruptCheckpointsAndResumesExactly) {
     const auto [whole, resumed] = resume_and_run_whole(out, {{"--epochs", "2000"}}, stopped.step + 7);
     expect_same_state(whole, resumed);
   }
+}
+
+// Two trainings into one --out mixed their files (B's model beside A's
+// checkpoint). The directory is locked for a run's life: a second run is
+// refused before it writes anything, naming --out and the holder; once the
+// holder is gone (even by kill -9: the kernel releases the lock) it is free.
+TEST_F(Resume, ASecondRunIntoARunningRunsDirectoryIsRefused) {
+  const std::string out = dir_ / "shared";
+  VaeProcess a(tiny_run(data_, out, {{"--epochs", "2000"}, {"--seed", "1"}, {"--checkpoint-every", "1"}}),
+               dir_.path(), "a");
+  ASSERT_TRUE(wait_for_file(out + "/checkpoint.safetensors"));
+  const TrainState before = load_checkpoint(out + "/checkpoint.safetensors");
+  VaeProcess b(tiny_run(data_, out, {{"--seed", "2"}, {"--latent-dim", "2"}}), dir_.path(), "b");
+  const RunResult refused = b.wait();
+  expect_one_line_error(refused, {"--out " + out, "process " + std::to_string(a.pid()), "vae train"}, {"in use"});
+  // Resuming it while it runs is refused too, naming --resume.
+  VaeProcess c({"train", "--resume", out, "--data", data_, "--device", "cpu"}, dir_.path(), "c");
+  expect_one_line_error(c.wait(), {"--resume " + out, "process " + std::to_string(a.pid())}, {"in use"});
+  a.signal(SIGINT);
+  const RunResult stopped = a.wait();
+  EXPECT_EQ(stopped.exit_code, 128 + SIGINT) << describe(stopped);
+  const TrainState after = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_EQ(after.config.seed, 1u);
+  EXPECT_GE(after.step, before.step);
+  EXPECT_EQ(load_model(out + "/model.safetensors").arch.latent_dim, 3) << "B's model is in A's directory";
+  // kill -9 releases the lock with the process.
+  std::vector<std::string> over_a = tiny_run(data_, out, {{"--epochs", "2000"}, {"--checkpoint-every", "1"}});
+  over_a.push_back("--overwrite");
+  VaeProcess d(over_a, dir_.path(), "d");
+  const std::string holder = "process " + std::to_string(d.pid()) + ", vae train";
+  for (int i = 0; i < 30000 && !contains(read_file(out + "/.vae.lock"), holder); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_TRUE(contains(read_file(out + "/.vae.lock"), holder));
+  d.signal(SIGKILL);
+  d.wait();
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", "--max-steps",
+                          std::to_string(load_checkpoint(out + "/checkpoint.safetensors").step + 1)},
+                         dir_.path()));
+}
+
+// Resume forgot --eval-every, --image-scale and --checkpoint-every: an
+// interrupted run with --eval-every 2 lost its test_bound column. They are
+// stored in the checkpoint and are a resume's defaults; given, they change.
+TEST_F(Resume, ResumeKeepsEvalEveryImageScaleAndCheckpointEvery) {
+  const std::string out = dir_ / "flags";
+  expect_success(run_vae(tiny_run(data_, out,
+                                  {{"--epochs", "4"}, {"--max-steps", "12"}, {"--eval-every", "2"},
+                                   {"--image-scale", "2"}, {"--checkpoint-every", "3"}}),
+                         dir_.path()));
+  const TrainState stopped = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_EQ(stopped.eval_every, 2);
+  EXPECT_EQ(stopped.image_scale, 2);
+  EXPECT_EQ(stopped.checkpoint_every, 3);
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", "--max-steps", "0"},
+                         dir_.path()));
+  // Epochs 2 and 4 (the last) have a test bound: the seventh column.
+  std::istringstream lines(read_file(out + "/metrics.csv"));
+  std::vector<std::string> test_bounds;
+  for (std::string line; std::getline(lines, line);) test_bounds.push_back(line.substr(line.rfind(',') + 1));
+  ASSERT_EQ(test_bounds.size(), 5u) << read_file(out + "/metrics.csv");
+  EXPECT_EQ(test_bounds[1], "");
+  EXPECT_NE(test_bounds[2], "");
+  EXPECT_EQ(test_bounds[3], "");
+  EXPECT_NE(test_bounds[4], "") << "the resumed run forgot --eval-every";
+  // --image-scale 2: the task images of 28x28 digits are twice as wide as
+  // at scale 1 (PNG width: big-endian at byte 16).
+  auto png_width = [](const std::string& png) {
+    return (uint32_t(uint8_t(png[16])) << 24) | (uint32_t(uint8_t(png[17])) << 16) |
+           (uint32_t(uint8_t(png[18])) << 8) | uint32_t(uint8_t(png[19]));
+  };
+  const std::string scaled = read_file(out + "/task_3_1.png");
+  ASSERT_GT(scaled.size(), 20u);
+  const TrainState ended = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_EQ(ended.eval_every, 2);
+  EXPECT_EQ(ended.image_scale, 2);
+  EXPECT_EQ(ended.checkpoint_every, 3);
+  // Given on resume, they change (and are stored).
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", "--epochs", "5",
+                          "--max-steps", "0", "--image-scale", "1", "--eval-every", "0"},
+                         dir_.path()));
+  EXPECT_EQ(png_width(read_file(out + "/task_3_1.png")) * 2, png_width(scaled));
+  EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").image_scale, 1);
+  EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").eval_every, 0);
+}
+
+// A Ctrl-C during the test-set evaluation of --eval-every was honoured only
+// when the evaluation ended (minutes on a full test set at large K). It is
+// checked between evaluation chunks: in train (the epoch's end is written
+// without its test bound, exit 130) and in vae eval (one line, exit 130).
+TEST_F(Resume, AnInterruptDuringTheTestSetEvaluationIsHonouredAtOnce) {
+  // 100 training images, 3000 test images: one step of 10, then a long evaluation
+  // (3000 images x K = 2000 through a 256-wide network, about a minute here).
+  const std::string data = dir_ / "big-test";
+  fs::create_directories(data);
+  write_file(fs::path(data) / kTrainImages, idx_images(100, kImagesMagic, 1));
+  write_file(fs::path(data) / kTrainLabels, idx_labels(100));
+  write_file(fs::path(data) / kTestImages, idx_images(3000, kImagesMagic, 2));
+  write_file(fs::path(data) / kTestLabels, idx_labels(3000));
+  const std::string out = dir_ / "eval-run";
+  VaeProcess train(train_args(data, out, {{"--hidden", "256"}, {"--samples", "2000"}, {"--objective", "iwae"}, {"--batch-size", "10"},
+                                          {"--eval-every", "1"}}),
+                   dir_.path(), "train");
+  // The lock file appears before the step; the step takes well under 2 s.
+  ASSERT_TRUE(wait_for_file(out + "/.vae.lock"));
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  const auto signalled = std::chrono::steady_clock::now();
+  train.signal(SIGINT);
+  const RunResult r = train.wait();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled).count();
+  EXPECT_EQ(r.exit_code, 130) << describe(r);
+  EXPECT_LT(seconds, 10.0) << "the interrupt waited for the evaluation";
+  const TrainState stopped = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_EQ(stopped.step, 1u);
+  EXPECT_TRUE(contains(read_file(out + "/metrics.csv"), "\n1,")) << read_file(out + "/metrics.csv");
+  // vae eval of that model: the same.
+  VaeProcess eval({"eval", "--model", out + "/model.safetensors", "--data", data, "--k", "2000", "--device", "cpu"},
+                  dir_.path(), "eval");
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const auto eval_signalled = std::chrono::steady_clock::now();
+  eval.signal(SIGINT);
+  const RunResult e = eval.wait();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - eval_signalled).count(), 10.0);
+  EXPECT_EQ(e.exit_code, 130) << describe(e);
+  EXPECT_TRUE(contains(e.err, "vae: interrupted by SIGINT after ")) << describe(e);
+  EXPECT_TRUE(contains(e.err, " of 3000 images; nothing written")) << describe(e);
+  EXPECT_FALSE(contains(e.out, "\"nll\"")) << describe(e);
+}
+
+// `train --out` into an existing run without --resume silently replaced its
+// checkpoint: refused, naming --resume and --overwrite; --overwrite starts
+// over; a resume into its own folder needs neither.
+TEST_F(Resume, ANewRunIntoAnExistingRunNeedsOverwrite) {
+  const std::string out = dir_ / "existing";
+  expect_success(run_vae(tiny_run(data_, out, {{"--max-steps", "3"}, {"--seed", "5"}}), dir_.path()));
+  const std::string checkpoint = read_file(out + "/checkpoint.safetensors");
+  expect_one_line_error(run_vae(tiny_run(data_, out, {{"--max-steps", "2"}}), dir_.path()),
+                        {"--out " + out, "--resume", "--overwrite"}, {"holds a run"});
+  EXPECT_EQ(read_file(out + "/checkpoint.safetensors"), checkpoint);
+  // Resuming another run into it is refused too.
+  expect_success(run_vae(tiny_run(data_, dir_ / "other", {{"--max-steps", "2"}}), dir_.path()));
+  expect_one_line_error(run_vae({"train", "--resume", dir_ / "other", "--out", out, "--data", data_, "--device", "cpu",
+                                 "--max-steps", "4"},
+                                dir_.path()),
+                        {"--out " + out, "--overwrite"}, {"holds a run"});
+  EXPECT_EQ(read_file(out + "/checkpoint.safetensors"), checkpoint);
+  expect_success(run_vae({"train", "--resume", out, "--data", data_, "--device", "cpu", "--max-steps", "4"}, dir_.path()));
+  std::vector<std::string> over = tiny_run(data_, out, {{"--max-steps", "2"}});
+  over.push_back("--overwrite");
+  expect_success(run_vae(over, dir_.path()));
+  EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").step, 2u);
+  EXPECT_EQ(load_checkpoint(out + "/checkpoint.safetensors").config.seed, 0u);
 }
 
 // One step an epoch: every interrupt lands on an epoch's last step, whose
@@ -351,6 +570,35 @@ TEST_F(Resume, AFullDiskIsAClearErrorAndKeepsThePreviousCheckpoint) {
   EXPECT_EQ(r.exit_code, 1) << describe(r);
   EXPECT_TRUE(contains(r.err, "cannot write") && contains(r.err, out)) << describe(r);
   expect_same_state(before, load_checkpoint(out + "/checkpoint.safetensors"));
+  for (const auto& entry : fs::directory_iterator(out)) {
+    EXPECT_FALSE(contains(entry.path().filename().string(), ".tmp.")) << entry.path();
+  }
+}
+
+// A full disk that let the model and metrics.csv through but not the larger
+// checkpoint left the folder inconsistent (model and metrics at step 16,
+// checkpoint at 8). The three are written all or none: here, none.
+TEST_F(Resume, AFullDiskNeverLeavesTheModelAheadOfTheCheckpoint) {
+  const std::string out = dir_ / "full";
+  expect_success(run_vae(tiny_run(data_, out, {{"--max-steps", "8"}}), dir_.path()));
+  const std::string model = read_file(out + "/model.safetensors");
+  const std::string metrics = read_file(out + "/metrics.csv");
+  const std::string checkpoint = read_file(out + "/checkpoint.safetensors");
+  ASSERT_LT(model.size(), 150000u);
+  ASSERT_GT(checkpoint.size(), 250000u);
+  struct rlimit old_limit;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct rlimit limit = old_limit;
+  limit.rlim_cur = 200000;  // a model file fits, a checkpoint does not
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  signal(SIGXFSZ, SIG_IGN);
+  const RunResult r = run_vae({"train", "--resume", out, "--data", data_, "--max-steps", "16"}, dir_.path());
+  setrlimit(RLIMIT_FSIZE, &old_limit);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_TRUE(contains(r.err, "cannot write " + out + "/checkpoint.safetensors")) << describe(r);
+  EXPECT_EQ(read_file(out + "/checkpoint.safetensors"), checkpoint);
+  EXPECT_EQ(read_file(out + "/model.safetensors"), model) << "the model is ahead of the checkpoint";
+  EXPECT_EQ(read_file(out + "/metrics.csv"), metrics) << "metrics.csv is ahead of the checkpoint";
   for (const auto& entry : fs::directory_iterator(out)) {
     EXPECT_FALSE(contains(entry.path().filename().string(), ".tmp.")) << entry.path();
   }

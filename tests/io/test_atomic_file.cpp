@@ -73,6 +73,17 @@ TEST_F(AtomicFileHelpers, WritablePathCheck) {
                 ": No such file or directory");
   EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path(path("old.json/x")); }),
             "cannot write " + path("old.json/x") + ": Not a directory");
+  // A name of 250 bytes is legal; its temporary is kept within 255.
+  const std::string long_name = path(std::string(250, 'n'));
+  EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path(long_name); }), "");
+  const std::string text = "written";
+  EXPECT_NO_THROW(cuvae::write_file_atomically(long_name, text.data(), text.size()));
+  std::ifstream in(long_name);
+  EXPECT_TRUE(in.good());
+  EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path(path(std::string(256, 'n'))); }),
+            "cannot write " + path(std::string(256, 'n')) + ": File name too long");
+  // access() says yes to root everywhere; creating a file says no.
+  EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path("/proc/version"); }).rfind("cannot write /proc/version: ", 0), 0u);
   EXPECT_EQ(error_of([&] { cuvae::check_writable_file_path("/dev/full"); }),
             "cannot write /dev/full: exists and is not a regular file");
   ASSERT_EQ(::mkfifo(path("fifo").c_str(), 0600), 0);
@@ -82,32 +93,51 @@ TEST_F(AtomicFileHelpers, WritablePathCheck) {
 
 TEST_F(AtomicFileHelpers, OutputDirectoryRemovesWhatItMadeUnlessKept) {
   {
-    cuvae::OutputDirectory out(path("a/b/c"));
+    cuvae::OutputDirectory out(path("a/b/c"), "--out", "vae test");
     EXPECT_TRUE(fs::is_directory(path("a/b/c")));
   }
   EXPECT_FALSE(fs::exists(path("a")));
   {
-    cuvae::OutputDirectory out(path("a/b"));
+    cuvae::OutputDirectory out(path("a/b"), "--out", "vae test");
     out.keep();
   }
   EXPECT_TRUE(fs::is_directory(path("a/b")));
   {
-    cuvae::OutputDirectory out(path("a/b/c/d"));
+    cuvae::OutputDirectory out(path("a/b/c/d"), "--out", "vae test");
   }
   EXPECT_FALSE(fs::exists(path("a/b/c")));
   EXPECT_TRUE(fs::is_directory(path("a/b")));  // was there before
   {
-    cuvae::OutputDirectory out(path("x/y"));
+    cuvae::OutputDirectory out(path("x/y"), "--out", "vae test");
     touch("x/y/written");
   }
   EXPECT_TRUE(fs::exists(path("x/y/written")));  // not empty: kept
+}
+
+// Two commands into one directory mix their files: the second is refused
+// while the first holds it (flock: separate opens conflict even within one
+// process), and gets it once the first is gone.
+TEST_F(AtomicFileHelpers, OutputDirectoryIsLockedForItsLifetime) {
+  {
+    cuvae::OutputDirectory first(path("run"), "--out", "vae train");
+    EXPECT_TRUE(fs::exists(path("run/.vae.lock")));
+    EXPECT_EQ(error_of([&] { cuvae::OutputDirectory second(path("run"), "--out", "vae sample"); }),
+              "--out " + path("run") + " is in use by process " + std::to_string(::getpid()) +
+                  ", vae train: one command at a time writes an output directory; wait for it to end or "
+                  "choose another --out");
+    EXPECT_TRUE(fs::is_directory(path("run"))) << "the refused command removed the holder's directory";
+    touch("run/model.safetensors");
+  }
+  cuvae::OutputDirectory third(path("run"), "--out", "vae train");
+  EXPECT_TRUE(fs::exists(path("run/model.safetensors")));
+  EXPECT_TRUE(fs::exists(path("run/.vae.lock"))) << "a directory that stays keeps its lock file";
 }
 
 TEST_F(AtomicFileHelpers, OutputDirectoryClearsStaleTemporaries) {
   fs::create_directory(path("out"));
   const std::string stale = "out/task_3_1.png.tmp." + std::to_string(dead_pid());
   touch(stale);
-  cuvae::OutputDirectory out(path("out"));
+  cuvae::OutputDirectory out(path("out"), "--out", "vae test");
   EXPECT_FALSE(fs::exists(path(stale)));
 }
 

@@ -26,7 +26,7 @@ CLI::Validator non_empty();
 CLI::Validator unit_interval();
 
 void add_device(CLI::App* app, std::string* device);
-void add_image_scale(CLI::App* app, int* scale);
+CLI::Option* add_image_scale(CLI::App* app, int* scale);
 // --model FILE, required.
 void add_model(CLI::App* app, std::string* model);
 

@@ -30,6 +30,7 @@ struct TrainOptions {
   int image_scale = 1;
   int64_t checkpoint_every = 0;  // steps; 0: at the end of every epoch
   std::string resume;            // a run's output directory, or empty
+  bool overwrite = false;        // start over in an --out that holds another run
   // How the steps run (never what they compute, except tf32).
   bool tf32 = false;
   bool gemm_epilogues = false;  // cuBLASLt epilogues (CUDA); changes summation order
@@ -45,7 +46,8 @@ struct TrainOptions {
        given_epochs = false, given_max_steps = false, given_adam_eps = false,
        given_objective = false, given_samples = false, given_activation = false,
        given_init = false, given_schedule = false, given_outer_samples = false,
-       given_ciwae_beta = false;
+       given_ciwae_beta = false, given_eval_every = false, given_checkpoint_every = false,
+       given_image_scale = false;
 };
 
 // Runs training as the options say, printing progress to stdout. Returns the

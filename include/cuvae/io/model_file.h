@@ -28,6 +28,10 @@ struct ModelFile {
 void save_model(const std::string& path, const Architecture& arch,
                 const std::vector<float>& params,
                 const std::map<std::string, std::string>& extra_metadata);
+// What save_model writes to `path`, as bytes.
+std::vector<char> model_file_bytes(const std::string& path, const Architecture& arch,
+                                   const std::vector<float>& params,
+                                   const std::map<std::string, std::string>& extra_metadata);
 
 // Throws cuvae::Error naming the path when the file is not a safetensors
 // file, not a cuvae model, or when a tensor is missing or its shape disagrees

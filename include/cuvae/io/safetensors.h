@@ -33,6 +33,9 @@ struct SafetensorsFile {
 // rename()d over path, so a reader never sees half a file. Throws
 // cuvae::Error naming the path on any failure (and removes the temporary).
 void write_safetensors(const std::string& path, const SafetensorsFile& file);
+// The bytes write_safetensors writes (its checks, its errors naming `path`),
+// for writing with other files at once (AtomicFileSet).
+std::vector<char> safetensors_bytes(const std::string& path, const SafetensorsFile& file);
 
 // Throws cuvae::Error naming the path on: missing file, file shorter than
 // its header says, header not valid JSON or not an object, a tensor entry

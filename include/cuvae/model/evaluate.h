@@ -24,6 +24,10 @@ struct EvalRequest {
   bool per_image = false;  // keep each image's estimated log p(x)
   // Called after each chunk of images with (images done, images in all).
   std::function<void(int, int)> progress;
+  // Asked before each chunk (one image per chunk at the largest K): when it
+  // says true, evaluate() stops there and returns with `stopped` set (a
+  // Ctrl-C is honoured within a chunk, not at the end of the evaluation).
+  std::function<bool()> stop;
 };
 
 struct EvalResult {
@@ -36,6 +40,7 @@ struct EvalResult {
   // than 0.01 (Burda et al. 2016, section 5.2: "active units").
   int active_units = 0;
   std::vector<float> log_likelihood;  // per image, if requested
+  bool stopped = false;  // request.stop said so: the rest is not filled in
 };
 
 // Evaluates the first `limit` images. Each image is binarized once, with the

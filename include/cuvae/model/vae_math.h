@@ -389,6 +389,28 @@ CUVAE_HD double grouped_bound_term(double log_w_sum, double group_bound, float b
                             (1.0 - static_cast<double>(beta)) * group_bound;
 }
 
+// grouped_objective_weights for image b: its M groups of K samples in the
+// order (m, then k) that both backends use, so that they add the same
+// doubles. `weights` (each normalized within its group) become the
+// objective's per-sample weights v_mk in place; returns the image's bound,
+// the mean over its groups of grouped_bound_term.
+CUVAE_HD float grouped_objective_image(const float* row_logprob, const float* row_log_ratio,
+                                       const float* group_bound, int b, int groups, int samples, float beta,
+                                       float* weights) {
+  double bound = 0.0;
+  for (int m = 0; m < groups; ++m) {
+    const size_t group = static_cast<size_t>(b) * groups + m;
+    const size_t first = group * samples;
+    double log_w_sum = 0.0;
+    for (int k = 0; k < samples; ++k) {
+      log_w_sum += static_cast<double>(row_logprob[first + k] + row_log_ratio[first + k]);
+      weights[first + k] = grouped_sample_weight(weights[first + k], beta, samples, groups);
+    }
+    bound += grouped_bound_term(log_w_sum, static_cast<double>(group_bound[group]), beta, samples);
+  }
+  return static_cast<float>(bound / groups);
+}
+
 // Adam's hyper-parameters for one step t (1-based). 1 - beta, the step size
 // lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t) are computed once per step on
 // the host, in double: in float, 1 - 0.999f is 0.00099998713, off by 1.3e-5

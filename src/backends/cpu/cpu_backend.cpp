@@ -504,18 +504,7 @@ class CpuBackend final : public Backend {
     const long per_image = static_cast<long>(groups) * samples;
 #pragma omp parallel for schedule(static) if (long(images) * per_image >= kParallelThreshold / 16)
     for (int b = 0; b < images; ++b) {
-      double bound = 0.0;
-      for (int m = 0; m < groups; ++m) {
-        const size_t group = static_cast<size_t>(b) * groups + m;
-        const size_t first = group * samples;
-        double log_w_sum = 0.0;
-        for (int k = 0; k < samples; ++k) {
-          log_w_sum += static_cast<double>(row_logprob[first + k] + row_log_ratio[first + k]);
-          weights[first + k] = grouped_sample_weight(weights[first + k], beta, samples, groups);
-        }
-        bound += grouped_bound_term(log_w_sum, static_cast<double>(group_bound[group]), beta, samples);
-      }
-      row_bound[b] = static_cast<float>(bound / groups);
+      row_bound[b] = grouped_objective_image(row_logprob, row_log_ratio, group_bound, b, groups, samples, beta, weights);
     }
   }
 
