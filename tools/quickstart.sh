@@ -12,7 +12,8 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$(nproc)" --target vae
 
 out=runs/quickstart
-build/vae train --data data/mnist --out "$out" --device auto "$@"
+# --overwrite: each quick start trains afresh into the same folder.
+build/vae train --data data/mnist --out "$out" --device auto --overwrite "$@"
 build/vae eval --model "$out/model.safetensors" --data data/mnist --k 100
 echo
 echo "The model, metrics and the seed's images are in $out/:"

@@ -32,7 +32,7 @@ echo "agreement_torch: objective $objective, K = $samples, $epochs epochs, seeds
 for seed in $seeds; do
   # A seed whose results are already there (an earlier call) is reused.
   if [[ -f "$out/cuvae-$seed-eval.json" && -f "$out/torch-$seed.json" ]]; then continue; fi
-  "$vae" train --data data/mnist --out "$out/cuvae-$seed" --epochs "$epochs" --seed "$seed" --device cpu \
+  "$vae" train --data data/mnist --out "$out/cuvae-$seed" --overwrite --epochs "$epochs" --seed "$seed" --device cpu \
     --objective "$objective" --samples "$samples" > "$out/cuvae-$seed.log"
   "$vae" eval --model "$out/cuvae-$seed/model.safetensors" --data data/mnist --k 100 --device cpu | tail -1 > "$out/cuvae-$seed-eval.json"
   /usr/bin/python3 tools/torch/torch_reference.py --data data/mnist --epochs "$epochs" --seed "$seed" --eval-k 100 \

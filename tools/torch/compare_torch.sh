@@ -92,7 +92,7 @@ for batch in ${batches//,/ }; do
     echo "  batch $batch: PyTorch's best: $(describe "$best")"
   fi
   for ((r = 1; r <= rounds; ++r)); do
-    build/vae train --data data/mnist --out "$out/cuvae-$batch-r$r" --epochs "$epochs" --batch-size "$batch" \
+    build/vae train --data data/mnist --out "$out/cuvae-$batch-r$r" --overwrite --epochs "$epochs" --batch-size "$batch" \
       --device "$device" > "$out/cuvae-$batch-r$r.log"
     torch_run "$best" "$out/torch-$batch-r$r.json" --epochs "$epochs" --batch-size "$batch" > "$out/torch-$batch-r$r.log"
   done
