@@ -121,16 +121,26 @@ int run_eval(const EvalOptions& o) {
     bounds_text += text;
     bounds[std::to_string(k)] = value;
   }
+  // "12 active units of 50", or per stochastic layer "active units 31 of 100
+  // in layer 1, 7 of 50 in layer 2".
+  const int layers = file.arch.stochastic_layers();
+  std::string active = layers > 1 ? "active units " : "";
+  for (int l = 0; l < layers; ++l) {
+    const std::string count = std::to_string(r.active_units_per_layer[l]);
+    const std::string of = std::to_string(file.arch.latent_dim_of(l));
+    active += layers > 1 ? (l ? ", " : "") + count + " of " + of + " in layer " + std::to_string(l + 1)
+                         : count + " active units of " + of;
+  }
   std::printf("On %d test images (fixed binarization, seed %llu): ELBO %.3f nats, NLL %.3f nats "
-              "(importance sampled, K=%d)%s%s, %d active units of %d, in %.1f s.\n",
+              "(importance sampled, K=%d)%s%s, %s, in %.1f s.\n",
               r.images, static_cast<unsigned long long>(o.seed), r.elbo, r.nll, r.k,
-              bounds_text.empty() ? "" : "; bounds ", bounds_text.c_str(), r.active_units,
-              file.arch.latent_dim, seconds);
+              bounds_text.empty() ? "" : "; bounds ", bounds_text.c_str(), active.c_str(), seconds);
   nlohmann::json line = {{"model", o.model},   {"images", r.images}, {"k", r.k},
                          {"seed", o.seed},     {"elbo", r.elbo},     {"nll", r.nll},
                          {"active_units", r.active_units}, {"seconds", seconds},
                          {"device", backend->name()}};
   if (!r.bounds.empty()) line["bounds"] = bounds;
+  if (layers > 1) line["active_units_per_layer"] = r.active_units_per_layer;
   if (request.per_image) line["per_image"] = o.per_image;
   // Paths need not be UTF-8; replace bad bytes (U+FFFD) rather than throw.
   std::cout << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;

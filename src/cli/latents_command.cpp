@@ -113,7 +113,11 @@ int run_latents_command(const LatentsOptions& o) {
   const std::string png_path = o.out + "/latents.png";
   write_file_atomically(csv_path, csv.data(), csv.size());
   std::cout << "latents: " << n << " test images (" << o.data
-            << (dataset == "unknown" ? std::string() : ", " + dataset) << "), " << what << "\n";
+            << (dataset == "unknown" ? std::string() : ", " + dataset) << "), " << what
+            << (arch.stochastic_layers() > 1 ? " (the first of " + std::to_string(arch.stochastic_layers()) +
+                                                   " stochastic layers: q(h_1|x)'s means)"
+                                             : std::string())
+            << "\n";
 
   std::vector<std::string> args = {"latents", csv_path, png_path, "--title",
                                    std::to_string(n) + " test images in latent space, " +

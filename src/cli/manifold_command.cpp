@@ -51,6 +51,13 @@ int run_manifold_command(const ManifoldOptions& o) {
   const ModelFile file = load_model(o.model);  // bad models fail before anything else
   const Architecture& arch = file.arch;
   const int latent = arch.latent_dim;
+  if (arch.stochastic_layers() > 1) {
+    // The grid is of the prior's quantiles, decoded by p(x|h_1): the first
+    // layer's prior is N(0, I) only when it is the top one.
+    throw Error(o.model + ": the manifold needs a model with one stochastic layer (this one has " +
+                std::to_string(arch.stochastic_layers()) + ", --latent-dim " + arch.latent_dims_text() +
+                "); vae latents maps the first layer's posterior means");
+  }
   check_latent_size_for_plane(latent, o.model, "the manifold");
   const int side = square_side(arch.input_dim, o.model);
   IdxImages test;

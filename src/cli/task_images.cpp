@@ -57,9 +57,10 @@ std::vector<std::string> write_prior_samples(VaeModel& model, const std::string&
   Backend& backend = model.backend();
   const Architecture& arch = model.architecture();
   const int n = kTaskImageRows;
-  DeviceArray<float> z(backend, static_cast<size_t>(n) * arch.latent_dim);
-  backend.fill_normal(z.get(), z.size(), 0, RandomKey{seed, RandomStream::kPrior, 0});
-  const float* logits = model.decode(z.get(), n);
+  // Ancestral: the top layer's prior, then each p(h_{s-1}|h_s) (one layer: z ~ N(0, I)).
+  DeviceArray<float> noise(backend, static_cast<size_t>(n) * arch.noise_per_sample());
+  backend.fill_normal(noise.get(), noise.size(), 0, RandomKey{seed, RandomStream::kPrior, 0});
+  const float* logits = model.sample_logits(noise.get(), n);
   const std::string path = join(out_dir, "task_3_1.png");
   const int side = square_side(arch.input_dim);
   write_png_grid(path, probabilities(backend, logits, n, arch.input_dim), side, side, grid);
@@ -74,7 +75,7 @@ std::vector<std::string> write_reconstructions(VaeModel& model, const IdxImages&
   const int n = kReconstructions;
   require_test_images(test, n, arch.input_dim);
   DeviceArray<float> x(backend, static_cast<size_t>(n) * arch.input_dim);
-  DeviceArray<float> eps(backend, static_cast<size_t>(n) * arch.latent_dim);
+  DeviceArray<float> eps(backend, static_cast<size_t>(n) * arch.noise_per_sample());
   binarize_fixed(backend, test, 0, n, seed, x.get());
   backend.fill_normal(eps.get(), eps.size(), 0, RandomKey{seed, RandomStream::kReconstructEps, 0});
   model.forward_backward(x.get(), eps.get(), n, false);

@@ -40,8 +40,7 @@ namespace {
 // The configuration of a new run, from the flags.
 TrainConfig config_from_flags(const TrainOptions& o) {
   TrainConfig config;
-  config.arch.hidden = parse_widths(o.hidden, "--hidden");
-  config.arch.latent_dim = o.latent_dim;
+  config.arch.set_layers(o.latent_dim, o.hidden);
   config.arch.activation = parse_activation(o.activation, "--activation");
   config.arch.validate();
   config.objective.objective = parse_objective(o.objective, "--objective");
@@ -101,10 +100,15 @@ void check_resume_flags(const TrainOptions& o, const TrainConfig& c, const std::
     refuse("--adam-eps", shortest(o.adam_eps), shortest(c.adam.eps));
   if (o.given_batch_size && o.batch_size != c.batch_size)
     refuse("--batch-size", std::to_string(o.batch_size), std::to_string(c.batch_size));
-  if (o.given_latent_dim && o.latent_dim != c.arch.latent_dim)
-    refuse("--latent-dim", std::to_string(o.latent_dim), std::to_string(c.arch.latent_dim));
-  if (o.given_hidden && parse_widths(o.hidden, "--hidden") != c.arch.hidden)
-    refuse("--hidden", o.hidden, format_widths(c.arch.hidden));
+  // Each list against the run's, as numbers ("050" is 50).
+  if (o.given_latent_dim && format_widths(parse_widths(o.latent_dim, "--latent-dim")) != c.arch.latent_dims_text())
+    refuse("--latent-dim", o.latent_dim, c.arch.latent_dims_text());
+  if (o.given_hidden) {
+    std::string given;
+    for (const std::vector<int>& layer : parse_layer_widths(o.hidden, "--hidden"))
+      given += (given.empty() ? "" : "/") + format_widths(layer);
+    if (given != c.arch.hidden_text()) refuse("--hidden", o.hidden, c.arch.hidden_text());
+  }
   if (o.given_lr && o.lr != c.adam.lr) refuse("--lr", shortest(o.lr), shortest(c.adam.lr));
   if (o.given_seed && o.seed != c.seed)
     refuse("--seed", std::to_string(o.seed), std::to_string(c.seed));

@@ -173,8 +173,8 @@ std::vector<char> checkpoint_bytes(const std::string& path, const TrainState& s)
   file.tensors = {{"params", shape, s.params}, {"adam.m", shape, s.adam_m}, {"adam.v", shape, s.adam_v}};
   file.metadata = {{"format", kFormat},
                    {"input_dim", std::to_string(s.config.arch.input_dim)},
-                   {"hidden", format_widths(s.config.arch.hidden)},
-                   {"latent_dim", std::to_string(s.config.arch.latent_dim)},
+                   {"hidden", s.config.arch.hidden_text()},
+                   {"latent_dim", s.config.arch.latent_dims_text()},
                    {"batch_size", std::to_string(s.config.batch_size)},
                    {"seed", std::to_string(s.config.seed)},
                    {"shuffle", s.config.shuffle ? "1" : "0"},
@@ -212,8 +212,8 @@ TrainState load_checkpoint(const std::string& path) {
   TrainState s;
   Architecture& arch = s.config.arch;
   arch.input_dim = static_cast<int>(unsigned_field(path, file, "input_dim", 1, Architecture::kMaxWidth));
-  arch.latent_dim = static_cast<int>(unsigned_field(path, file, "latent_dim", 1, Architecture::kMaxWidth));
-  arch.hidden = parse_widths(field(path, file, "hidden"), path + ": checkpoint metadata 'hidden'");
+  arch.set_layers_from_fields(field(path, file, "latent_dim"), field(path, file, "hidden"),
+                              path + ": checkpoint metadata");
   // Fields added with the IWAE objectives; a checkpoint of an earlier build
   // has the seed's values.
   const std::string what = path + ": checkpoint metadata ";

@@ -45,8 +45,9 @@ std::vector<char> model_file_bytes(const std::string& path, const Architecture& 
   file.metadata = extra_metadata;
   file.metadata["format"] = kFormat;
   file.metadata["input_dim"] = std::to_string(arch.input_dim);
-  file.metadata["hidden"] = format_widths(arch.hidden);
-  file.metadata["latent_dim"] = std::to_string(arch.latent_dim);
+  // One stochastic layer: "200,200" and "50", as before there were more.
+  file.metadata["hidden"] = arch.hidden_text();
+  file.metadata["latent_dim"] = arch.latent_dims_text();
   file.metadata["activation"] = activation_name(arch.activation);
   file.metadata["encoder_output"] = "mean|log_std";
   file.metadata["layer"] = "y = x @ weight + bias, weight [in, out]";
@@ -74,10 +75,11 @@ ModelFile load_model(const std::string& path) {
   ModelFile model;
   model.metadata = file.metadata;
   model.arch.input_dim = parse_positive(path, file.metadata, "input_dim");
-  model.arch.latent_dim = parse_positive(path, file.metadata, "latent_dim");
+  const auto latent = file.metadata.find("latent_dim");
+  if (latent == file.metadata.end()) throw Error(path + ": metadata has no 'latent_dim'");
   const auto hidden = file.metadata.find("hidden");
   if (hidden == file.metadata.end()) throw Error(path + ": metadata has no 'hidden'");
-  model.arch.hidden = parse_widths(hidden->second, path + ": metadata 'hidden'");
+  model.arch.set_layers_from_fields(latent->second, hidden->second, path + ": metadata");
   // Models of builds before tanh have ReLU hidden layers and no 'activation'.
   const auto activation = file.metadata.find("activation");
   model.arch.activation = activation == file.metadata.end()

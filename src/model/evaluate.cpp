@@ -28,10 +28,18 @@ double log_mean_exp(const float* v, int n) {
 struct PosteriorMeanMoments {
   std::vector<double> sum, sum_squares;
   explicit PosteriorMeanMoments(int latent) : sum(latent, 0.0), sum_squares(latent, 0.0) {}
-  void add(const std::vector<float>& encoder_out, int images, int latent) {
+  // encoder_out: images * samples rows of [mean | log_std]; an image's
+  // posterior mean is the average of its rows' means (one row for the first
+  // layer; for a layer above, E_q[h_s|x] = E_{q(h_{s-1}|x)} mean_s(h_{s-1})
+  // estimated over the image's K samples).
+  void add(const std::vector<float>& encoder_out, int images, int samples, int latent) {
     for (int i = 0; i < images; ++i) {
       for (int u = 0; u < latent; ++u) {
-        const double mean = encoder_out[static_cast<size_t>(i) * 2 * latent + u];
+        double mean = 0.0;
+        for (int k = 0; k < samples; ++k) {
+          mean += encoder_out[(static_cast<size_t>(i) * samples + k) * 2 * latent + u];
+        }
+        mean /= samples;
         sum[u] += mean;
         sum_squares[u] += mean * mean;
       }
@@ -119,12 +127,14 @@ EvalResult evaluate(VaeModel& model, const IdxImages& images, const EvalRequest&
   const ObjectiveConfig samples{Objective::kElbo, k};
 
   DeviceArray<float> x(backend, static_cast<size_t>(chunk) * dim);
-  DeviceArray<float> eps(backend, static_cast<size_t>(chunk) * k * latent);
+  const Architecture& arch = model.architecture();
+  DeviceArray<float> eps(backend, static_cast<size_t>(chunk) * k * arch.noise_per_sample());
   DeviceArray<float> row_bound(backend, static_cast<size_t>(chunk));
   DeviceArray<double> elbo_sum(backend, 1);
   const double zero = 0.0;
   backend.copy_to_device(elbo_sum.get(), &zero, sizeof zero);
-  PosteriorMeanMoments moments(latent);
+  std::vector<PosteriorMeanMoments> moments;
+  for (int l = 0; l < arch.stochastic_layers(); ++l) moments.emplace_back(arch.latent_dim_of(l));
   std::vector<double> bound_sums(request.bounds.size(), 0.0);
   EvalResult result;
   double nll_sum = 0.0;
@@ -136,9 +146,15 @@ EvalResult evaluate(VaeModel& model, const IdxImages& images, const EvalRequest&
     }
     const int n = std::min(chunk, count - first);
     binarize_fixed(backend, images, first, n, request.seed, x.get());
-    backend.fill_normal(eps.get(), static_cast<size_t>(n) * k * latent,
-                        static_cast<uint64_t>(first) * k * latent,
-                        RandomKey{request.seed, RandomStream::kEvalEps, 0});
+    // Layer s's block of n K rows x L_s, from its own counter of the stream
+    // (step s), so that every image's noise is the same whatever the chunk.
+    size_t offset = 0;
+    for (int l = 0; l < arch.stochastic_layers(); ++l) {
+      const size_t values = static_cast<size_t>(k) * arch.latent_dim_of(l);
+      backend.fill_normal(eps.get() + offset, n * values, static_cast<uint64_t>(first) * values,
+                          RandomKey{request.seed, RandomStream::kEvalEps, static_cast<uint64_t>(l)});
+      offset += n * values;
+    }
     model.forward_backward(x.get(), eps.get(), n, samples, false);
     model.accumulate_bound(samples, n, elbo_sum.get());
     backend.importance_weights(model.row_logprob(), model.row_log_ratio(), n, k, nullptr,
@@ -148,7 +164,12 @@ EvalResult evaluate(VaeModel& model, const IdxImages& images, const EvalRequest&
     if (request.per_image) {
       result.log_likelihood.insert(result.log_likelihood.end(), log_likelihood.begin(), log_likelihood.end());
     }
-    moments.add(to_host(backend, model.encoder_output(), static_cast<size_t>(n) * 2 * latent), n, latent);
+    moments[0].add(to_host(backend, model.encoder_output(), static_cast<size_t>(n) * 2 * latent), n, 1, latent);
+    for (int l = 1; l < arch.stochastic_layers(); ++l) {
+      const int upper_latent = arch.latent_dim_of(l);
+      moments[l].add(to_host(backend, model.upper_encoder_output(l), static_cast<size_t>(n) * k * 2 * upper_latent),
+                     n, k, upper_latent);
+    }
     if (!request.bounds.empty()) add_group_bounds(backend, model, n, k, request.bounds, &bound_sums);
     if (request.progress) request.progress(first + n, count);
   }
@@ -161,7 +182,10 @@ EvalResult evaluate(VaeModel& model, const IdxImages& images, const EvalRequest&
   for (size_t b = 0; b < request.bounds.size(); ++b) {
     result.bounds.emplace_back(request.bounds[b], bound_sums[b] / count);
   }
-  result.active_units = moments.active_units(count, 0.01);
+  for (const PosteriorMeanMoments& layer : moments) {
+    result.active_units_per_layer.push_back(layer.active_units(count, 0.01));
+  }
+  result.active_units = result.active_units_per_layer[0];
   return result;
 }
 

@@ -53,6 +53,22 @@ std::vector<double> pixel_means(const IdxImages& images) {
   return sums;
 }
 
+// Per sample row, what the stochastic layers above the first keep: each
+// encoder's and decoder's outputs and gradient scratch (the hidden widths
+// twice over, and their tops), h, dh, eps, the log ratio, two gradients of
+// the encoder's output and the decoder's.
+size_t upper_layer_floats_per_row(const Architecture& arch) {
+  size_t floats = 0;
+  for (int l = 1; l < arch.stochastic_layers(); ++l) {
+    size_t hidden = 0;
+    for (int h : arch.hidden_of(l)) hidden += static_cast<size_t>(h);
+    const size_t latent = static_cast<size_t>(arch.latent_dim_of(l));
+    const size_t below = static_cast<size_t>(arch.latent_dim_of(l - 1));
+    floats += 4 * hidden + 2 * latent + 2 * below + 3 * latent + 1 + 4 * latent + 2 * below;
+  }
+  return floats;
+}
+
 size_t model_bytes(const Architecture& arch, int images, int samples) {
   const ParameterLayout layout(arch);
   size_t widest = static_cast<size_t>(std::max(arch.input_dim, 2 * arch.latent_dim));
@@ -66,7 +82,7 @@ size_t model_bytes(const Architecture& arch, int images, int samples) {
   // Per decoder row: its layers' outputs, two gradient scratch rows, the
   // logits' gradient, z, dz, eps and four per-sample values; per image the
   // encoder's the same and the batch itself.
-  const size_t decoder_floats = rows * (hidden + d + 2 * widest + d + 3 * l + 4);
+  const size_t decoder_floats = rows * (hidden + d + 2 * widest + d + 3 * l + 4 + upper_layer_floats_per_row(arch));
   const size_t encoder_floats = b * (hidden + 2 * l + 2 * widest + 2 * l + d + 4);
   return sizeof(float) * (4 * layout.size() + decoder_floats + encoder_floats);
 }
@@ -100,7 +116,7 @@ Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& i
       steps_per_epoch_(images.count / std::max(1, config.batch_size)),
       x_(backend, static_cast<size_t>(config.batch_size) * config.arch.input_dim),
       eps_(backend, static_cast<size_t>(config.batch_size) * config.objective.total_samples() *
-                        config.arch.latent_dim),
+                        config.arch.noise_per_sample()),
       elbo_sum_(backend, 1) {
   if (config.init == InitScheme::kGlorot) {
     const std::vector<double> means = pixel_means(images);

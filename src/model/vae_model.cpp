@@ -25,34 +25,102 @@ namespace cuvae {
 // ---------------------------------------------------------------------------
 // Architecture
 
-std::vector<int> Architecture::encoder_widths() const {
-  std::vector<int> widths{input_dim};
-  widths.insert(widths.end(), hidden.begin(), hidden.end());
-  widths.push_back(2 * latent_dim);
+int Architecture::noise_per_sample() const {
+  int total = latent_dim;
+  for (const StochasticLayer& layer : upper) total += layer.latent_dim;
+  return total;
+}
+
+std::vector<int> Architecture::encoder_widths(int s) const {
+  std::vector<int> widths{s == 0 ? input_dim : latent_dim_of(s - 1)};
+  const std::vector<int>& h = hidden_of(s);
+  widths.insert(widths.end(), h.begin(), h.end());
+  widths.push_back(2 * latent_dim_of(s));
   return widths;
 }
 
-std::vector<int> Architecture::decoder_widths() const {
-  std::vector<int> widths{latent_dim};
-  widths.insert(widths.end(), hidden.begin(), hidden.end());
-  widths.push_back(input_dim);
+std::vector<int> Architecture::decoder_widths(int s) const {
+  std::vector<int> widths{latent_dim_of(s)};
+  const std::vector<int>& h = hidden_of(s);
+  widths.insert(widths.end(), h.begin(), h.end());
+  widths.push_back(s == 0 ? input_dim : 2 * latent_dim_of(s - 1));
   return widths;
 }
 
 std::string Architecture::describe() const {
+  // q: 784-200-200-(100+100) -100-100-(50+50) | p: 50-100-100-(100+100) -200-200-784
+  auto chain = [](const std::vector<int>& widths, bool gaussian_top, bool first) {
+    std::ostringstream s;
+    for (size_t i = first ? 0 : 1; i + 1 < widths.size(); ++i) s << (i || !first ? "-" : "") << widths[i];
+    const int top = widths.back();
+    if (gaussian_top) s << "-(" << top / 2 << '+' << top / 2 << ')';
+    else s << '-' << top;
+    return s.str();
+  };
   std::ostringstream s;
-  s << input_dim;
-  for (int h : hidden) s << '-' << h;
-  s << "-(" << latent_dim << '+' << latent_dim << ") | " << latent_dim;
-  for (int h : hidden) s << '-' << h;
-  s << '-' << input_dim;
+  for (int l = 0; l < stochastic_layers(); ++l) s << (l ? " " : "") << chain(encoder_widths(l), true, l == 0);
+  s << " | ";
+  for (int l = stochastic_layers() - 1; l >= 0; --l) {
+    s << (l + 1 < stochastic_layers() ? " " : "") << chain(decoder_widths(l), l > 0, l + 1 == stochastic_layers());
+  }
   if (activation != Activation::kRelu) s << " (" << activation_name(activation) << ")";
   return s.str();
 }
 
+std::string Architecture::latent_dims_text() const {
+  std::vector<int> dims;
+  for (int l = 0; l < stochastic_layers(); ++l) dims.push_back(latent_dim_of(l));
+  return format_widths(dims);
+}
+
+std::string Architecture::hidden_text() const {
+  std::string text;
+  for (int l = 0; l < stochastic_layers(); ++l) text += (l ? "/" : "") + format_widths(hidden_of(l));
+  return text;
+}
+
+void Architecture::set_layers(const std::string& latent_dims, const std::string& hidden_widths,
+                              const std::string& where) {
+  const std::string prefix = where.empty() ? "" : where + ": ";
+  const std::vector<int> dims = parse_widths(latent_dims, prefix + "--latent-dim");
+  if (dims.size() > static_cast<size_t>(kMaxStochasticLayers)) {
+    throw Error(prefix + "--latent-dim " + latent_dims + " has " + std::to_string(dims.size()) +
+                " stochastic layers; at most " + std::to_string(kMaxStochasticLayers));
+  }
+  const std::vector<std::vector<int>> widths = parse_layer_widths(hidden_widths, prefix + "--hidden");
+  if (widths.size() != dims.size()) {
+    throw Error(prefix + "--hidden " + hidden_widths + " has " + std::to_string(widths.size()) +
+                " layer list" + (widths.size() == 1 ? "" : "s") + " for the " +
+                std::to_string(dims.size()) + " stochastic layer" + (dims.size() == 1 ? "" : "s") +
+                " of --latent-dim " + latent_dims + "; give one per layer, '/' between them (e.g. 200,200/100,100)");
+  }
+  latent_dim = dims[0];
+  hidden = widths[0];
+  upper.clear();
+  for (size_t l = 1; l < dims.size(); ++l) upper.push_back(StochasticLayer{dims[l], widths[l]});
+}
+
+void Architecture::set_layers_from_fields(const std::string& latent_dims, const std::string& hidden_widths,
+                                          const std::string& where) {
+  const auto refuse = [&](const std::string& key, const std::string& value, const std::string& what) {
+    throw Error(where + " '" + key + "' is '" + printable_excerpt(value) + "', not " + what);
+  };
+  try {
+    parse_widths(latent_dims, "");
+  } catch (const Error&) {
+    refuse("latent_dim", latent_dims, "a comma-separated list of positive integers (one per stochastic layer)");
+  }
+  try {
+    parse_layer_widths(hidden_widths, "");
+  } catch (const Error&) {
+    refuse("hidden", hidden_widths, "comma-separated lists of positive integers, '/' between stochastic layers");
+  }
+  set_layers(latent_dims, hidden_widths, where + " 'latent_dim' and 'hidden'");
+}
+
 bool Architecture::operator==(const Architecture& other) const {
   return input_dim == other.input_dim && hidden == other.hidden &&
-         latent_dim == other.latent_dim && activation == other.activation;
+         latent_dim == other.latent_dim && upper == other.upper && activation == other.activation;
 }
 
 void Architecture::validate() const {
@@ -63,9 +131,15 @@ void Architecture::validate() const {
     }
   };
   check(input_dim, "input size");
-  check(latent_dim, "latent size (--latent-dim)");
-  if (hidden.empty()) throw Error("--hidden needs at least one hidden layer width");
-  for (int h : hidden) check(h, "hidden width (--hidden)");
+  if (stochastic_layers() > kMaxStochasticLayers) {
+    throw Error("at most " + std::to_string(kMaxStochasticLayers) + " stochastic layers (--latent-dim), got " +
+                std::to_string(stochastic_layers()));
+  }
+  for (int l = 0; l < stochastic_layers(); ++l) {
+    check(latent_dim_of(l), "latent size (--latent-dim)");
+    if (hidden_of(l).empty()) throw Error("--hidden needs at least one hidden layer width under each stochastic layer");
+    for (int h : hidden_of(l)) check(h, "hidden width (--hidden)");
+  }
 }
 
 std::vector<int> parse_widths(const std::string& text, const std::string& what) {
@@ -84,6 +158,19 @@ std::vector<int> parse_widths(const std::string& text, const std::string& what) 
     widths.push_back(width);
   }
   if (text.back() == ',') throw Error(usage);
+  return widths;
+}
+
+std::vector<std::vector<int>> parse_layer_widths(const std::string& text, const std::string& what) {
+  std::vector<std::vector<int>> widths;
+  size_t start = 0;
+  while (true) {
+    const size_t slash = text.find('/', start);
+    widths.push_back(parse_widths(text.substr(start, slash == std::string::npos ? slash : slash - start),
+                                  what + " (one comma list per stochastic layer, '/' between layers)"));
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
   return widths;
 }
 
@@ -213,13 +300,19 @@ std::vector<DenseLayer> lay_out(const std::vector<int>& widths, Activation hidde
 
 ParameterLayout::ParameterLayout(const Architecture& arch) {
   arch.validate();
-  encoder_ = lay_out(arch.encoder_widths(), arch.activation, "encoder", &size_);
-  decoder_ = lay_out(arch.decoder_widths(), arch.activation, "decoder", &size_);
+  for (int l = 0; l < arch.stochastic_layers(); ++l) {
+    const std::string suffix = l == 0 ? "" : std::to_string(l + 1);
+    encoders_.push_back(lay_out(arch.encoder_widths(l), arch.activation, "encoder" + suffix, &size_));
+    decoders_.push_back(lay_out(arch.decoder_widths(l), arch.activation, "decoder" + suffix, &size_));
+  }
 }
 
 std::vector<DenseLayer> ParameterLayout::all_layers() const {
-  std::vector<DenseLayer> layers = encoder_;
-  layers.insert(layers.end(), decoder_.begin(), decoder_.end());
+  std::vector<DenseLayer> layers;
+  for (size_t l = 0; l < encoders_.size(); ++l) {
+    layers.insert(layers.end(), encoders_[l].begin(), encoders_[l].end());
+    layers.insert(layers.end(), decoders_[l].begin(), decoders_[l].end());
+  }
   return layers;
 }
 
@@ -254,7 +347,8 @@ float* Mlp::forward(const float* params, const float* input, int rows) {
 }
 
 void Mlp::backward(const float* params, float* grads, const float* input, float* d_output,
-                   int rows, float* d_input, const float* row_scale, bool weight_gradients) {
+                   int rows, float* d_input, const float* row_scale, bool weight_gradients,
+                   bool accumulate_d_input) {
   // The top layer: dA = dY * act'(Y); db = column sums of dA. Below it each
   // layer's dA and db come with the dX of the layer above
   // (dense_backward_input).
@@ -279,7 +373,7 @@ void Mlp::backward(const float* params, float* grads, const float* input, float*
       // dX = dA W^T (B x in): the network's input has no activation or bias.
       if (d_input != nullptr) {
         backend_.gemm(false, true, rows, layer.in, layer.out, 1.0f, da, layer.out, w, layer.out,
-                      0.0f, d_input, layer.in);
+                      accumulate_d_input ? 1.0f : 0.0f, d_input, layer.in);
       }
       break;
     }
@@ -323,6 +417,28 @@ VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows, int
   backend_.copy_to_device(grads_.get(), zeros.data(), zeros.size() * sizeof(float));
   backend_.copy_to_device(adam_m_.get(), zeros.data(), zeros.size() * sizeof(float));
   backend_.copy_to_device(adam_v_.get(), zeros.data(), zeros.size() * sizeof(float));
+  const int sample_rows = max_rows * max_samples;
+  for (int l = 1; l < arch_.stochastic_layers(); ++l) {
+    upper_.push_back(std::make_unique<UpperLayer>(backend_, layout_, l, arch_.latent_dim_of(l),
+                                                  arch_.latent_dim_of(l - 1), sample_rows));
+  }
+}
+
+VaeModel::UpperLayer::UpperLayer(Backend& backend, const ParameterLayout& layout, int s, int latent,
+                                 int below_latent, int rows)
+    : encoder(backend, layout.encoder(s), rows),
+      decoder(backend, layout.decoder(s), rows),
+      h(backend, static_cast<size_t>(rows) * latent),
+      dh(backend, static_cast<size_t>(rows) * latent),
+      log_ratio(backend, static_cast<size_t>(rows)),
+      d_encoder_out(backend, static_cast<size_t>(rows) * 2 * latent),
+      d_encoder_out_below(backend, static_cast<size_t>(rows) * 2 * latent),
+      d_p_params(backend, static_cast<size_t>(rows) * 2 * below_latent) {}
+
+float* VaeModel::scratch_grads() {
+  // Made at the first step that needs it (before a CUDA Graph records one).
+  if (scratch_grads_.size() == 0) scratch_grads_ = DeviceArray<float>(backend_, layout_.size());
+  return scratch_grads_.get();
 }
 
 namespace {
@@ -419,6 +535,93 @@ void VaeModel::check_samples(int samples) const {
   }
 }
 
+const float* VaeModel::sample_logits(const float* eps, int rows) {
+  check_rows(rows);
+  // Layer s's block of eps starts after the rows x L_t blocks below it.
+  std::vector<size_t> offsets{0};
+  for (int l = 0; l < arch_.stochastic_layers(); ++l) {
+    offsets.push_back(offsets.back() + static_cast<size_t>(rows) * arch_.latent_dim_of(l));
+  }
+  const int top = arch_.stochastic_layers() - 1;
+  const float* h = eps + offsets[top];  // h_S ~ N(0, I)
+  for (int l = top; l >= 1; --l) {
+    // h_{s-1} = mean + exp(log_std) eps from p(h_{s-1}|h_s).
+    UpperLayer& layer = *upper_[l - 1];
+    const float* p_params = layer.decoder.forward(params_.get(), h, rows);
+    float* below = l == 1 ? z_.get() : upper_[l - 2]->h.get();
+    backend_.reparameterize_kl_forward(p_params, eps + offsets[l - 1], rows, 1, arch_.latent_dim_of(l - 1),
+                                       below, nullptr, nullptr);
+    h = below;
+  }
+  return decoder_.forward(params_.get(), h, rows);
+}
+
+void VaeModel::upper_layers_forward(const float* eps, int rows) {
+  const float* below = z_.get();
+  size_t eps_offset = static_cast<size_t>(rows) * arch_.latent_dim;
+  for (int l = 1; l < arch_.stochastic_layers(); ++l) {
+    UpperLayer& layer = *upper_[l - 1];
+    const int latent = arch_.latent_dim_of(l);
+    layer.encoder_out = layer.encoder.forward(params_.get(), below, rows);
+    // h_s and its log N(h_s; 0, I) - log q(h_s|h_{s-1}), one sample a row.
+    backend_.reparameterize_kl_forward(layer.encoder_out, eps + eps_offset, rows, 1, latent,
+                                       layer.h.get(), nullptr, layer.log_ratio.get());
+    layer.p_params = layer.decoder.forward(params_.get(), layer.h.get(), rows);
+    backend_.gaussian_layer_forward(below, layer.p_params, layer.log_ratio.get(), rows,
+                                    arch_.latent_dim_of(l - 1), row_log_ratio_.get());
+    below = layer.h.get();
+    eps_offset += static_cast<size_t>(rows) * latent;
+  }
+}
+
+void VaeModel::decoders_backward(const float* weights, float* grads, float* dlogits, int rows,
+                                 bool weight_gradients, bool with_dh) {
+  decoder_.backward(params_.get(), grads, z_.get(), dlogits, rows, with_dh ? dz_.get() : nullptr,
+                    weights, weight_gradients);
+  float* dh_below = dz_.get();
+  const float* h_below = z_.get();
+  for (int l = 1; l < arch_.stochastic_layers(); ++l) {
+    UpperLayer& layer = *upper_[l - 1];
+    // p(h_{s-1}|h_s): its log-ratio's gradient (weighted per row) to its
+    // mean | log_std and to h_{s-1}, then through its decoder to h_s.
+    backend_.gaussian_layer_backward(h_below, layer.p_params, weights, rows, arch_.latent_dim_of(l - 1),
+                                     batch_scale_, layer.d_p_params.get(), with_dh ? dh_below : nullptr);
+    layer.decoder.backward(params_.get(), grads, layer.h.get(), layer.d_p_params.get(), rows,
+                           with_dh ? layer.dh.get() : nullptr, nullptr, weight_gradients);
+    dh_below = layer.dh.get();
+    h_below = layer.h.get();
+  }
+}
+
+void VaeModel::upper_encoders_backward(const float* eps, const float* weights, int rows,
+                                       float scale, bool dreg) {
+  std::vector<size_t> offsets{0};
+  for (int l = 0; l < arch_.stochastic_layers(); ++l) {
+    offsets.push_back(offsets.back() + static_cast<size_t>(rows) * arch_.latent_dim_of(l));
+  }
+  for (int l = arch_.stochastic_layers() - 1; l >= 1; --l) {
+    UpperLayer& layer = *upper_[l - 1];
+    const float* h_below = l == 1 ? z_.get() : upper_[l - 2]->h.get();
+    float* dh_below = l == 1 ? dz_.get() : upper_[l - 2]->dh.get();
+    backend_.upper_latent_backward(layer.dh.get(), layer.encoder_out, eps + offsets[l], layer.h.get(),
+                                   weights, rows, arch_.latent_dim_of(l), scale, dreg,
+                                   layer.d_encoder_out.get(),
+                                   dreg ? layer.d_encoder_out_below.get() : nullptr);
+    if (dreg) {
+      // The full gradient continues down (its bias gradients to scratch);
+      // DReG's, without the score of q's parameters, trains this encoder.
+      layer.encoder.backward(params_.get(), scratch_grads(), h_below, layer.d_encoder_out_below.get(),
+                             rows, dh_below, nullptr, /*weight_gradients=*/false,
+                             /*accumulate_d_input=*/true);
+      layer.encoder.backward(params_.get(), grads_.get(), h_below, layer.d_encoder_out.get(), rows,
+                             nullptr);
+    } else {
+      layer.encoder.backward(params_.get(), grads_.get(), h_below, layer.d_encoder_out.get(), rows,
+                             dh_below, nullptr, true, /*accumulate_d_input=*/true);
+    }
+  }
+}
+
 void VaeModel::forward_backward(const float* x, const float* eps, int images,
                                 const ObjectiveConfig& objective, bool compute_gradients) {
   check_rows(images);
@@ -433,18 +636,23 @@ void VaeModel::forward_backward(const float* x, const float* eps, int images,
   const int latent = arch_.latent_dim, samples = groups * group_size;  // M K per image
   check_samples(samples);
   const int rows = images * samples;  // the decoder's
+  const bool layered = arch_.stochastic_layers() > 1;
   const float* encoder_out = encoder_.forward(params_.get(), x, images);
   encoder_out_ = encoder_out;
   backend_.reparameterize_kl_forward(encoder_out, eps, images, samples, latent, z_.get(),
                                      row_kl_.get(), row_log_ratio_.get());
+  if (layered) upper_layers_forward(eps, rows);
   const float* logits = decoder_.forward(params_.get(), z_.get(), rows);
   logits_ = logits;
   // The loss is the batch mean of -bound: each image's bound weighs 1/B.
   const float scale = 1.0f / static_cast<float>(images);
-  const bool elbo = o == Objective::kElbo;
-  // The ELBO's samples weigh 1/(B K) each; the other objectives' Bernoulli
+  batch_scale_ = scale;
+  // The one-layer elbo keeps its analytic KL; with more layers the elbo is
+  // the mean of log w over the samples, an objective of per-sample weights 1/K.
+  const bool analytic_elbo = o == Objective::kElbo && !layered;
+  // The analytic ELBO's samples weigh 1/(B K) each; the other objectives' Bernoulli
   // gradient gets scale here and its per-sample weight in the decoder's top layer.
-  const float logprob_scale = elbo ? 1.0f / static_cast<float>(rows) : scale;
+  const float logprob_scale = analytic_elbo ? 1.0f / static_cast<float>(rows) : scale;
   backend_.bernoulli_logprob_and_grad(x, logits, rows, arch_.input_dim, samples, logprob_scale,
                                       compute_gradients ? dlogits_.get() : nullptr,
                                       row_logprob_.get());
@@ -454,18 +662,20 @@ void VaeModel::forward_backward(const float* x, const float* eps, int images,
     const size_t sample_rows = static_cast<size_t>(max_rows_) * max_samples_;
     decoder_weights_ = DeviceArray<float>(backend_, sample_rows);
     piwae_dlogits_ = DeviceArray<float>(backend_, sample_rows * arch_.input_dim);
-    piwae_scratch_grads_ = DeviceArray<float>(backend_, layout_.size());
     piwae_bound_ = DeviceArray<float>(backend_, static_cast<size_t>(max_rows_));
   }
   if (o == Objective::kIwae || o == Objective::kIwaeDreg) {
     backend_.importance_weights(row_logprob_.get(), row_log_ratio_.get(), images, samples,
                                 sample_weights_.get(), row_bound_.get());
-  } else if (!elbo) {
-    // miwae, ciwae and piwae's encoder: normalized weights within each of
-    // the B M groups of K, then v and the image's bound (vae_math.h).
+  } else if (!analytic_elbo) {
+    // miwae, ciwae, piwae's encoder and the layered elbo (ciwae with beta
+    // 1): normalized weights within each of the B M groups of K, then v and
+    // the image's bound (vae_math.h).
     backend_.importance_weights(row_logprob_.get(), row_log_ratio_.get(), images * groups,
                                 group_size, sample_weights_.get(), group_bound_.get());
-    const float beta = o == Objective::kCiwae ? static_cast<float>(objective.ciwae_beta) : 0.0f;
+    const float beta = o == Objective::kCiwae ? static_cast<float>(objective.ciwae_beta)
+                       : o == Objective::kElbo ? 1.0f
+                                               : 0.0f;
     backend_.grouped_objective_weights(row_logprob_.get(), row_log_ratio_.get(), group_bound_.get(),
                                        images, groups, group_size, beta, sample_weights_.get(),
                                        piwae ? piwae_bound_.get() : row_bound_.get());
@@ -476,35 +686,35 @@ void VaeModel::forward_backward(const float* x, const float* eps, int images,
     }
   }
   if (!compute_gradients) return;
+  const float* weights = analytic_elbo ? nullptr : sample_weights_.get();
   if (piwae) {
-    // The encoder's weights first, for dz only: the decoder's backward on a
+    // The encoder's weights first, for dz only: the decoders' backward on a
     // copy of the logits' gradient (each pass scales its d_output in place),
-    // no weight gradients, its bias gradients into scratch. Then the
-    // decoder's own pass with IWAE's weights, no dz.
+    // no weight gradients, their bias gradients into scratch. Then the
+    // decoders' own pass with IWAE's weights, no dz.
     backend_.copy_on_device(piwae_dlogits_.get(), dlogits_.get(),
                             static_cast<size_t>(rows) * arch_.input_dim * sizeof(float));
-    decoder_.backward(params_.get(), piwae_scratch_grads_.get(), z_.get(), piwae_dlogits_.get(),
-                      rows, dz_.get(), sample_weights_.get(), /*weight_gradients=*/false);
-    decoder_.backward(params_.get(), grads_.get(), z_.get(), dlogits_.get(), rows, nullptr,
-                      decoder_weights_.get());
+    decoders_backward(weights, scratch_grads(), piwae_dlogits_.get(), rows, false, true);
+    decoders_backward(decoder_weights_.get(), grads_.get(), dlogits_.get(), rows, true, false);
   } else {
-    decoder_.backward(params_.get(), grads_.get(), z_.get(), dlogits_.get(), rows, dz_.get(),
-                      elbo ? nullptr : sample_weights_.get());
+    decoders_backward(weights, grads_.get(), dlogits_.get(), rows, true, true);
   }
-  if (elbo) {
+  const bool dreg = o == Objective::kIwaeDreg;
+  if (layered) upper_encoders_backward(eps, weights, rows, scale, dreg);
+  if (analytic_elbo) {
     backend_.reparameterize_kl_backward(dz_.get(), encoder_out, eps, images, samples, latent,
                                         scale, d_encoder_out_.get());
   } else {
-    backend_.importance_weighted_latent_backward(
-        dz_.get(), encoder_out, eps, z_.get(), sample_weights_.get(), images, samples, latent,
-        scale, o == Objective::kIwaeDreg, d_encoder_out_.get());
+    backend_.importance_weighted_latent_backward(dz_.get(), encoder_out, eps, z_.get(), weights,
+                                                 images, samples, latent, scale, dreg,
+                                                 d_encoder_out_.get());
   }
   encoder_.backward(params_.get(), grads_.get(), x, d_encoder_out_.get(), images, nullptr);
   backend_.join_side_branches();  // every gradient complete before Adam reads them
 }
 
 void VaeModel::accumulate_bound(const ObjectiveConfig& objective, int images, double* accumulator) {
-  if (objective.objective == Objective::kElbo) {
+  if (objective.objective == Objective::kElbo && arch_.stochastic_layers() == 1) {
     backend_.accumulate_elbo(row_logprob_.get(), row_kl_.get(), images, objective.samples, accumulator);
   } else {
     backend_.accumulate_elbo(row_bound_.get(), nullptr, images, 1, accumulator);

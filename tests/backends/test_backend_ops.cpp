@@ -627,6 +627,105 @@ TEST_P(BackendOps, ImportanceWeightedLatentBackwardMatchesTheFormula) {
   }
 }
 
+// The layers above the first: gaussian_layer_forward against its formula in
+// double (log N(h; m, e^2l) - log N(h; 0, 1), added to the rows it is given,
+// with log-stds and distances far from 0 among them), gaussian_layer_backward
+// against the forward's central differences in double, and upper_latent_backward
+// against its formula, DReG and the full gradient both.
+TEST_P(BackendOps, GaussianLayerMatchesTheDensityAndItsFiniteDifferences) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int rows = 37, latent = 45;  // latent > 32: the CUDA warp strides
+  std::vector<float> h = normals(static_cast<size_t>(rows) * latent, 51, 2.0f);
+  std::vector<float> params = normals(static_cast<size_t>(rows) * 2 * latent, 52, 1.5f);
+  params[latent] = 9.0f;         // sigma e^9: u ~ 0
+  params[latent + 1] = -9.0f;    // sigma e^-9: u ~ 1e4, u^2 ~ 1e8
+  h[1] = params[1] + 1e-3f;
+  const std::vector<float> upper = normals(rows, 53, 10.0f), start = normals(rows, 54, 10.0f);
+  std::vector<float> weights(rows);
+  for (int r = 0; r < rows; ++r) weights[r] = 0.1f + 0.8f * static_cast<float>(r) / rows;
+  auto h_d = to_device(*backend, h), p_d = to_device(*backend, params), up_d = to_device(*backend, upper);
+  auto row_d = to_device(*backend, start), w_d = to_device(*backend, weights);
+  backend->gaussian_layer_forward(h_d.get(), p_d.get(), up_d.get(), rows, latent, row_d.get());
+  auto term = [&](double hv, double m, double l) {
+    const double u = (hv - m) * std::exp(-l);
+    return 0.5 * (hv * hv - u * u) - l;
+  };
+  std::vector<double> expected(rows);
+  for (int r = 0; r < rows; ++r) {
+    double sum = 0.0;
+    for (int j = 0; j < latent; ++j) {
+      sum += term(h[r * latent + j], params[r * 2 * latent + j], params[r * 2 * latent + latent + j]);
+    }
+    expected[r] = start[r] + upper[r] + sum;
+  }
+  // Row 0 sums terms up to ~5e7 (u ~ 1e4): float keeps 6e-8 of each term.
+  expect_all_close(to_host(*backend, row_d.get(), rows), expected, 2e-6, 1e-4, "gaussian_layer_forward");
+
+  const float scale = 0.5f;
+  DeviceArray<float> d_params(*backend, params.size());
+  std::vector<float> dh0 = normals(h.size(), 55, 0.1f);
+  auto dh_d = to_device(*backend, dh0);
+  backend->gaussian_layer_backward(h_d.get(), p_d.get(), w_d.get(), rows, latent, scale, d_params.get(), dh_d.get());
+  const std::vector<float> got_params = to_host(*backend, d_params.get(), params.size());
+  const std::vector<float> got_dh = to_host(*backend, dh_d.get(), h.size());
+  double worst = 0.0;
+  for (int r = 0; r < rows; ++r) {
+    const double g = scale * weights[r];
+    for (int j = 0; j < latent; ++j) {
+      const size_t i = static_cast<size_t>(r) * latent + j, mi = static_cast<size_t>(r) * 2 * latent + j;
+      const double hv = h[i], m = params[mi], l = params[mi + latent];
+      // Central differences of -g term in double, step 1e-6 relative.
+      auto diff = [&](auto f, double x) {
+        const double step = 1e-6 * std::max(1.0, std::fabs(x));
+        return (f(x + step) - f(x - step)) / (2 * step);
+      };
+      const double fd_m = diff([&](double v) { return -g * term(hv, v, l); }, m);
+      const double fd_l = diff([&](double v) { return -g * term(hv, m, v); }, l);
+      const double fd_h = diff([&](double v) { return -g * term(v, m, l); }, hv);
+      const double checks[3][2] = {{got_params[mi], fd_m}, {got_params[mi + latent], fd_l}, {got_dh[i] - dh0[i], fd_h}};
+      for (const auto& [analytic, fd] : checks) {
+        // float's rounding of terms up to u^2 ~ 1e8 (row 0) and of the sum dh0 + d.
+        const double tolerance = 1e-5 + 2e-5 * std::fabs(fd) + 1e-7 * std::fabs(dh0[i]);
+        worst = std::max(worst, std::fabs(analytic - fd) / tolerance);
+        EXPECT_NEAR(analytic, fd, tolerance) << "row " << r << " latent " << j;
+      }
+    }
+  }
+  std::printf("  gaussian_layer_backward on %s: worst |analytic - fd| %.2f of tolerance\n", GetParam().c_str(), worst);
+
+  // upper_latent_backward: one sample a row, its own weight.
+  const std::vector<float> enc = normals(params.size(), 56, 0.5f), eps = normals(h.size(), 57);
+  std::vector<float> z(h.size());
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < latent; ++j)
+      z[r * latent + j] = enc[r * 2 * latent + j] + std::exp(enc[r * 2 * latent + latent + j]) * eps[r * latent + j];
+  auto enc_d = to_device(*backend, enc), eps_d = to_device(*backend, eps), z_d = to_device(*backend, z);
+  DeviceArray<float> d_enc(*backend, enc.size()), d_below(*backend, enc.size());
+  for (bool dreg : {false, true}) {
+    backend->upper_latent_backward(dh_d.get(), enc_d.get(), eps_d.get(), z_d.get(), w_d.get(), rows, latent, scale,
+                                   dreg, d_enc.get(), dreg ? d_below.get() : nullptr);
+    std::vector<double> want(enc.size()), want_full(enc.size());
+    for (int r = 0; r < rows; ++r) {
+      for (int j = 0; j < latent; ++j) {
+        const size_t i = static_cast<size_t>(r) * latent + j, mi = static_cast<size_t>(r) * 2 * latent + j;
+        const double sigma = std::exp(enc[mi + latent]), w = weights[r], dh = got_dh[i];
+        const double full = dh + scale * w * z[i];
+        const double d = dreg ? w * dh + scale * w * w * (z[i] - eps[i] / sigma) : full;
+        want[mi] = d;
+        want[mi + latent] = d * sigma * eps[i] - (dreg ? 0.0 : scale * w);
+        want_full[mi] = full;
+        want_full[mi + latent] = full * sigma * eps[i] - scale * w;
+      }
+    }
+    expect_all_close(to_host(*backend, d_enc.get(), enc.size()), want, 1e-5, 1e-6,
+                     dreg ? "upper_latent_backward DReG" : "upper_latent_backward");
+    if (dreg) {
+      expect_all_close(to_host(*backend, d_below.get(), enc.size()), want_full, 1e-5, 1e-6,
+                       "upper_latent_backward's gradient to the layer below");
+    }
+  }
+}
+
 TEST_P(BackendOps, AdamStepMatchesDoubleFormula) {
   CUVAE_BACKEND_OR_SKIP(backend, GetParam());
   const size_t n = 100003;

@@ -92,6 +92,19 @@ class TwoBranchRules final : public Backend {
     inner_->importance_weighted_latent_backward(dz, enc, eps, z, weights, images, samples, latent, scale, dreg,
                                                 d_enc);
   }
+  void gaussian_layer_forward(const float* h_below, const float* p_params, const float* upper_log_ratio, int rows,
+                              int latent, float* row_log_ratio) override {
+    inner_->gaussian_layer_forward(h_below, p_params, upper_log_ratio, rows, latent, row_log_ratio);
+  }
+  void gaussian_layer_backward(const float* h_below, const float* p_params, const float* weights, int rows, int latent,
+                               float scale, float* d_params, float* dh_below) override {
+    inner_->gaussian_layer_backward(h_below, p_params, weights, rows, latent, scale, d_params, dh_below);
+  }
+  void upper_latent_backward(const float* dh, const float* enc, const float* eps, const float* h,
+                             const float* weights, int rows, int latent, float scale, bool dreg, float* d_enc,
+                             float* d_enc_below) override {
+    inner_->upper_latent_backward(dh, enc, eps, h, weights, rows, latent, scale, dreg, d_enc, d_enc_below);
+  }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override {
     inner_->adam_step(params, grads, m, v, count, step);

@@ -5,7 +5,9 @@
 //   cuvae_dump_gradients OUT.safetensors [--mnist DIR]
 //
 // For each architecture (a small one, 784-32-16-4, and the real one,
-// 784-200-200-50, each with ReLU and with tanh) it
+// 784-200-200-50, each with ReLU and with tanh; and two stochastic layers:
+// a small one, latents 4,3 under 32,16/8,8, with ReLU and with tanh, and the
+// IWAE paper's, 100,50 under 200,200/100,100, tanh) it
 //   * starts from the IWAE paper's Glorot initialization and takes a few Adam
 //     steps of iwae K = 5 on MNIST training batches, so the parameters are
 //     those of a network that has begun to learn (at initialization the
@@ -21,10 +23,14 @@
 //
 // Tensors (all F32):
 //   {arch}.param.{layer}.W [in, out]   {arch}.param.{layer}.b [out]
-//   {arch}.x [B, 784]                  {arch}.K{K}.eps [B K, L]
+//   {arch}.x [B, 784]                  {arch}.K{K}.eps [B K, L]  (the bottom layer's)
+//   {arch}.K{K}.eps.{s} [B K, L_s]  stochastic layer s's (s = 1, 2, ...; bottom is 0)
 //   {arch}.{objective}.K{K}.bound [B]
 //   {arch}.{objective}.K{K}.grad.{layer}.W / .b
-// Metadata: "cases" (JSON list of {arch, hidden, latent, activation}),
+// With more than one stochastic layer the elbo's bound is the mean of log w
+// over the K samples (cuvae's, vae_model.cpp), the others as for one layer.
+// Metadata: "cases" (JSON list of {arch, hidden, latent, activation, latents,
+// hidden_layers}),
 // "objectives", "samples", "images", "data", "params", "commit", "backend".
 #include <cstdio>
 #include <cstring>
@@ -59,10 +65,11 @@ constexpr uint64_t kSeed = 20261201;
 
 struct Case {
   std::string name;
-  std::vector<int> hidden;
-  int latent;
+  std::string latents, hidden;  // --latent-dim's and --hidden's spelling
   Activation activation;
 };
+
+std::string json_list(const std::vector<int>& v) { return "[" + format_widths(v) + "]"; }
 
 std::vector<float> binarized(const IdxImages& images, int first, int count, uint64_t step) {
   const int dim = images.pixels_per_image();
@@ -144,10 +151,13 @@ int run(int argc, char** argv) {
   const std::vector<double> means = pixel_means(images);
 
   const std::vector<Case> cases = {
-      {"small-relu", {32, 16}, 4, Activation::kRelu},
-      {"small-tanh", {32, 16}, 4, Activation::kTanh},
-      {"real-relu", {200, 200}, 50, Activation::kRelu},
-      {"real-tanh", {200, 200}, 50, Activation::kTanh},
+      {"small-relu", "4", "32,16", Activation::kRelu},
+      {"small-tanh", "4", "32,16", Activation::kTanh},
+      {"real-relu", "50", "200,200", Activation::kRelu},
+      {"real-tanh", "50", "200,200", Activation::kTanh},
+      {"two-small-relu", "4,3", "32,16/8,8", Activation::kRelu},
+      {"two-small-tanh", "4,3", "32,16/8,8", Activation::kTanh},
+      {"two-real-tanh", "100,50", "200,200/100,100", Activation::kTanh},
   };
   const std::pair<Objective, const char*> objectives[] = {
       {Objective::kElbo, "elbo"},   {Objective::kIwae, "iwae"},   {Objective::kIwaeDreg, "iwae-dreg"},
@@ -159,8 +169,7 @@ int run(int argc, char** argv) {
   for (const Case& c : cases) {
     Architecture arch;
     arch.input_dim = images.pixels_per_image();
-    arch.hidden = c.hidden;
-    arch.latent_dim = c.latent;
+    arch.set_layers(c.latents, c.hidden);
     arch.activation = c.activation;
     VaeModel model(*backend, arch, kTrainImages, kMaxSamples);
     model.initialize(kSeed, InitScheme::kGlorot, &means);
@@ -168,10 +177,11 @@ int run(int argc, char** argv) {
     // Warm-up: a few Adam steps of iwae K = 5.
     const ObjectiveConfig warmup{Objective::kIwae, 5};
     DeviceArray<float> x_dev(*backend, static_cast<size_t>(kTrainImages) * arch.input_dim);
-    DeviceArray<float> eps_dev(*backend, static_cast<size_t>(kTrainImages) * kMaxSamples * arch.latent_dim);
+    const int noise = arch.noise_per_sample();  // standard normals per sample, all layers
+    DeviceArray<float> eps_dev(*backend, static_cast<size_t>(kTrainImages) * kMaxSamples * noise);
     for (int t = 1; t <= kWarmupSteps; ++t) {
       upload(*backend, x_dev, binarized(images, 1000 + t * kTrainImages, kTrainImages, t));
-      upload(*backend, eps_dev, normals(RandomStream::kEps, t, static_cast<size_t>(kTrainImages) * 5 * arch.latent_dim));
+      upload(*backend, eps_dev, normals(RandomStream::kEps, t, static_cast<size_t>(kTrainImages) * 5 * noise));
       model.forward_backward(x_dev.get(), eps_dev.get(), kTrainImages, warmup, true);
       model.adam_update(AdamConfig{}, static_cast<uint64_t>(t));
     }
@@ -185,9 +195,14 @@ int run(int argc, char** argv) {
     for (int samples : kSampleCounts) {
       const size_t rows = static_cast<size_t>(kImages) * samples;
       const std::vector<float> eps = normals(RandomStream::kEvalEps, static_cast<uint64_t>(samples),
-                                             rows * arch.latent_dim);
-      file.tensors.push_back(Tensor{prefix + "K" + std::to_string(samples) + ".eps",
-                                    {static_cast<int64_t>(rows), arch.latent_dim}, eps});
+                                             rows * noise);
+      // One block of rows x L_s per stochastic layer, bottom first (the model's layout).
+      size_t block = 0;
+      for (int l = 0; l < arch.stochastic_layers(); ++l) {
+        const std::string name = prefix + "K" + std::to_string(samples) + ".eps" + (l ? "." + std::to_string(l) : "");
+        file.tensors.push_back(slice(name, eps, block, {static_cast<int64_t>(rows), arch.latent_dim_of(l)}));
+        block += rows * arch.latent_dim_of(l);
+      }
       upload(*backend, eps_dev, eps);
       for (const auto& [objective, objective_text] : objectives) {
         const std::string key = prefix + objective_text + ".K" + std::to_string(samples) + ".";
@@ -199,7 +214,7 @@ int run(int argc, char** argv) {
         config.ciwae_beta = kCiwaeBeta;
         model.forward_backward(x_dev.get(), eps_dev.get(), kImages, config, true);
         std::vector<float> bound(kImages);
-        if (objective == Objective::kElbo) {
+        if (objective == Objective::kElbo && arch.stochastic_layers() == 1) {
           std::vector<float> logprob(rows), kl(kImages);
           backend->copy_to_host(logprob.data(), model.row_logprob(), rows * sizeof(float));
           backend->copy_to_host(kl.data(), model.row_kl(), kImages * sizeof(float));
@@ -215,9 +230,15 @@ int run(int argc, char** argv) {
         add_layers(file, key + "grad.", model.layout(), model.gradients());
       }
     }
+    std::string latents = "[", hidden_layers = "[";
+    for (int l = 0; l < arch.stochastic_layers(); ++l) {
+      latents += (l ? ", " : "") + std::to_string(arch.latent_dim_of(l));
+      hidden_layers += (l ? ", " : "") + json_list(arch.hidden_of(l));
+    }
     case_list += std::string(case_list.size() > 1 ? ", " : "") + "{\"arch\": \"" + c.name +
-                 "\", \"hidden\": [" + format_widths(c.hidden) + "], \"latent\": " +
-                 std::to_string(c.latent) + ", \"activation\": \"" + activation_name(c.activation) + "\"}";
+                 "\", \"hidden\": " + json_list(arch.hidden) + ", \"latent\": " +
+                 std::to_string(arch.latent_dim) + ", \"activation\": \"" + activation_name(c.activation) +
+                 "\", \"latents\": " + latents + "], \"hidden_layers\": " + hidden_layers + "]}";
     std::printf("%s: %s, %zu parameters\n", c.name.c_str(), arch.describe().c_str(), params.size());
   }
   case_list += "]";

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""cuvae's analytic gradients of elbo, iwae, iwae-dreg, miwae, piwae and ciwae against PyTorch autograd in float64.
+"""cuvae's analytic gradients of elbo, iwae, iwae-dreg, miwae, piwae and ciwae against PyTorch autograd in float64,
+for one stochastic layer and for two (hier_log_w: the IWAE paper's second architecture).
 
 Usage:
     /usr/bin/python3 tools/torch/check_gradients_torch.py --file grads.safetensors [--dump build/cuvae_dump_gradients]
@@ -200,6 +201,61 @@ def bound_and_grads(objective, enc, dec, x, eps, K, act, variant=None):
     return bound.detach(), list(enc_g) + list(dec_g)
 
 
+def hier_log_w(encs, decs, x, epss, K, act, density_encs=None):
+    """torch_reference.hier_log_w (the one definition of the layered model) on lists of (W, b) pairs."""
+    flat = lambda layers: [[p for pair in e for p in pair] for e in layers]
+    return torch_reference.hier_log_w(flat(encs), flat(decs), x, epss, K, act,
+                                      None if density_encs is None else flat(density_encs))
+
+
+def hier_bound_and_grads(objective, encs, decs, x, epss, K, act, variant=None):
+    """bound_and_grads for S >= 2 stochastic layers; the gradient list is in cuvae's layout order
+    (encoder 1, decoder 1, encoder 2, decoder 2, ...). The elbo is the mean of log w over the K samples
+    (no closed-form KL for p(h_1|h_2)). iwae-dreg: every encoder on DReG's surrogate sum_k stop(w~_k)^2 log w_k
+    with each q density evaluated at stop(phi) (Tucker et al. 2019, section 6's hierarchical case); variant
+    'iwae' gives the encoders IWAE's gradient instead (the 'would it notice' check)."""
+    B = x.shape[0]
+    enc_p = [[p for layer in e for p in layer] for e in encs]
+    dec_p = [[p for layer in d for p in layer] for d in decs]
+    all_enc = [p for e in enc_p for p in e]
+    all_dec = [p for d in dec_p for p in d]
+    logw = hier_log_w(encs, decs, x, epss, K, act)
+    iwae = torch.logsumexp(logw, 1) - math.log(K)
+    M = outer_samples_for(K) if objective in ("miwae", "piwae") else 1
+    miwae = (torch.logsumexp(logw.reshape(B, M, K // M), 2) - math.log(K // M)).mean(1)
+    if objective == "elbo":
+        bound, enc_t, dec_t = logw.mean(1), logw.mean(1), logw.mean(1)
+    elif objective == "iwae":
+        bound, enc_t, dec_t = iwae, iwae, iwae
+    elif objective == "miwae":
+        bound, enc_t, dec_t = miwae, miwae, miwae
+    elif objective == "piwae":
+        bound, enc_t, dec_t = iwae, miwae, iwae
+    elif objective == "ciwae":
+        bound = CIWAE_BETA * logw.mean(1) + (1.0 - CIWAE_BETA) * iwae
+        enc_t, dec_t = bound, bound
+    elif objective == "iwae-dreg":
+        bound, enc_t, dec_t = iwae, None, iwae
+    else:
+        raise ValueError(objective)
+    dec_g = torch.autograd.grad(-dec_t.sum() / B, all_dec, retain_graph=True)
+    if objective == "iwae-dreg" and variant != "iwae":
+        stopped = [[(W.detach(), b.detach()) for W, b in e] for e in encs]
+        logw_stop = hier_log_w(encs, decs, x, epss, K, act, density_encs=stopped)
+        wt = torch.softmax(logw_stop.detach(), 1)
+        enc_t = (wt * wt * logw_stop).sum(1)
+    elif objective == "iwae-dreg":
+        enc_t = iwae
+    enc_g = torch.autograd.grad(-enc_t.sum() / B, all_enc)
+    # cuvae's order: layer by layer, encoder then decoder.
+    grads, ei, di = [], 0, 0
+    for e, d in zip(enc_p, dec_p):
+        grads += list(enc_g[ei:ei + len(e)]) + list(dec_g[di:di + len(d)])
+        ei += len(e)
+        di += len(d)
+    return bound.detach(), grads
+
+
 WRONG_VARIANTS = {"elbo": [("sampled-kl", "sampled KL instead of analytic")],
                   "iwae": [("no-direct", "no direct d(-log q)/dlog_std term")],
                   "iwae-dreg": [("iwae", "IWAE encoder gradient instead of DReG"),
@@ -217,7 +273,76 @@ def tensor_error(g, r):
     return diff / scale if scale > 0 else diff
 
 
-from torch_reference import cpu_model  # noqa: E402 (beside this script in tools/)
+import torch_reference  # noqa: E402 (beside this script in tools/torch/)
+from torch_reference import cpu_model  # noqa: E402
+
+
+def check_layered_case(c, tensors, samples, objectives, out, failures, worst_summary, variant_rows, variants):
+    """One case with two or more stochastic layers: every objective and K against hier_bound_and_grads."""
+    arch, act = c["arch"], c["activation"]
+    t64 = lambda n: torch.from_numpy(tensors[n].astype(np.float64))
+    x = t64(arch + ".x")
+    S = len(c["latents"])
+    enc_names = [["encoder%s.%d" % ("" if s == 0 else s + 1, i) for i in range(len(c["hidden_layers"][s]) + 1)]
+                 for s in range(S)]
+    dec_names = [["decoder%s.%d" % ("" if s == 0 else s + 1, i) for i in range(len(c["hidden_layers"][s]) + 1)]
+                 for s in range(S)]
+    tensor_names = [n + t for s in range(S) for n in enc_names[s] + dec_names[s] for t in (".W", ".b")]
+
+    def fresh():
+        load = lambda names: [(t64("%s.param.%s.W" % (arch, n)).requires_grad_(),
+                               t64("%s.param.%s.b" % (arch, n)).requires_grad_()) for n in names]
+        return [load(n) for n in enc_names], [load(n) for n in dec_names]
+
+    out("== %s: %d stochastic layers, latents %s, hidden %s, %s; %d tensors (encoder then decoder per layer)" % (
+        arch, S, ",".join(map(str, c["latents"])), "/".join(",".join(map(str, h)) for h in c["hidden_layers"]),
+        act, len(tensor_names)))
+    out("%-10s %2s  %-9s %-9s  %s" % ("objective", "K", "bound", "worst", "worst tensor"))
+    for K in samples:
+        epss = [t64("%s.K%d.eps%s" % (arch, K, "" if s == 0 else ".%d" % s)) for s in range(S)]
+        for obj in objectives:
+            encs, decs = fresh()
+            bound, ref = hier_bound_and_grads(obj, encs, decs, x, epss, K, act)
+            key = "%s.%s.K%d." % (arch, obj, K)
+            cb = torch.from_numpy(tensors[key + "bound"].astype(np.float64))
+            berr = float(((cb - bound).abs() / bound.abs().clamp(min=1.0)).max()) / BOUND_TOL
+            fracs = []
+            for tn, r in zip(tensor_names, ref):
+                g = torch.from_numpy(tensors[key + "grad." + tn].astype(np.float64))
+                fr = tensor_error(g, r) / TOL
+                fracs.append(fr)
+                if fr > 1.0:
+                    failures.append("%s %s K=%d %s: %.3g of TOL" % (arch, obj, K, tn, fr))
+            if berr > 1.0:
+                failures.append("%s %s K=%d bound: %.3g of BOUND_TOL" % (arch, obj, K, berr))
+            worst = max(fracs)
+            worst_summary.append((arch, obj, K, worst, tensor_names[fracs.index(worst)], berr))
+            out("%-10s %2d  %9.2e %9.2e  %s" % (obj, K, berr, worst, tensor_names[fracs.index(worst)]))
+            # torch_reference.py's training step (layered_objective_forward/objective_backward) on the same
+            # tensors: the reference trained in the quality comparisons computes these gradients too.
+            e3, d3 = fresh()
+            flat = lambda layers: [[p for pair in e for p in pair] for e in layers]
+            M = outer_samples_for(K) if obj in ("miwae", "piwae") else 1
+            b3, sur = torch_reference.layered_objective_forward(flat(e3), flat(d3), x, torch.full_like(x, 0.5), epss,
+                                                                obj, K // M, act, M, CIWAE_BETA)
+            ep = [p for e in flat(e3) for p in e]
+            dp = [p for d in flat(d3) for p in d]
+            torch_reference.objective_backward(ep, dp, b3, sur)
+            by_name = {}
+            for s_, (en, dn) in enumerate(zip(enc_names, dec_names)):
+                for n, (W, bb) in zip(en + dn, e3[s_] + d3[s_]):
+                    by_name[n + ".W"], by_name[n + ".b"] = W, bb
+            for tn in tensor_names:
+                g = torch.from_numpy(tensors[key + "grad." + tn].astype(np.float64))
+                fr = tensor_error(g, by_name[tn].grad) / TOL
+                if fr > 1.0:
+                    failures.append("%s %s K=%d %s (torch_reference.py's step): %.3g of TOL" % (arch, obj, K, tn, fr))
+            if variants and obj == "iwae-dreg" and K > 1:
+                encs2, decs2 = fresh()
+                _, wrong = hier_bound_and_grads(obj, encs2, decs2, x, epss, K, act, "iwae")
+                wf = max(tensor_error(w, r) / TOL for w, r in zip(wrong, ref))
+                variant_rows.append((arch, obj, K, "IWAE encoder gradients instead of DReG", wf))
+    out("")
 
 
 def main(argv=None):
@@ -272,6 +397,10 @@ def main(argv=None):
     variant_rows = []
     for c in cases:
         arch, act = c["arch"], c["activation"]
+        if len(c.get("latents", [c["latent"]])) > 1:
+            check_layered_case(c, tensors, samples, objectives, out, failures, worst_summary, variant_rows,
+                               not a.no_variants)
+            continue
         enc_layers = len(c["hidden"]) + 1
         names = ["encoder.%d" % i for i in range(enc_layers)] + ["decoder.%d" % i for i in range(enc_layers)]
         t64 = lambda n: torch.from_numpy(tensors[n].astype(np.float64))

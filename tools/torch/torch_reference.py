@@ -32,6 +32,9 @@ Model (same as cuvae, after the practice in shared/seed/000_dfccf9fb7559ecfd.txt
       piwae      decoder gradient: autograd of IWAE over all M*K samples (the bound printed); encoder
                  gradient: autograd of MIWAE(M, K) of the same samples.
       ciwae      beta (1/K) sum_k log w_k + (1 - beta) log (1/K) sum_k w_k, beta = --ciwae-beta.
+  * Two or more stochastic layers (--latent-dim 100,50 --hidden 200,200/100,100, the IWAE paper's second
+    model): hier_log_w's log w; the elbo is then the mean of log w over the K samples, iwae-dreg evaluates
+    every q density at stop(phi); each layer's eps is drawn as the bottom layer's, bottom first.
     The per-epoch value printed is the bound being trained ("elbo", "iwae-K", "miwae-MxK", "piwae-MxK"
     (its value: IWAE over M*K), "ciwae-beta-K"), named as cuvae names it.
 """
@@ -296,6 +299,67 @@ def objective_forward(enc, dec, pixels, u, eps, objective, K, activation, M=1, b
     return bound, (wt * wt * logw_stop).sum(1)
 
 
+def hier_log_w(encs, decs, x, epss, K, activation, density_encs=None):
+    """log w [B,K] of a model with S >= 1 stochastic layers (cuvae's vae_model.h; the IWAE paper's section 5):
+    q(h_1|x) q(h_2|h_1) ..., p(h_S) = N(0, I), p(h_{s-1}|h_s) Gaussian, p(x|h_1) Bernoulli;
+    log w = log p(x|h_1) + sum_s log p(h_{s-1}|h_s) + log p(h_S) - sum_s log q(h_s|h_{s-1}).
+    encs[s], decs[s]: stochastic layer s's (0-based, bottom first) encoder and decoder as flat [W, b, ...]
+    lists; x [B, 784] binary; epss[s] [B K, L_s] (sample k of image b in row b K + k); each encoder's output
+    and each p(h_{s-1}|h_s) decoder's is [mean | log_std]. density_encs: the encoders that evaluate the q
+    densities (DReG's stop(phi): the same values without a gradient to the weights, while the samples'
+    paths through encs keep theirs)."""
+    B = x.shape[0]
+    dens = density_encs if density_encs is not None else encs
+    logw = 0.0
+    h = []  # h_s [B K, L_s]
+    below = x
+    for s in range(len(encs)):
+        out, d_out = mlp(encs[s], below, activation), mlp(dens[s], below, activation)
+        if s == 0:  # one encoder pass per image, K samples
+            out, d_out = out.repeat_interleave(K, 0), d_out.repeat_interleave(K, 0)
+        L = out.shape[1] // 2
+        z = out[:, :L] + torch.exp(out[:, L:]) * epss[s]
+        u = (z - d_out[:, :L]) / torch.exp(d_out[:, L:])
+        logw = logw - (-0.5 * u * u - d_out[:, L:] - 0.5 * LOG_2PI).sum(1)
+        h.append(z)
+        below = z
+    logw = logw + (-0.5 * h[-1] * h[-1] - 0.5 * LOG_2PI).sum(1)
+    for s in range(len(encs) - 1, 0, -1):
+        out = mlp(decs[s], h[s], activation)
+        L = out.shape[1] // 2
+        u = (h[s - 1] - out[:, :L]) / torch.exp(out[:, L:])
+        logw = logw + (-0.5 * u * u - out[:, L:] - 0.5 * LOG_2PI).sum(1)
+    f = mlp(decs[0], h[0], activation)
+    logw = logw + (x.repeat_interleave(K, 0) * f - F.softplus(f)).sum(1)
+    return logw.reshape(B, K)
+
+
+def layered_objective_forward(encs, decs, pixels, u, epss, objective, K, activation, M=1, beta=0.5):
+    """objective_forward for two or more stochastic layers (encs, decs: per-layer flat lists; epss: per-layer
+    eps, rows as objective_forward's). The elbo is the mean of log w over the samples (p(h_1|h_2) has no
+    closed-form KL); iwae-dreg's surrogate evaluates every q density at stop(phi)."""
+    S = M * K if objective in ("miwae", "piwae") else K
+    x = (pixels > u).to(pixels.dtype)
+    B = x.shape[0]
+    logw = hier_log_w(encs, decs, x, epss, S, activation)
+    if objective == "elbo":
+        return logw.mean(1), None
+    if objective in ("miwae", "piwae"):
+        miwae = (torch.logsumexp(logw.reshape(B, M, K), 2) - math.log(K)).mean(1)
+        if objective == "miwae":
+            return miwae, None
+        return torch.logsumexp(logw, 1) - math.log(S), miwae
+    bound = torch.logsumexp(logw, 1) - math.log(K)
+    if objective == "ciwae":
+        return beta * logw.mean(1) + (1.0 - beta) * bound, None
+    if objective == "iwae":
+        return bound, None
+    stopped = [[p.detach() for p in e] for e in encs]
+    logw_stop = hier_log_w(encs, decs, x, epss, K, activation, density_encs=stopped)
+    wt = torch.softmax(logw_stop.detach(), 1)
+    return bound, (wt * wt * logw_stop).sum(1)
+
+
 def objective_backward(enc, dec, bound, surrogate):
     """Sets .grad of every parameter to d(-mean bound)/d(param); with a surrogate (DReG's, PIWAE's MIWAE),
     the encoder's to d(-mean surrogate)/d(param)."""
@@ -341,6 +405,25 @@ def evaluate(enc, dec, test_pixels, k, seed, device, latent, chunk=100, activati
     return elbo_sum / n, nll_sum / n
 
 
+@torch.no_grad()
+def evaluate_layered(encs, decs, test_pixels, k, seed, device, latents, activation="relu"):
+    """evaluate() for two or more stochastic layers: test_elbo = mean over images of the mean of log w over
+    the k samples (no closed-form KL), test_nll = -mean of log (1/k) sum_k w_k; the binarization and the
+    eps are drawn as evaluate()'s."""
+    gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
+    n = test_pixels.shape[0]
+    xb = (test_pixels > torch.rand(test_pixels.shape, generator=gen)).float()
+    chunk = max(1, min(100, 20000 // k))  # at most 20000 decoder rows at a time
+    elbo_sum = nll_sum = 0.0
+    for s in range(0, n, chunk):
+        x = xb[s:s + chunk].to(device)
+        epss = [torch.randn(x.shape[0] * k, Ls, generator=gen).to(device) for Ls in latents]
+        logw = hier_log_w(encs, decs, x, epss, k, activation).double()
+        elbo_sum += logw.mean(1).sum().item()
+        nll_sum += (-(torch.logsumexp(logw, 1) - math.log(k))).sum().item()
+    return elbo_sum / n, nll_sum / n
+
+
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
@@ -356,8 +439,11 @@ def parse_args(argv=None):
                    % ", ".join(DEFAULT_DATA_DIRS))
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=200)
-    p.add_argument("--latent-dim", type=int, default=50)
-    p.add_argument("--hidden", default="200,200", help="comma-separated hidden layer widths (encoder; decoder mirrors)")
+    p.add_argument("--latent-dim", default="50",
+                   help="latent units; a comma list for several stochastic layers, bottom first (100,50)")
+    p.add_argument("--hidden", default="200,200",
+                   help="comma-separated hidden layer widths (encoder; decoder mirrors); one list per stochastic "
+                        "layer, '/' between them (200,200/100,100)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--adam-eps", type=float, default=1e-8, help="Adam's epsilon (the IWAE paper: 1e-4)")
     p.add_argument("--objective", choices=["elbo", "iwae", "iwae-dreg", "miwae", "piwae", "ciwae"], default="elbo",
@@ -381,12 +467,18 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="write a JSON summary to this file")
     a = p.parse_args(argv)
     try:
-        a.hidden_sizes = [int(s) for s in a.hidden.split(",") if s.strip()]
+        a.hidden_layers = [[int(s) for s in layer.split(",")] for layer in a.hidden.split("/")]
+        a.latents = [int(s) for s in a.latent_dim.split(",")]
     except ValueError:
-        p.error("--hidden must be comma-separated integers, e.g. 200,200")
-    if not a.hidden_sizes or min(a.hidden_sizes) <= 0:
-        p.error("--hidden needs at least one positive width")
-    for name in ("epochs", "batch_size", "latent_dim", "samples"):
+        p.error("--hidden must be comma-separated integers, e.g. 200,200 (or 200,200/100,100), "
+                "--latent-dim one integer per stochastic layer (50, or 100,50)")
+    if min(min(h) for h in a.hidden_layers) <= 0 or min(a.latents) <= 0:
+        p.error("--hidden and --latent-dim need positive widths")
+    if len(a.hidden_layers) != len(a.latents):
+        p.error("--hidden has %d layer lists for the %d stochastic layers of --latent-dim"
+                % (len(a.hidden_layers), len(a.latents)))
+    a.hidden_sizes, a.latent_dim = a.hidden_layers[0], a.latents[0]  # the bottom layer's
+    for name in ("epochs", "batch_size", "samples"):
         if getattr(a, name) <= 0:
             p.error("--%s must be positive" % name.replace("_", "-"))
     if a.adam_eps <= 0:
@@ -454,10 +546,11 @@ def main(argv=None):
         sys.exit("error: --ciwae-beta must be in [0, 1], got %g" % args.ciwae_beta)
     S = M * K  # samples per image
     bound_name = bound_name_of(args.objective, K, M, args.ciwae_beta)
-    print("data %s: train %d, test %d; batch %d, %d steps/epoch%s; latent %d, hidden %s, lr %g, seed %d%s"
+    print("data %s: train %d, test %d; batch %d, %d steps/epoch%s; latent %s, hidden %s, lr %g, seed %d%s"
           % (data_dir, N, test_np.shape[0], B, steps_per_epoch,
              (" (last %d images dropped)" % dropped) if dropped else "",
-             L, args.hidden_sizes, args.lr, args.seed, ", shuffle" if args.shuffle else ""), flush=True)
+             ",".join(map(str, args.latents)),
+             "/".join(",".join(map(str, h)) for h in args.hidden_layers), args.lr, args.seed, ", shuffle" if args.shuffle else ""), flush=True)
     print("objective %s, K %d (bound %s); activation %s; init %s; Adam eps %g"
           % (args.objective, K, bound_name, args.activation, args.init, args.adam_eps), flush=True)
 
@@ -466,14 +559,25 @@ def main(argv=None):
     if args.init == "glorot":
         m = torch.from_numpy(train_np.astype(np.float64).mean(0)).clamp(0.001, 0.999)
         output_bias = torch.log(m / (1.0 - m))
-    enc = init_mlp([784] + args.hidden_sizes + [2 * L], init_gen, device, args.init)
-    dec = init_mlp([L] + args.hidden_sizes[::-1] + [784], init_gen, device, args.init, output_bias)
+    # Stochastic layer s: encoder in_s -> hidden_s -> 2 L_s (in_0 = 784, in_s = L_{s-1}), decoder
+    # L_s -> reversed hidden_s -> 784 Bernoulli logits (s = 0) or 2 L_{s-1} (mean | log_std of p(h_{s-1}|h_s)).
+    encs, decs = [], []
+    for s, (Ls, hid) in enumerate(zip(args.latents, args.hidden_layers)):
+        encs.append(init_mlp([784 if s == 0 else args.latents[s - 1]] + hid + [2 * Ls], init_gen, device,
+                             args.init))
+        decs.append(init_mlp([Ls] + hid[::-1] + [784 if s == 0 else 2 * args.latents[s - 1]], init_gen, device,
+                             args.init, output_bias if s == 0 else None))
+    layered = len(encs) > 1
+    enc, dec = [p for e in encs for p in e], [p for d in decs for p in d]
     opt = torch.optim.Adam(enc + dec, lr=args.lr, betas=(0.9, 0.999), eps=args.adam_eps)
     # Training noise (binarization, eps, shuffling) comes from a device generator.
     noise_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
     train = torch.from_numpy(np.ascontiguousarray(train_np)).to(device)
 
     def forward_fn(enc, dec, pix, u, eps):
+        if layered:
+            return layered_objective_forward(encs, decs, pix, u, eps, args.objective, K, args.activation, M,
+                                             args.ciwae_beta)
         return objective_forward(enc, dec, pix, u, eps, args.objective, K, args.activation, M, args.ciwae_beta)
     loss_fn = forward_fn
     if args.compile:
@@ -501,7 +605,10 @@ def main(argv=None):
                 break
             pix = train[order[i * B:(i + 1) * B]] if order is not None else train[i * B:(i + 1) * B]
             u = torch.rand(pix.shape, generator=noise_gen, device=device)
-            eps = torch.randn(B * S, L, generator=noise_gen, device=device)  # S = 1: the seed's draw
+            if layered:
+                eps = [torch.randn(B * S, Ls, generator=noise_gen, device=device) for Ls in args.latents]
+            else:
+                eps = torch.randn(B * S, L, generator=noise_gen, device=device)  # S = 1: the seed's draw
             opt.zero_grad(set_to_none=True)
             bound, surrogate = loss_fn(enc, dec, pix, u, eps)
             objective_backward(enc, dec, bound, surrogate)
@@ -539,8 +646,12 @@ def main(argv=None):
             test = test[:args.eval_limit]
         sync()
         t0 = time.perf_counter()
-        test_elbo, test_nll = evaluate(enc, dec, test, args.eval_k, args.seed, device, L,
-                                       activation=args.activation)
+        if layered:
+            test_elbo, test_nll = evaluate_layered(encs, decs, test, args.eval_k, args.seed, device, args.latents,
+                                                   activation=args.activation)
+        else:
+            test_elbo, test_nll = evaluate(enc, dec, test, args.eval_k, args.seed, device, L,
+                                           activation=args.activation)
         sync()
         eval_secs = time.perf_counter() - t0
         print("test (%d images, K=%d): elbo %.4f  NLL %.4f nats/example  (%.1f s)"
@@ -550,7 +661,7 @@ def main(argv=None):
         summary = {
             "tool": "tools/torch/torch_reference.py",
             "config": {"data": data_dir, "epochs": args.epochs, "batch_size": B, "latent_dim": L,
-                       "hidden": args.hidden_sizes, "lr": args.lr, "adam_betas": [0.9, 0.999],
+                       "hidden": args.hidden_sizes, "latents": args.latents, "hidden_layers": args.hidden_layers, "lr": args.lr, "adam_betas": [0.9, 0.999],
                        "adam_eps": args.adam_eps, "objective": args.objective, "samples": K,
                        "outer_samples": M, "ciwae_beta": args.ciwae_beta if args.objective == "ciwae" else None,
                        "bound": bound_name, "activation": args.activation, "init": args.init,

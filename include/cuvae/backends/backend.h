@@ -172,6 +172,31 @@ class Backend {
                                                    const float* weights, int images, int samples,
                                                    int latent, float scale, bool dreg,
                                                    float* d_encoder_out) = 0;
+  // ---- stochastic layers above the first (vae_math.h, "More than one
+  // stochastic layer"); every row is one sample, weighted on its own.
+  // Layer s's terms of log w: h_below (rows x L) is the sample of layer
+  // s - 1, p_params (rows x 2L, mean | log_std) the output of the decoder
+  // p(h_{s-1}|h_s), upper_log_ratio (rows) layer s's reparameterize_kl_forward
+  // log ratio:
+  //   row_log_ratio[r] += upper_log_ratio[r] + sum_j gaussian_log_ratio_term(h, m, l)
+  virtual void gaussian_layer_forward(const float* h_below, const float* p_params,
+                                      const float* upper_log_ratio, int rows, int latent,
+                                      float* row_log_ratio) = 0;
+  // Its backward, for loss = -scale sum_r weights[r] log w_r:
+  // gaussian_log_ratio_backward with g = scale weights[r] writes d_params
+  // (rows x 2L) and adds dloss/dh to dh_below (rows x L) if it is not null.
+  virtual void gaussian_layer_backward(const float* h_below, const float* p_params,
+                                       const float* weights, int rows, int latent, float scale,
+                                       float* d_params, float* dh_below) = 0;
+  // The backward of layer s's reparameterization (upper_latent_backward_term
+  // per element): d_encoder_out (rows x 2L) from dh (rows x L), the layer's
+  // encoder_out, eps and sample h, for the encoder's parameters (DReG's when
+  // dreg); if d_encoder_out_below is not null, the full (dreg false)
+  // gradient too, which continues to the layer below.
+  virtual void upper_latent_backward(const float* dh, const float* encoder_out, const float* eps,
+                                     const float* h, const float* weights, int rows, int latent,
+                                     float scale, bool dreg, float* d_encoder_out,
+                                     float* d_encoder_out_below) = 0;
   // One Adam step over the whole flat parameter buffer.
   virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                          const AdamStep& step) = 0;

@@ -12,8 +12,8 @@ struct TrainOptions {
   std::string device = "auto";
   int epochs = 30;
   int batch_size = 200;
-  int latent_dim = 50;
-  std::string hidden = "200,200";
+  std::string latent_dim = "50";   // one size per stochastic layer, bottom first
+  std::string hidden = "200,200";  // each layer's widths, '/' between layers
   double lr = 1e-3;
   double adam_eps = 1e-8;
   std::string objective = "elbo";      // elbo, iwae, iwae-dreg, miwae, piwae, ciwae

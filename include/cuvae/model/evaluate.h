@@ -33,12 +33,18 @@ struct EvalRequest {
 struct EvalResult {
   int images = 0;
   int k = 0;
-  double elbo = 0.0;  // nats per image: mean over images and the K samples of log p(x|z) - KL
+  // nats per image: mean over images and the K samples of log p(x|z) - KL
+  // (one stochastic layer), of log w (more)
+  double elbo = 0.0;
   double nll = 0.0;   // nats per image: -log p(x) estimated with K importance samples
   std::vector<std::pair<int, double>> bounds;  // (k, L_k), as requested
   // Units u whose posterior mean E_q[z_u|x] varies over the images by more
   // than 0.01 (Burda et al. 2016, section 5.2: "active units").
+  // Of the first stochastic layer; active_units_per_layer has every
+  // layer's, bottom first (for a layer above the first, the unit's mean
+  // under q(h_s|x) is the average over the image's K samples).
   int active_units = 0;
+  std::vector<int> active_units_per_layer;
   std::vector<float> log_likelihood;  // per image, if requested
   bool stopped = false;  // request.stop said so: the rest is not filled in
 };

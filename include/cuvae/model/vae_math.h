@@ -411,6 +411,58 @@ CUVAE_HD float grouped_objective_image(const float* row_logprob, const float* ro
   return static_cast<float>(bound / groups);
 }
 
+// ---------------------------------------------------------------------------
+// More than one stochastic layer (the IWAE paper's second architecture).
+//
+// Stochastic layer s >= 2 draws h_s = mean + exp(log_std) eps from
+// q(h_s|h_{s-1}) (reparameterize, one sample per row) and has a Gaussian
+// decoder p(h_{s-1}|h_s) = N(m, exp(2 l)). Every layer's reparameterization
+// adds log N(h_s; 0, 1) - log q(h_s|.) to log w (log_prior_minus_log_posterior);
+// each decoder layer adds its density relative to the standard normal that
+// the layer below already counted,
+//   log N(h; m, e^2l) - log N(h; 0, 1) = (h^2 - u^2)/2 - l,   u = (h - m) e^-l,
+// so that the sum over layers is log p(h_S) + sum_s log p(h_{s-1}|h_s) -
+// sum_s log q(h_s|.), with no constant left to cancel.
+
+// One dimension's log N(h; m, e^2l) - log N(h; 0, 1).
+CUVAE_HD float gaussian_log_ratio_term(float h, float mean, float log_std) {
+  const float u = (h - mean) * exp_clamped(-log_std);
+  return 0.5f * (h - u) * (h + u) - log_std;
+}
+
+// The loss's gradient of that term, weighted g = scale * (the sample's
+// objective weight), for loss = -g (term):
+//   dloss/dm = -g u e^-l,  dloss/dl = g (1 - u^2),  dloss/dh = g (u e^-l - h).
+CUVAE_HD void gaussian_log_ratio_backward(float h, float mean, float log_std, float g,
+                                          float* dmean, float* dlog_std, float* dh) {
+  const float inv_sigma = exp_clamped(-log_std);
+  const float u = (h - mean) * inv_sigma;
+  *dmean = -g * u * inv_sigma;
+  *dlog_std = g * (1.0f - u * u);
+  *dh = g * (u * inv_sigma - h);
+}
+
+// The backward of an upper layer's reparameterization (one sample per row,
+// so the sample's own weight w where layer 1 has sum_k w~_k = 1): given dh =
+// dloss/dh_s from everything above and beside it (the decoders, weighted w,
+// and the layer above's encoder), the gradient to [mean | log_std] of
+// q(h_s|h_{s-1}), for loss = -scale w log w:
+//   dz  = importance_weighted_dz(dh, h, eps, sigma, w, scale, dreg)
+//   dmean = dz,   dlog_std = dz sigma eps - (dreg ? 0 : scale w)
+// DReG's encoder gradient is this with dreg (the weight w^2, q's parameters
+// held fixed in log q). The gradient that continues to h_{s-1} is the full
+// one, dreg false, in either case: with h_s fixed, log q(h_s|h_{s-1})
+// still depends on h_{s-1} through q's mean and log_std (DReG stops only
+// the parameters), and what flows down stays in the w weighting that the
+// layer below turns into w^2.
+CUVAE_HD void upper_latent_backward_term(float dh, float h, float eps, float log_std, float weight,
+                                         float scale, bool dreg, float* dmean, float* dlog_std) {
+  const float sigma = exp_clamped(log_std);
+  const float dz = importance_weighted_dz(dh, h, eps, sigma, weight, scale, dreg);
+  *dmean = dz;
+  *dlog_std = dz * sigma * eps - (dreg ? 0.0f : scale * weight);
+}
+
 // Adam's hyper-parameters for one step t (1-based). 1 - beta, the step size
 // lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t) are computed once per step on
 // the host, in double: in float, 1 - 0.999f is 0.00099998713, off by 1.3e-5

@@ -205,6 +205,15 @@ CUVAE_VECTORIZED_ROW float reparameterize_kl_row(const float* __restrict mean,
   return kl;
 }
 
+// One row's sum of gaussian_log_ratio_term.
+CUVAE_VECTORIZED_ROW float gaussian_log_ratio_row(const float* __restrict h, const float* __restrict mean,
+                                                  const float* __restrict log_std, int latent) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < latent; ++j) sum += gaussian_log_ratio_term(h[j], mean[j], log_std[j]);
+  return sum;
+}
+
 // The one-sample backward of a row (vae_math.h's reparameterize_kl_backward):
 // K = 1 keeps exactly the seed objective's arithmetic (the compiler may fuse
 // the formula's multiply-adds, which a sum over samples written to memory
@@ -505,6 +514,57 @@ class CpuBackend final : public Backend {
 #pragma omp parallel for schedule(static) if (long(images) * per_image >= kParallelThreshold / 16)
     for (int b = 0; b < images; ++b) {
       row_bound[b] = grouped_objective_image(row_logprob, row_log_ratio, group_bound, b, groups, samples, beta, weights);
+    }
+  }
+
+  void gaussian_layer_forward(const float* h_below, const float* p_params,
+                              const float* upper_log_ratio, int rows, int latent,
+                              float* row_log_ratio) override {
+#pragma omp parallel for schedule(static) if (long(rows) * latent >= kParallelThreshold)
+    for (int r = 0; r < rows; ++r) {
+      const float* h = h_below + static_cast<size_t>(r) * latent;
+      const float* mean = p_params + static_cast<size_t>(r) * 2 * latent;
+      row_log_ratio[r] += upper_log_ratio[r] + gaussian_log_ratio_row(h, mean, mean + latent, latent);
+    }
+  }
+
+  void gaussian_layer_backward(const float* h_below, const float* p_params, const float* weights,
+                               int rows, int latent, float scale, float* d_params,
+                               float* dh_below) override {
+#pragma omp parallel for schedule(static) if (long(rows) * latent >= kParallelThreshold)
+    for (int r = 0; r < rows; ++r) {
+      const size_t row = static_cast<size_t>(r) * latent;
+      const float* mean = p_params + 2 * row;
+      float* dmean = d_params + 2 * row;
+      const float g = scale * weights[r];
+      for (int j = 0; j < latent; ++j) {
+        float dh;
+        gaussian_log_ratio_backward(h_below[row + j], mean[j], mean[latent + j], g, &dmean[j],
+                                    &dmean[latent + j], &dh);
+        if (dh_below != nullptr) dh_below[row + j] += dh;
+      }
+    }
+  }
+
+  void upper_latent_backward(const float* dh, const float* encoder_out, const float* eps,
+                             const float* h, const float* weights, int rows, int latent,
+                             float scale, bool dreg, float* d_encoder_out,
+                             float* d_encoder_out_below) override {
+#pragma omp parallel for schedule(static) if (long(rows) * latent >= kParallelThreshold)
+    for (int r = 0; r < rows; ++r) {
+      const size_t row = static_cast<size_t>(r) * latent;
+      const float* log_std = encoder_out + 2 * row + latent;
+      float* out = d_encoder_out + 2 * row;
+      for (int j = 0; j < latent; ++j) {
+        const size_t i = row + j;
+        upper_latent_backward_term(dh[i], h[i], eps[i], log_std[j], weights[r], scale, dreg,
+                                   &out[j], &out[latent + j]);
+        if (d_encoder_out_below != nullptr) {
+          float* below = d_encoder_out_below + 2 * row;
+          upper_latent_backward_term(dh[i], h[i], eps[i], log_std[j], weights[r], scale, false,
+                                     &below[j], &below[latent + j]);
+        }
+      }
     }
   }
 

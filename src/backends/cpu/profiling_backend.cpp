@@ -107,6 +107,30 @@ void ProfilingBackend::importance_weighted_latent_backward(
                                                latent, scale, dreg, d_encoder_out);
   });
 }
+void ProfilingBackend::gaussian_layer_forward(const float* h_below, const float* p_params,
+                                              const float* upper_log_ratio, int rows, int latent,
+                                              float* row_log_ratio) {
+  timed("gaussian_layer_forward", [&] {
+    inner_.gaussian_layer_forward(h_below, p_params, upper_log_ratio, rows, latent, row_log_ratio);
+  });
+}
+void ProfilingBackend::gaussian_layer_backward(const float* h_below, const float* p_params,
+                                               const float* weights, int rows, int latent,
+                                               float scale, float* d_params, float* dh_below) {
+  timed("gaussian_layer_backward", [&] {
+    inner_.gaussian_layer_backward(h_below, p_params, weights, rows, latent, scale, d_params, dh_below);
+  });
+}
+void ProfilingBackend::upper_latent_backward(const float* dh, const float* encoder_out,
+                                             const float* eps, const float* h,
+                                             const float* weights, int rows, int latent,
+                                             float scale, bool dreg, float* d_encoder_out,
+                                             float* d_encoder_out_below) {
+  timed("upper_latent_backward", [&] {
+    inner_.upper_latent_backward(dh, encoder_out, eps, h, weights, rows, latent, scale, dreg,
+                                 d_encoder_out, d_encoder_out_below);
+  });
+}
 void ProfilingBackend::adam_step(float* params, const float* grads, float* m, float* v,
                                  size_t count, const AdamStep& step) {
   timed("adam_step", [&] { inner_.adam_step(params, grads, m, v, count, step); });

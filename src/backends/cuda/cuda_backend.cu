@@ -321,6 +321,25 @@ class CudaBackend final : public Backend {
     kernels::importance_weighted_latent_backward(dz, encoder_out, eps, z, weights, images, samples,
                                                  latent, scale, dreg, d_encoder_out, target());
   }
+  void gaussian_layer_forward(const float* h_below, const float* p_params,
+                              const float* upper_log_ratio, int rows, int latent,
+                              float* row_log_ratio) override {
+    kernels::gaussian_layer_forward(h_below, p_params, upper_log_ratio, rows, latent,
+                                    row_log_ratio, target());
+  }
+  void gaussian_layer_backward(const float* h_below, const float* p_params, const float* weights,
+                               int rows, int latent, float scale, float* d_params,
+                               float* dh_below) override {
+    kernels::gaussian_layer_backward(h_below, p_params, weights, rows, latent, scale, d_params,
+                                     dh_below, target());
+  }
+  void upper_latent_backward(const float* dh, const float* encoder_out, const float* eps,
+                             const float* h, const float* weights, int rows, int latent,
+                             float scale, bool dreg, float* d_encoder_out,
+                             float* d_encoder_out_below) override {
+    kernels::upper_latent_backward(dh, encoder_out, eps, h, weights, rows, latent, scale, dreg,
+                                   d_encoder_out, d_encoder_out_below, target());
+  }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override {
     kernels::adam_step(params, grads, m, v, count, step, target());

@@ -72,6 +72,16 @@ class ProfilingBackend final : public Backend {
   void grouped_objective_weights(const float* row_logprob, const float* row_log_ratio,
                                  const float* group_bound, int images, int groups, int samples,
                                  float beta, float* weights, float* row_bound) override;
+  void gaussian_layer_forward(const float* h_below, const float* p_params,
+                              const float* upper_log_ratio, int rows, int latent,
+                              float* row_log_ratio) override;
+  void gaussian_layer_backward(const float* h_below, const float* p_params, const float* weights,
+                               int rows, int latent, float scale, float* d_params,
+                               float* dh_below) override;
+  void upper_latent_backward(const float* dh, const float* encoder_out, const float* eps,
+                             const float* h, const float* weights, int rows, int latent,
+                             float scale, bool dreg, float* d_encoder_out,
+                             float* d_encoder_out_below) override;
   void importance_weighted_latent_backward(const float* dz, const float* encoder_out,
                                            const float* eps, const float* z, const float* weights,
                                            int images, int samples, int latent, float scale,

@@ -72,6 +72,17 @@ void importance_weighted_latent_backward(const float* dz, const float* encoder_o
                                          const float* eps, const float* z, const float* weights,
                                          int images, int samples, int latent, float scale,
                                          bool dreg, float* d_encoder_out, const LaunchTarget& on);
+// kernels/gaussian_layer.cu (stochastic layers above the first; one sample a row)
+void gaussian_layer_forward(const float* h_below, const float* p_params,
+                            const float* upper_log_ratio, int rows, int latent,
+                            float* row_log_ratio, const LaunchTarget& on);
+void gaussian_layer_backward(const float* h_below, const float* p_params, const float* weights,
+                             int rows, int latent, float scale, float* d_params, float* dh_below,
+                             const LaunchTarget& on);
+void upper_latent_backward(const float* dh, const float* encoder_out, const float* eps,
+                           const float* h, const float* weights, int rows, int latent, float scale,
+                           bool dreg, float* d_encoder_out, float* d_encoder_out_below,
+                           const LaunchTarget& on);
 // kernels/adam.cu
 void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                const AdamStep& step, const LaunchTarget& on);
