@@ -83,7 +83,9 @@ Result bench_one(Backend& backend, const IdxImages& images, int batch, const Ben
   config.objective.outer_samples = o.outer_samples;
   config.objective.ciwae_beta = o.ciwae_beta;
   config.objective.validate();
+  config.arch.set_layers(o.latent_dim, o.hidden);
   config.arch.activation = parse_activation(o.activation, "--activation");
+  config.arch.validate();
   Result r;
   r.device = backend.name();
   r.batch = batch;
@@ -199,13 +201,18 @@ int run_bench_command(const BenchOptions& o) {
   const IdxImages images = bench_images(o.data, largest_batch, &source);
 
   std::printf("vae bench: %s, %s, commit %s\n", cpu_model().c_str(), utc_now("%Y-%m-%d %H:%M:%S UTC").c_str(), CUVAE_GIT_COMMIT);
-  std::printf("model 784-200-200-(50+50) | 50-200-200-784, %s; objective %s, K = %d (samples/s: images/s); "
+  Architecture arch;
+  arch.set_layers(o.latent_dim, o.hidden);
+  arch.validate();
+  std::printf("model %s, %s; objective %s, K = %d (samples/s: images/s); "
               "%s; %d warm-up steps, median of %d x %d steps\n",
-              o.activation.c_str(), o.objective.c_str(), o.samples, source.c_str(), o.warmup_steps, o.repeats, o.steps);
+              arch.describe().c_str(), o.activation.c_str(), o.objective.c_str(), o.samples, source.c_str(),
+              o.warmup_steps, o.repeats, o.steps);
   if (!have_cuda && o.device == "all") std::printf("cuda: skipped (%s)\n", why_not.c_str());
   nlohmann::json json = {{"commit", CUVAE_GIT_COMMIT}, {"date", utc_now("%Y-%m-%d %H:%M:%S UTC")}, {"cpu", cpu_model()},
                          {"data", source}, {"objective", o.objective}, {"samples", o.samples},
-                         {"activation", o.activation}, {"results", nlohmann::json::array()}};
+                         {"activation", o.activation}, {"latent_dim", arch.latent_dims_text()},
+                         {"hidden", arch.hidden_text()}, {"results", nlohmann::json::array()}};
   for (const std::string& device : devices) {
     std::unique_ptr<Backend> backend = make_backend(device);
     const bool tf32 = o.tf32 && backend->set_tf32(true);
@@ -277,7 +284,7 @@ int run_bench_command(const BenchOptions& o) {
 Command add_bench_command(CLI::App& app) {
   auto bench = std::make_shared<BenchOptions>();
   auto bench_batches = std::make_shared<std::string>("200,1000,4096");
-  CLI::App* bench_cmd = app.add_subcommand("bench", "End-to-end training throughput of the seed's configuration per backend and batch size");
+  CLI::App* bench_cmd = app.add_subcommand("bench", "End-to-end training throughput per backend and batch size (the seed's model unless --latent-dim, --hidden, --activation, --objective say otherwise)");
   bench_cmd->add_option("--data", bench->data, "MNIST directory (generated images when absent)")->check(non_empty())->capture_default_str();
   bench_cmd->add_option("--device", bench->device, "all (every available backend), cpu or cuda")->check(CLI::IsMember({"all", "cpu", "cuda"}))->capture_default_str();
   bench_cmd->add_option("--batch-sizes", *bench_batches, "Batch sizes, comma-separated")->capture_default_str();
@@ -293,6 +300,8 @@ Command add_bench_command(CLI::App& app) {
   bench_cmd->add_option("--ciwae-beta", bench->ciwae_beta, "ciwae's beta in [0, 1]")->check(unit_interval())->capture_default_str();
   bench_cmd->add_option("--samples", bench->samples, "K samples per image (the decoder runs on batch * K rows)")->transform(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
   bench_cmd->add_option("--activation", bench->activation, "Hidden layers: relu or tanh")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
+  bench_cmd->add_option("--latent-dim", bench->latent_dim, "Latent units; one per stochastic layer, bottom first (100,50)")->check(non_empty())->capture_default_str();
+  bench_cmd->add_option("--hidden", bench->hidden, "Hidden widths under each stochastic layer, '/' between layers (200,200/100,100)")->check(non_empty())->capture_default_str();
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench->cuda_graph, "Replay each step as a CUDA Graph (default)");
   return {bench_cmd, [bench, bench_batches] {
             bench->batch_sizes = parse_widths(*bench_batches, "--batch-sizes");

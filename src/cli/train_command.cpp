@@ -101,7 +101,7 @@ void check_resume_flags(const TrainOptions& o, const TrainConfig& c, const std::
   if (o.given_batch_size && o.batch_size != c.batch_size)
     refuse("--batch-size", std::to_string(o.batch_size), std::to_string(c.batch_size));
   // Each list against the run's, as numbers ("050" is 50).
-  if (o.given_latent_dim && format_widths(parse_widths(o.latent_dim, "--latent-dim")) != c.arch.latent_dims_text())
+  if (o.given_latent_dim && format_widths(parse_widths(o.latent_dim, "--latent-dim", "100,50")) != c.arch.latent_dims_text())
     refuse("--latent-dim", o.latent_dim, c.arch.latent_dims_text());
   if (o.given_hidden) {
     std::string given;

@@ -82,7 +82,7 @@ std::string Architecture::hidden_text() const {
 void Architecture::set_layers(const std::string& latent_dims, const std::string& hidden_widths,
                               const std::string& where) {
   const std::string prefix = where.empty() ? "" : where + ": ";
-  const std::vector<int> dims = parse_widths(latent_dims, prefix + "--latent-dim");
+  const std::vector<int> dims = parse_widths(latent_dims, prefix + "--latent-dim", "100,50");
   if (dims.size() > static_cast<size_t>(kMaxStochasticLayers)) {
     throw Error(prefix + "--latent-dim " + latent_dims + " has " + std::to_string(dims.size()) +
                 " stochastic layers; at most " + std::to_string(kMaxStochasticLayers));
@@ -142,11 +142,12 @@ void Architecture::validate() const {
   }
 }
 
-std::vector<int> parse_widths(const std::string& text, const std::string& what) {
+std::vector<int> parse_widths(const std::string& text, const std::string& what, const std::string& example) {
   std::vector<int> widths;
   std::stringstream stream(text);
   std::string item;
-  const std::string usage = what + " must be a comma-separated list of positive integers like 200,200, got '" + text + "'";
+  const std::string usage = what + " must be a comma-separated list of positive integers like " + example +
+                            ", got '" + printable_excerpt(text) + "'";
   if (text.empty()) throw Error(usage);
   while (std::getline(stream, item, ',')) {
     if (item.empty() || item.size() > 6 ||
@@ -166,8 +167,15 @@ std::vector<std::vector<int>> parse_layer_widths(const std::string& text, const 
   size_t start = 0;
   while (true) {
     const size_t slash = text.find('/', start);
-    widths.push_back(parse_widths(text.substr(start, slash == std::string::npos ? slash : slash - start),
-                                  what + " (one comma list per stochastic layer, '/' between layers)"));
+    const std::string list = text.substr(start, slash == std::string::npos ? slash : slash - start);
+    try {
+      widths.push_back(parse_widths(list, what));
+    } catch (const Error&) {
+      // The whole value is quoted, and which list is wrong.
+      throw Error(what + " must be one comma-separated list of positive integers per stochastic layer, '/' "
+                  "between layers (like 200,200/100,100), got '" + printable_excerpt(text) + "' (list " +
+                  std::to_string(widths.size() + 1) + (list.empty() ? " is empty)" : ", '" + printable_excerpt(list) + "')"));
+    }
     if (slash == std::string::npos) break;
     start = slash + 1;
   }

@@ -123,6 +123,35 @@ TEST_F(StochasticLayers, InconsistentLayerListsAreRefusedNamingTheFlag) {
   }
 }
 
+// A wrong list inside --hidden: the whole value is quoted, and which list.
+TEST_F(StochasticLayers, AWrongLayerListIsQuotedWholeAndNumbered) {
+  const std::string out = dir_ / "out";
+  expect_one_line_error(
+      run_vae(train_args(data_, out, {{"--latent-dim", "100,50,20"}, {"--hidden", "200,200/100,100//"}}), dir_.path()),
+      {"--hidden", "'200,200/100,100//'", "list 3 is empty"}, {});
+  expect_one_line_error(
+      run_vae(train_args(data_, out, {{"--latent-dim", "100,50"}, {"--hidden", "200/1e2"}}), dir_.path()),
+      {"--hidden", "'200/1e2'", "list 2, '1e2'"}, {});
+  expect_one_line_error(run_vae(train_args(data_, out, {{"--latent-dim", "100,-50"}}), dir_.path()),
+                        {"--latent-dim", "like 100,50", "'100,-50'"}, {});
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// vae bench times the layered model too (--latent-dim, --hidden as train's),
+// names it in its banner, and refuses a bad list with train's line.
+TEST_F(StochasticLayers, BenchTimesTheLayeredModel) {
+  const std::vector<std::string> bench = {"bench", "--device", "cpu", "--batch-sizes", "4", "--warmup", "0",
+                                          "--steps", "1", "--repeats", "1", "--data", data_,
+                                          "--latent-dim", "4,2", "--activation", "tanh"};
+  std::vector<std::string> good = bench, bad = bench;
+  good.insert(good.end(), {"--hidden", "16,16/8"});
+  const RunResult r = run_vae(good, dir_.path());
+  expect_success(r);
+  EXPECT_NE(r.out.find("model 784-16-16-(4+4) -8-(2+2) | 2-8-(4+4) -16-16-784"), std::string::npos) << r.out;
+  bad.insert(bad.end(), {"--hidden", "16,16"});
+  expect_one_line_error(run_vae(bad, dir_.path()), {"--hidden 16,16 has 1 layer list"}, {});
+}
+
 TEST_F(StochasticLayers, ResumeRefusesOtherLayers) {
   const std::string out = dir_ / "run";
   expect_success(run_vae(two_layers(out, {{"--max-steps", "2"}}), dir_.path()));

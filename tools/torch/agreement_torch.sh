@@ -6,11 +6,17 @@
 # The two draw different random numbers, so single runs differ by their noise
 # (about a nat at epoch 30); the means over seeds are what should agree.
 #
-#   [OBJECTIVE=elbo|iwae|iwae-dreg] [SAMPLES=K] [THREADS=N] tools/torch/agreement_torch.sh [SEEDS] [EPOCHS]
+#   [OBJECTIVE=elbo|iwae|iwae-dreg|miwae|piwae|ciwae] [SAMPLES=K] [THREADS=N] [BATCH=B] [MODEL="FLAGS"]
+#   [OUT=DIR] tools/torch/agreement_torch.sh [SEEDS] [EPOCHS]
 #   e.g. OBJECTIVE=iwae SAMPLES=5 tools/torch/agreement_torch.sh "0 1 2" 30
+#        BATCH=100 MODEL="--latent-dim 100,50 --hidden 200,200/100,100 --activation tanh --init glorot --adam-eps 1e-4" \
+#          OUT=runs/agreement-2l tools/torch/agreement_torch.sh "1 2 3" 10
 #
 # OBJECTIVE and SAMPLES go to both trainers (vae train --objective/--samples,
-# torch_reference.py the same); THREADS caps both (OMP_NUM_THREADS, --threads).
+# torch_reference.py the same), and so do BATCH (--batch-size, default 200) and
+# MODEL, flags both take with the same meaning (--latent-dim, --hidden,
+# --activation, --init, --adam-eps, --outer-samples, --ciwae-beta); THREADS
+# caps both (OMP_NUM_THREADS, --threads).
 # Needs build/vae, MNIST in data/mnist and python3-torch (tools/install_deps.sh --torch).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,23 +26,27 @@ epochs="${2:-30}"
 objective="${OBJECTIVE:-elbo}"
 samples="${SAMPLES:-1}"
 threads="${THREADS:-}"
+batch="${BATCH:-200}"
+read -r -a model <<<"${MODEL:-}"
+[[ "$batch" =~ ^[1-9][0-9]*$ ]] || { echo "agreement_torch: BATCH must be a positive integer, got '$batch'" >&2; exit 2; }
 [[ "$samples" =~ ^[1-9][0-9]*$ ]] || { echo "agreement_torch: SAMPLES must be a positive integer, got '$samples'" >&2; exit 2; }
 [[ -z "$threads" || "$threads" =~ ^[1-9][0-9]*$ ]] || { echo "agreement_torch: THREADS must be a positive integer, got '$threads'" >&2; exit 2; }
 [[ -n "$threads" ]] && export OMP_NUM_THREADS="$threads"
 vae="${VAE:-build/vae}"  # VAE: another binary (a copy, so that rebuilding does not touch a running comparison)
 out=runs/agreement
 [[ "$objective" != elbo || "$samples" != 1 ]] && out="runs/agreement-$objective-$samples"
+out="${OUT:-$out}"
 mkdir -p "$out"
 echo "agreement_torch: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc --all) cores; $(date -u '+%Y-%m-%d %H:%M UTC'); cuvae: $("$vae" --version 2>/dev/null || echo "$vae")"
-echo "agreement_torch: objective $objective, K = $samples, $epochs epochs, seeds $seeds${threads:+, $threads thread(s) each}"
+echo "agreement_torch: objective $objective, K = $samples, $epochs epochs at batch $batch, seeds $seeds${threads:+, $threads thread(s) each}${MODEL:+; $MODEL}"
 for seed in $seeds; do
   # A seed whose results are already there (an earlier call) is reused.
   if [[ -f "$out/cuvae-$seed-eval.json" && -f "$out/torch-$seed.json" ]]; then continue; fi
   "$vae" train --data data/mnist --out "$out/cuvae-$seed" --overwrite --epochs "$epochs" --seed "$seed" --device cpu \
-    --objective "$objective" --samples "$samples" > "$out/cuvae-$seed.log"
+    --objective "$objective" --samples "$samples" --batch-size "$batch" "${model[@]}" > "$out/cuvae-$seed.log"
   "$vae" eval --model "$out/cuvae-$seed/model.safetensors" --data data/mnist --k 100 --device cpu | tail -1 > "$out/cuvae-$seed-eval.json"
   /usr/bin/python3 tools/torch/torch_reference.py --data data/mnist --epochs "$epochs" --seed "$seed" --eval-k 100 \
-    --objective "$objective" --samples "$samples" ${threads:+--threads "$threads"} \
+    --objective "$objective" --samples "$samples" --batch-size "$batch" "${model[@]}" ${threads:+--threads "$threads"} \
     --json "$out/torch-$seed.json" > "$out/torch-$seed.log"
 done
 python3 - "$out" $seeds <<'PY'

@@ -3,8 +3,13 @@
 # on this machine, back to back, same data and configuration: the ratio of
 # training throughputs and the difference of the ELBO after the same epochs.
 #
-#   [ROUNDS=N] [SEARCH_STEPS=S] [TORCH_OPENBLAS_CORETYPE=CORE] tools/torch/compare_torch.sh [EPOCHS] [BATCH_SIZES]
+#   [ROUNDS=N] [SEARCH_STEPS=S] [TORCH_OPENBLAS_CORETYPE=CORE] [MODEL="FLAGS"] [CUVAE_VAE=BINARY]
+#     tools/torch/compare_torch.sh [EPOCHS] [BATCH_SIZES]
 #   e.g. ROUNDS=2 tools/torch/compare_torch.sh 2 20,200
+#   MODEL: flags both trainers take with the same meaning (--latent-dim, --hidden, --activation, --init,
+#   --objective, --samples, --outer-samples, --ciwae-beta, --adam-eps), e.g. the IWAE paper's two-layer model:
+#   MODEL="--latent-dim 100,50 --hidden 200,200/100,100 --activation tanh --init glorot"
+#   (default: the seed's configuration). CUVAE_VAE: the cuvae binary (default build/vae).
 #
 # PyTorch at its best: Debian's PyTorch runs its GEMMs in OpenBLAS, whose
 # threads and kernel matter as much as torch's own threads (on 2 cores, as
@@ -31,15 +36,19 @@ batches="${2:-200}"
 device="${DEVICE:-cpu}"
 python=/usr/bin/python3
 out=runs/compare-torch
+vae="${CUVAE_VAE:-build/vae}"
+read -r -a model <<<"${MODEL:-}"
 mkdir -p "$out"
-[[ -x build/vae ]] || { echo "compare_torch: build/vae is missing; run tools/test.sh first" >&2; exit 1; }
+[[ -x "$vae" ]] || { echo "compare_torch: $vae is missing; run tools/test.sh first" >&2; exit 1; }
 "$python" -c "import torch" 2>/dev/null || { echo "compare_torch: $python has no torch; run tools/install_deps.sh --torch" >&2; exit 1; }
 
 rounds="${ROUNDS:-1}"
 ncpu="$(nproc)"
 echo "compare_torch: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $ncpu cores; $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- src include kernels || echo -dirty)"
 echo "compare_torch: environment OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-unset}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "compare_torch: $epochs epochs of the seed's configuration, device $device, $rounds round(s)"
+what="the seed's configuration"
+[[ -n "${MODEL:-}" ]] && what="$MODEL"
+echo "compare_torch: $epochs epochs of $what, device $device, $rounds round(s)"
 
 # A configuration: "THREADS|OPENBLAS_NUM_THREADS|KERNEL", KERNEL "env" (as
 # set), "own" (both variables unset) or a core name.
@@ -66,7 +75,7 @@ torch_run() {  # CONFIG JSON ARGS... : tools/torch/torch_reference.py in that co
   [[ "$kernel" == own ]] && pre+=(-u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)
   [[ "$kernel" != env && "$kernel" != own ]] && pre+=("OPENBLAS_CORETYPE=$kernel")
   "${pre[@]}" "$python" tools/torch/torch_reference.py --data data/mnist --device "$device" --threads "$threads" \
-    --json "$json" "$@"
+    --json "$json" "${model[@]}" "$@"
 }
 describe() {  # CONFIG -> words
   local threads obt kernel
@@ -92,8 +101,8 @@ for batch in ${batches//,/ }; do
     echo "  batch $batch: PyTorch's best: $(describe "$best")"
   fi
   for ((r = 1; r <= rounds; ++r)); do
-    build/vae train --data data/mnist --out "$out/cuvae-$batch-r$r" --overwrite --epochs "$epochs" --batch-size "$batch" \
-      --device "$device" > "$out/cuvae-$batch-r$r.log"
+    "$vae" train --data data/mnist --out "$out/cuvae-$batch-r$r" --overwrite --epochs "$epochs" --batch-size "$batch" \
+      --device "$device" "${model[@]}" > "$out/cuvae-$batch-r$r.log"
     torch_run "$best" "$out/torch-$batch-r$r.json" --epochs "$epochs" --batch-size "$batch" > "$out/torch-$batch-r$r.log"
   done
   "$python" - "$out" "$batch" "$rounds" "$(describe "$best")" <<'PY'

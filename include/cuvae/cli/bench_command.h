@@ -24,6 +24,10 @@ struct BenchOptions {
   int outer_samples = 1;   // M (miwae, piwae)
   double ciwae_beta = 0.5;  // ciwae
   std::string activation = "relu";
+  // The model: --latent-dim and --hidden as train spells them ("100,50",
+  // "200,200/100,100" for two stochastic layers).
+  std::string latent_dim = "50";
+  std::string hidden = "200,200";
 };
 
 // Prints, per backend and batch size: samples/s (median of the repetitions,

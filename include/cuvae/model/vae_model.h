@@ -98,7 +98,9 @@ struct Architecture {
 };
 
 // "200,200" -> {200, 200}; throws cuvae::Error naming `what` on anything else.
-std::vector<int> parse_widths(const std::string& text, const std::string& what);
+// The error message shows `example` as a valid value.
+std::vector<int> parse_widths(const std::string& text, const std::string& what,
+                              const std::string& example = "200,200");
 std::string format_widths(const std::vector<int>& widths);
 // "200,200/100,100" -> {{200, 200}, {100, 100}}: one parse_widths list per
 // stochastic layer, '/' between them.
