@@ -71,8 +71,9 @@ torch_run() {  # CONFIG JSON ARGS... : tools/torch/torch_reference.py in that co
   local threads obt kernel
   IFS='|' read -r threads obt kernel <<<"$config"
   local -a pre=(env)
-  [[ "$obt" != unset ]] && pre+=("OPENBLAS_NUM_THREADS=$obt")
+  # env's options (-u) before its assignments: "env A=1 -u B" runs a program named -u.
   [[ "$kernel" == own ]] && pre+=(-u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)
+  [[ "$obt" != unset ]] && pre+=("OPENBLAS_NUM_THREADS=$obt")
   [[ "$kernel" != env && "$kernel" != own ]] && pre+=("OPENBLAS_CORETYPE=$kernel")
   "${pre[@]}" "$python" tools/torch/torch_reference.py --data data/mnist --device "$device" --threads "$threads" \
     --json "$json" "${model[@]}" "$@"

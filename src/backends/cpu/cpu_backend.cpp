@@ -214,6 +214,47 @@ CUVAE_VECTORIZED_ROW float gaussian_log_ratio_row(const float* __restrict h, con
   return sum;
 }
 
+// One row of gaussian_layer_backward: the log-ratio term's gradient, weighted
+// g, to p(h_{s-1}|h_s)'s mean | log_std, and (dh non-null) added to dh.
+CUVAE_VECTORIZED_ROW void gaussian_log_ratio_backward_row(const float* __restrict h, const float* __restrict mean,
+                                                          const float* __restrict log_std, int latent, float g,
+                                                          float* __restrict dmean, float* __restrict dlog_std,
+                                                          float* __restrict dh) {
+  if (dh != nullptr) {
+#pragma omp simd
+    for (int j = 0; j < latent; ++j) {
+      float dm, dl, d;  // locals, then stores (as below)
+      gaussian_log_ratio_backward(h[j], mean[j], log_std[j], g, &dm, &dl, &d);
+      dmean[j] = dm;
+      dlog_std[j] = dl;
+      dh[j] += d;
+    }
+  } else {
+#pragma omp simd
+    for (int j = 0; j < latent; ++j) {
+      float dm, dl, d;
+      gaussian_log_ratio_backward(h[j], mean[j], log_std[j], g, &dm, &dl, &d);
+      dmean[j] = dm;
+      dlog_std[j] = dl;
+    }
+  }
+}
+
+// One row of upper_latent_backward with one `dreg` choice: the gradient to
+// q(h_s|h_{s-1})'s mean | log_std.
+CUVAE_VECTORIZED_ROW void upper_latent_backward_row(const float* __restrict dh, const float* __restrict h,
+                                                    const float* __restrict eps, const float* __restrict log_std,
+                                                    int latent, float weight, float scale, bool dreg,
+                                                    float* __restrict dmean, float* __restrict dlog_std) {
+#pragma omp simd
+  for (int j = 0; j < latent; ++j) {
+    float dm, dl;
+    upper_latent_backward_term(dh[j], h[j], eps[j], log_std[j], weight, scale, dreg, &dm, &dl);
+    dmean[j] = dm;
+    dlog_std[j] = dl;
+  }
+}
+
 // The one-sample backward of a row (vae_math.h's reparameterize_kl_backward):
 // K = 1 keeps exactly the seed objective's arithmetic (the compiler may fuse
 // the formula's multiply-adds, which a sum over samples written to memory
@@ -536,13 +577,8 @@ class CpuBackend final : public Backend {
       const size_t row = static_cast<size_t>(r) * latent;
       const float* mean = p_params + 2 * row;
       float* dmean = d_params + 2 * row;
-      const float g = scale * weights[r];
-      for (int j = 0; j < latent; ++j) {
-        float dh;
-        gaussian_log_ratio_backward(h_below[row + j], mean[j], mean[latent + j], g, &dmean[j],
-                                    &dmean[latent + j], &dh);
-        if (dh_below != nullptr) dh_below[row + j] += dh;
-      }
+      gaussian_log_ratio_backward_row(h_below + row, mean, mean + latent, latent, scale * weights[r], dmean,
+                                      dmean + latent, dh_below != nullptr ? dh_below + row : nullptr);
     }
   }
 
@@ -555,15 +591,12 @@ class CpuBackend final : public Backend {
       const size_t row = static_cast<size_t>(r) * latent;
       const float* log_std = encoder_out + 2 * row + latent;
       float* out = d_encoder_out + 2 * row;
-      for (int j = 0; j < latent; ++j) {
-        const size_t i = row + j;
-        upper_latent_backward_term(dh[i], h[i], eps[i], log_std[j], weights[r], scale, dreg,
-                                   &out[j], &out[latent + j]);
-        if (d_encoder_out_below != nullptr) {
-          float* below = d_encoder_out_below + 2 * row;
-          upper_latent_backward_term(dh[i], h[i], eps[i], log_std[j], weights[r], scale, false,
-                                     &below[j], &below[latent + j]);
-        }
+      upper_latent_backward_row(dh + row, h + row, eps + row, log_std, latent, weights[r], scale, dreg, out,
+                                out + latent);
+      if (d_encoder_out_below != nullptr) {  // DReG: the full gradient too, for the layer below
+        float* below = d_encoder_out_below + 2 * row;
+        upper_latent_backward_row(dh + row, h + row, eps + row, log_std, latent, weights[r], scale, false, below,
+                                  below + latent);
       }
     }
   }
