@@ -75,14 +75,21 @@ struct Result {
   std::map<std::string, double> op_ms;  // per step
 };
 
+// The step's objective, checked.
+ObjectiveConfig bench_objective(const BenchOptions& o) {
+  ObjectiveConfig objective;
+  objective.objective = parse_objective(o.objective, "--objective");
+  objective.samples = o.samples;
+  objective.outer_samples = o.outer_samples;
+  objective.ciwae_beta = o.ciwae_beta;
+  objective.validate();
+  return objective;
+}
+
 Result bench_one(Backend& backend, const IdxImages& images, int batch, const BenchOptions& o) {
   TrainConfig config;  // the seed's, with the objective and activation asked for
   config.batch_size = batch;
-  config.objective.objective = parse_objective(o.objective, "--objective");
-  config.objective.samples = o.samples;
-  config.objective.outer_samples = o.outer_samples;
-  config.objective.ciwae_beta = o.ciwae_beta;
-  config.objective.validate();
+  config.objective = bench_objective(o);
   config.arch.activation = parse_activation(o.activation, "--activation");
   Result r;
   r.device = backend.name();
@@ -185,6 +192,7 @@ int run_bench_command(const BenchOptions& o) {
     throw Error("--steps and --repeats must be at least 1, --warmup at least 0");
   }
   // Before the benchmark, not after minutes of it.
+  const ObjectiveConfig objective = bench_objective(o);
   if (!o.json.empty()) {
     check_output_is_not_an_input("--json", o.json, data_set_inputs("--data", o.data));
     check_writable_file_path(o.json);
@@ -211,6 +219,15 @@ int run_bench_command(const BenchOptions& o) {
     const bool tf32 = o.tf32 && backend->set_tf32(true);
     const bool epilogues = o.gemm_epilogues && backend->set_gemm_epilogues(true);
     const bool two_branch = o.two_branch_graph && backend->set_two_branch(true);
+    // Every batch size is checked before the first is timed; the Trainer's
+    // own check would name train's --batch-size.
+    for (int batch : o.batch_sizes) {
+      check_model_fits(*backend, TrainConfig().arch, batch, objective.total_samples(),
+                       {"the benchmark's model", "batch " + std::to_string(batch) + " of --batch-sizes",
+                        objective.outer_samples > 1 ? "--outer-samples " + std::to_string(objective.outer_samples) +
+                                                          " x --samples " + std::to_string(o.samples)
+                                                    : "--samples " + std::to_string(o.samples)});
+    }
     const double peak = square_sgemm_gflops(*backend);
     std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
     std::printf("%s GEMMs%s%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",

@@ -200,6 +200,27 @@ TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
 
+// The memory refusal named --samples and --batch-size whatever dominated
+// ("--samples 1 with --batch-size 20 needs 129.58 GiB" for --hidden
+// 65536,65536), and bench's named --batch-size, which bench does not have.
+TEST_F(BadInputFlags, TheMemoryRefusalNamesTheFlagsThatDominate) {
+  REQUIRE_SHARED();
+  const RunResult parameters = train({{"--hidden", "65536,65536"}, {"--latent-dim", "65536"}, {"--batch-size", "20"}});
+  expect_one_line_error(parameters, {"--hidden 65536,65536 and --latent-dim 65536 needs", "parameters"}, {"memory"});
+  EXPECT_FALSE(contains(parameters.err, "--samples 1 with")) << parameters.err;
+  const RunResult activations = train({{"--batch-size", "400"}, {"--samples", "100000"}});
+  expect_one_line_error(activations, {"--batch-size 400 with --samples 100000 needs", "activations"}, {"memory"});
+  const RunResult grouped = train({{"--batch-size", "400"}, {"--objective", "miwae"}, {"--outer-samples", "100"},
+                                   {"--samples", "1000"}});
+  expect_one_line_error(grouped, {"--outer-samples 100 x --samples 1000"}, {"memory"});
+  const RunResult bench = run_vae({"bench", "--device", "cpu", "--data", dir / "none", "--batch-sizes", "10,10000",
+                                   "--samples", "100000", "--warmup", "0", "--steps", "1", "--repeats", "1"},
+                                  dir.path());
+  expect_one_line_error(bench, {"batch 10000 of --batch-sizes with --samples 100000"}, {"memory"});
+  EXPECT_FALSE(contains(bench.out, "GFLOP/s")) << "benchmarked first: " << bench.out;
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
 // A checkpoint passed as a model said "not a cuvae model": say what it is
 // and which file to pass.
 TEST_F(BadInputFlags, ACheckpointPassedAsAModelIsNamed) {
