@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -44,16 +45,37 @@ std::string cpu_model() {
 }
 
 
-// MNIST's training images if they are in `dir`, else random ones (throughput
-// does not depend on the pixels).
+// MNIST's training images if they are in `dir` and there are enough for the
+// largest batch, else random ones (throughput does not depend on the pixels);
+// `source` says which, and why not MNIST. Files that are there but damaged
+// (truncated, not IDX, a corrupt gzip stream) or not 28x28 are refused.
 IdxImages bench_images(const std::string& dir, int needed, std::string* source) {
-  try {
-    IdxImages images = load_mnist_split(dir, true).images;
-    if (images.count >= needed) {
-      *source = "MNIST training images from " + dir;
-      return images;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(dir, ec);
+  std::string why;
+  if (!fs::exists(status)) {
+    why = dir + " does not exist";
+  } else if (!fs::is_directory(status)) {
+    throw Error("--data " + dir + ": not a directory");
+  } else {
+    const std::string name = "train-images-idx3-ubyte";
+    const std::string path = find_mnist_file_if_present(dir, name);
+    if (path.empty()) {
+      why = "no " + name + " or " + name + ".gz in " + dir;
+    } else {
+      IdxImages images = read_idx_images(path);
+      if (images.pixels_per_image() != 784) {
+        throw Error(path + ": images of " + std::to_string(images.rows) + "x" + std::to_string(images.cols) +
+                    ", but the benchmark's model takes 28x28");
+      }
+      if (images.count >= needed) {
+        *source = "MNIST training images from " + dir;
+        return images;
+      }
+      why = path + " has " + std::to_string(images.count) + " images, fewer than the largest batch size, " +
+            std::to_string(needed);
     }
-  } catch (const Error&) {
   }
   IdxImages images;
   images.count = std::max(needed, 10000);
@@ -62,7 +84,7 @@ IdxImages bench_images(const std::string& dir, int needed, std::string* source) 
   for (size_t i = 0; i < images.pixels.size(); ++i) {
     images.pixels[i] = static_cast<uint8_t>(random_uniform(RandomKey{1, RandomStream::kInit, 0}, i) * 256);
   }
-  *source = "generated images (no MNIST in " + dir + ")";
+  *source = "generated images (" + why + ")";
   return images;
 }
 
@@ -295,7 +317,7 @@ Command add_bench_command(CLI::App& app) {
   auto bench = std::make_shared<BenchOptions>();
   auto bench_batches = std::make_shared<std::string>("200,1000,4096");
   CLI::App* bench_cmd = app.add_subcommand("bench", "End-to-end training throughput of the seed's configuration per backend and batch size");
-  bench_cmd->add_option("--data", bench->data, "MNIST directory (generated images when absent)")->check(non_empty())->capture_default_str();
+  bench_cmd->add_option("--data", bench->data, "MNIST directory (generated images when it or its training images are absent, or too few for the largest batch; damaged files are refused)")->check(non_empty())->capture_default_str();
   bench_cmd->add_option("--device", bench->device, "all (every available backend), cpu or cuda")->check(CLI::IsMember({"all", "cpu", "cuda"}))->capture_default_str();
   bench_cmd->add_option("--batch-sizes", *bench_batches, "Batch sizes, comma-separated")->capture_default_str();
   bench_cmd->add_option("--warmup", bench->warmup_steps, "Warm-up steps, not timed (a CUDA Graph step's two set-up runs come before them)")->transform(integer_in(0, 100000))->capture_default_str();

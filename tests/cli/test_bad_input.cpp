@@ -263,6 +263,61 @@ class BadInputBenchJson : public ::testing::Test {
   }
 };
 
+// bench --data with a truncated, wrong-magic or corrupt-gzip training file
+// exited 0 on generated images ("no MNIST in DIR"), and said the same of a
+// valid folder with fewer images than the largest batch. Damaged files are
+// refused with one line; where generated images stand in, the line says why.
+TEST(BadInputBenchData, DamagedFilesAreRefusedAndGeneratedImagesSayWhy) {
+  TempDir dir;
+  auto bench = [&](const std::string& data, const std::string& batches = "10") {
+    return run_vae({"bench", "--device", "cpu", "--data", data, "--batch-sizes", batches, "--warmup", "0", "--steps",
+                    "1", "--repeats", "1"},
+                   dir.path());
+  };
+  const fs::path data = dir.path() / "data";
+  write_dataset(data);  // 400 training images
+  const std::string images = (data / kTrainImages).string();
+  const std::string good = read_file(images);
+
+  const RunResult mnist = bench(data.string());
+  expect_success(mnist);
+  EXPECT_TRUE(contains(mnist.out, "MNIST training images from " + data.string())) << mnist.out;
+  const RunResult few = bench(data.string(), "10,1000");
+  expect_success(few);
+  EXPECT_TRUE(contains(few.out, "generated images (" + images + " has 400 images, fewer than the largest batch size, 1000)"))
+      << few.out;
+  const RunResult missing = bench(dir / "nowhere");
+  expect_success(missing);
+  EXPECT_TRUE(contains(missing.out, "generated images (" + dir / "nowhere" + " does not exist)")) << missing.out;
+  fs::create_directories(dir / "empty");
+  const RunResult no_files = bench(dir / "empty");
+  expect_success(no_files);
+  EXPECT_TRUE(contains(no_files.out, "generated images (no train-images-idx3-ubyte or train-images-idx3-ubyte.gz in"))
+      << no_files.out;
+
+  write_file(images, good.substr(0, good.size() - 100));
+  expect_one_line_error(bench(data.string()), {images}, {"truncated"});
+  std::string wrong_magic = good;
+  wrong_magic[0] = 'P';
+  write_file(images, wrong_magic);
+  expect_one_line_error(bench(data.string()), {images}, {"not an IDX file"});
+  fs::remove(images);
+  const std::string gz = images + ".gz";
+  {
+    gzFile out = gzopen(gz.c_str(), "wb");
+    ASSERT_NE(out, nullptr);
+    ASSERT_EQ(gzwrite(out, good.data(), static_cast<unsigned>(good.size())), static_cast<int>(good.size()));
+    ASSERT_EQ(gzclose(out), Z_OK);
+  }
+  expect_success(bench(data.string()));
+  std::string corrupt = read_file(gz);
+  for (size_t i = corrupt.size() / 3; i < corrupt.size() / 3 + 64; ++i) corrupt[i] = static_cast<char>(~corrupt[i]);
+  write_file(gz, corrupt);
+  expect_one_line_error(bench(data.string()), {gz}, {"corrupt gzip stream", "crc", "incorrect"});
+  write_file(dir / "afile", "x");
+  expect_one_line_error(bench(dir / "afile"), {"--data", dir / "afile"}, {"not a directory"});
+}
+
 // The path is checked before the benchmark runs, and the error says why.
 TEST_F(BadInputBenchJson, UnwritablePathFailsBeforeBenchmarking) {
   fs::create_directories(dir / "adir");
