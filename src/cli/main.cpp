@@ -65,6 +65,12 @@ int check_standard_output(int status) {
 // restart the binary. A non-zero exit status on a bad environment value.
 int choose_cpu_kernels(int argc, char** argv) {
   try {
+    bool refused = false;
+    for (const cuvae::EnvFinding& finding : cuvae::check_environment_at_startup()) {
+      std::cerr << (finding.error ? "vae: error: " : "vae: warning: ") << finding.message << "\n";
+      refused = refused || finding.error;
+    }
+    if (refused) return 2;
     const std::string command = argc > 1 ? argv[1] : "";
     cuvae::select_blas_kernel_at_startup(argv, command == "train" || command == "eval" || command == "bench");
   } catch (const Error& e) {

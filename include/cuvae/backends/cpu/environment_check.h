@@ -1,0 +1,39 @@
+// The environment variables that set how the CPU backend computes, checked
+// at start-up: a value libgomp or OpenBLAS would ignore (silently, or with a
+// line of its own that says nothing of what runs instead) is named in one
+// line of vae's. An error where what runs differs from what the value asks
+// (it changes speed, or results), a warning where it makes no difference
+// (an empty value, which the libraries treat as unset; a wait setting with
+// one OpenMP thread; OPENBLAS_CORETYPE when oneDNN runs the GEMMs).
+//
+// Pure functions of the values (nullptr: unset), so that tests need not
+// change a process's OPENBLAS_* (read once, when OpenBLAS is loaded).
+#pragma once
+
+#include <optional>
+#include <string>
+
+namespace cuvae {
+
+struct EnvFinding {
+  bool error = true;    // else a warning
+  std::string message;  // one line, naming the variable and its value
+};
+
+// OMP_NUM_THREADS as libgomp reads it: positive decimal integers (an
+// optional '+', blanks around), comma-separated for nested levels, each at
+// most LONG_MAX. `threads`: what runs (omp_get_max_threads()).
+std::optional<EnvFinding> check_omp_num_threads(const char* value, int threads);
+// GOMP_SPINCOUNT: decimal digits with an optional k, M, G or T suffix, or
+// infinite / infinity (libgomp's forms); a '-', which libgomp wraps to a
+// spin of ~2^64 (forever), is refused too.
+std::optional<EnvFinding> check_gomp_spincount(const char* value, int threads);
+// OMP_WAIT_POLICY: active or passive (any case, blanks around).
+std::optional<EnvFinding> check_omp_wait_policy(const char* value, int threads);
+// OPENBLAS_CORETYPE against the core OpenBLAS loaded (openblas_get_corename()):
+// a name it does not know, or cannot run here, leaves it on another core
+// without a word. `openblas_computes`: false when oneDNN runs the GEMMs.
+std::optional<EnvFinding> check_openblas_coretype(const char* value, const std::string& loaded_core,
+                                                  bool openblas_computes);
+
+}  // namespace cuvae

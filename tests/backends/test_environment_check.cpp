@@ -1,0 +1,178 @@
+// The start-up checks of OMP_NUM_THREADS, GOMP_SPINCOUNT, OMP_WAIT_POLICY
+// and OPENBLAS_CORETYPE (include/cuvae/backends/cpu/environment_check.h):
+// bad values passed silently (libgomp's own "Invalid value" line, printed
+// twice as vae restarted itself, exit 0; a garbage OPENBLAS_CORETYPE dropped
+// without a word). The parsing is tested as pure functions of the values;
+// end to end, only OMP_* and GOMP_* are given to child processes (no test
+// here sets or unsets OPENBLAS_*, see test_cpu_features.cpp).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cuvae/backends/cpu/environment_check.h"
+#include "vae_process.h"
+
+namespace {
+
+using namespace cuvae::testing;
+using cuvae::EnvFinding;
+
+bool good(const std::optional<EnvFinding>& finding) { return !finding.has_value(); }
+bool error(const std::optional<EnvFinding>& finding) { return finding.has_value() && finding->error; }
+bool warning(const std::optional<EnvFinding>& finding) { return finding.has_value() && !finding->error; }
+
+TEST(EnvironmentCheck, OmpNumThreadsAsLibgompReadsIt) {
+  EXPECT_TRUE(good(cuvae::check_omp_num_threads(nullptr, 2)));
+  for (const char* value : {"1", "2", " 4 ", "+2", "16,1", "2, 1", "9223372036854775807"}) {
+    EXPECT_TRUE(good(cuvae::check_omp_num_threads(value, 2))) << value;
+  }
+  for (const char* value : {"0", "abc", "-4", "2abc", "0x10", "1e3", "2,", ",2", "2,,1", "2,0",
+                            "9223372036854775808", "99999999999999999999", "4 threads"}) {
+    SCOPED_TRACE(value);
+    const std::optional<EnvFinding> finding = cuvae::check_omp_num_threads(value, 2);
+    ASSERT_TRUE(error(finding));
+    EXPECT_NE(finding->message.find(std::string("OMP_NUM_THREADS='") + value + "'"), std::string::npos)
+        << finding->message;
+    EXPECT_NE(finding->message.find("would run 2 threads"), std::string::npos) << finding->message;
+  }
+  // Empty: libgomp treats it as unset (after its own complaint): no change.
+  EXPECT_TRUE(warning(cuvae::check_omp_num_threads("", 2)));
+  EXPECT_TRUE(warning(cuvae::check_omp_num_threads("  ", 2)));
+}
+
+TEST(EnvironmentCheck, GompSpincountAsLibgompReadsIt) {
+  EXPECT_TRUE(good(cuvae::check_gomp_spincount(nullptr, 2)));
+  for (const char* value : {"0", "1000", " 10k ", "5 M", "2g", "1T", "infinite", "INFINITY", "+7",
+                            "18446744073709551615"}) {
+    EXPECT_TRUE(good(cuvae::check_gomp_spincount(value, 2))) << value;
+  }
+  for (const char* value : {"garbage", "1e3", "10kk", "10 x", "0x10", "-5", "18446744073709551616", "k"}) {
+    SCOPED_TRACE(value);
+    const std::optional<EnvFinding> finding = cuvae::check_gomp_spincount(value, 2);
+    ASSERT_TRUE(error(finding));
+    EXPECT_EQ(finding->message.rfind(std::string("GOMP_SPINCOUNT='") + value + "' is ", 0), 0u) << finding->message;
+  }
+  EXPECT_TRUE(contains(cuvae::check_gomp_spincount("-5", 2)->message, "negative"));
+  // With one thread nothing waits: a warning.
+  EXPECT_TRUE(warning(cuvae::check_gomp_spincount("garbage", 1)));
+  EXPECT_TRUE(warning(cuvae::check_gomp_spincount("", 2)));
+}
+
+TEST(EnvironmentCheck, OmpWaitPolicyAsLibgompReadsIt) {
+  EXPECT_TRUE(good(cuvae::check_omp_wait_policy(nullptr, 2)));
+  for (const char* value : {"active", "passive", " Active ", "PASSIVE"}) {
+    EXPECT_TRUE(good(cuvae::check_omp_wait_policy(value, 2))) << value;
+  }
+  for (const char* value : {"garbage", "activ", "passivex", "1"}) {
+    SCOPED_TRACE(value);
+    const std::optional<EnvFinding> finding = cuvae::check_omp_wait_policy(value, 4);
+    ASSERT_TRUE(error(finding));
+    EXPECT_TRUE(contains(finding->message, std::string("OMP_WAIT_POLICY='") + value + "' is neither active nor passive"))
+        << finding->message;
+  }
+  EXPECT_TRUE(warning(cuvae::check_omp_wait_policy("garbage", 1)));
+  EXPECT_TRUE(warning(cuvae::check_omp_wait_policy("", 2)));
+}
+
+// The value against the core OpenBLAS loaded: what it ignores leaves it on
+// another core without a word.
+TEST(EnvironmentCheck, OpenBlasCoretypeAgainstTheLoadedCore) {
+  EXPECT_TRUE(good(cuvae::check_openblas_coretype(nullptr, "Cooperlake", true)));
+  EXPECT_TRUE(good(cuvae::check_openblas_coretype("Haswell", "Haswell", true)));
+  EXPECT_TRUE(good(cuvae::check_openblas_coretype("haswell", "Haswell", true)));
+  EXPECT_TRUE(good(cuvae::check_openblas_coretype("Prescott", "Prescott", true)));  // below the CPU: stated by info
+  for (const char* value : {"garbage", " Haswell", "SapphireRapids", "haswellx"}) {
+    SCOPED_TRACE(value);
+    const std::optional<EnvFinding> finding = cuvae::check_openblas_coretype(value, "Cooperlake", true);
+    ASSERT_TRUE(error(finding));
+    EXPECT_TRUE(contains(finding->message, std::string("OPENBLAS_CORETYPE='") + value + "'")) << finding->message;
+    EXPECT_TRUE(contains(finding->message, "runs Cooperlake")) << finding->message;
+  }
+  // Bytes from the environment are escaped.
+  EXPECT_TRUE(contains(cuvae::check_openblas_coretype("a\x1b[31m", "Haswell", true)->message, "'a\\x1b[31m'"));
+  // oneDNN runs the GEMMs: no matter.
+  EXPECT_TRUE(warning(cuvae::check_openblas_coretype("garbage", "Cooperlake", false)));
+  EXPECT_TRUE(warning(cuvae::check_openblas_coretype("", "Cooperlake", true)));
+}
+
+int count_of(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+// End to end: each bad value is one line of vae's, printed once (vae
+// restarts train, eval and bench; libgomp's own complaint too is printed
+// once), exit 2, nothing written.
+TEST(EnvironmentCheckEndToEnd, BadOpenMpValuesAreOneLineErrorsPrintedOnce) {
+  TempDir dir;
+  write_dataset(dir / "data");
+  const std::vector<std::pair<const char*, const char*>> cases = {
+      {"OMP_NUM_THREADS", "0"},   {"OMP_NUM_THREADS", "abc"},     {"OMP_NUM_THREADS", "-4"},
+      {"GOMP_SPINCOUNT", "garbage"}, {"OMP_WAIT_POLICY", "garbage"}};
+  for (const auto& [name, value] : cases) {
+    SCOPED_TRACE(std::string(name) + "=" + value);
+    ScopedEnv bad(name, value);
+    // GOMP_SPINCOUNT and OMP_WAIT_POLICY matter only with threads to wait.
+    ScopedEnv threads("OMP_NUM_THREADS", std::string(name) == "OMP_NUM_THREADS" ? value : "2");
+    for (const std::vector<std::string>& args :
+         {train_args(dir / "data", dir / "out"), std::vector<std::string>{"info"}}) {
+      const RunResult r = run_vae(args, dir.path());
+      EXPECT_EQ(r.exit_code, 2) << describe(r);
+      EXPECT_EQ(count_of(r.err, "vae: "), 1) << describe(r);
+      EXPECT_EQ(count_of(r.err, std::string("vae: error: ") + name + "='" + value + "'"), 1) << describe(r);
+      EXPECT_LE(count_of(r.err, "libgomp: "), 1) << describe(r);
+      EXPECT_EQ(r.out, "") << describe(r);
+    }
+    EXPECT_FALSE(fs::exists(dir / "out"));
+  }
+}
+
+// An empty value is an unset one to libgomp: a warning, once, and the
+// command runs (libgomp's complaint once too: the restart drops the value).
+TEST(EnvironmentCheckEndToEnd, AnEmptyOpenMpValueIsOneWarning) {
+  TempDir dir;
+  write_dataset(dir / "data");
+  ScopedEnv empty("OMP_NUM_THREADS", "");
+  const RunResult r = run_vae(train_args(dir / "data", dir / "out"), dir.path());
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_EQ(count_of(r.err, "vae: "), 1) << describe(r);
+  EXPECT_EQ(count_of(r.err, "vae: warning: OMP_NUM_THREADS is set but empty: treated as unset\n"), 1) << describe(r);
+  EXPECT_LE(count_of(r.err, "libgomp: "), 1) << describe(r);
+}
+
+// The kernel's origin is reported the same way by info and by the banners
+// of train and eval (which vae restarts to set GOMP_SPINCOUNT) and bench.
+TEST(EnvironmentCheckEndToEnd, TheKernelsOriginIsTheSameEverywhere) {
+  TempDir dir;
+  write_dataset(dir / "data");
+  const std::regex openblas("OpenBLAS [A-Za-z0-9_]+ \\([^()]*\\)");
+  auto origins = [&](const RunResult& r) {
+    std::set<std::string> found;
+    for (std::sregex_iterator it(r.out.begin(), r.out.end(), openblas), end; it != end; ++it) found.insert(it->str());
+    return found;
+  };
+  const RunResult info = run_vae({"info"}, dir.path());
+  expect_success(info);
+  const std::set<std::string> expected = origins(info);
+  ASSERT_EQ(expected.size(), 1u) << describe(info);
+  const RunResult train = run_vae(train_args(dir / "data", dir / "run"), dir.path());
+  expect_success(train);
+  EXPECT_EQ(origins(train), expected) << describe(train);
+  const RunResult eval = run_vae({"eval", "--model", dir / "run/model.safetensors", "--data", dir / "data", "--k", "1",
+                                  "--device", "cpu"},
+                                 dir.path());
+  expect_success(eval);
+  EXPECT_EQ(origins(eval), expected) << describe(eval);
+  const RunResult bench = run_vae({"bench", "--device", "cpu", "--data", dir / "data", "--batch-sizes", "10", "--warmup",
+                                   "0", "--steps", "1", "--repeats", "1"},
+                                  dir.path());
+  expect_success(bench);
+  EXPECT_EQ(origins(bench), expected) << describe(bench);
+}
+
+}  // namespace
