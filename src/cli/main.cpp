@@ -168,7 +168,6 @@ int run_chosen(const std::vector<Command>& commands) {
 
 int main(int argc, char** argv) {
   if (!standard_descriptors_open()) return 2;
-  if (const int status = choose_cpu_kernels(argc, argv)) return status;
   CLI::App app{"cuvae: a Variational Autoencoder on MNIST (the seed's model), CPU and CUDA"};
   // At most one; "none" is reported after parsing, so that an unknown flag or
   // subcommand is named rather than hidden behind "A subcommand is required".
@@ -178,6 +177,9 @@ int main(int argc, char** argv) {
   if (const std::optional<int> status = parse_command_line(app, commands, argc, argv)) {
     return check_standard_output(*status);
   }
+  // After parsing, so that --help, --version and a flag's error do not
+  // depend on the environment (nor restart); before anything computes.
+  if (const int status = choose_cpu_kernels(argc, argv)) return status;
   // After parsing (whose number checks must see a subnormal --lr as what it
   // is), before the command starts any thread, so that every thread gets it.
   cuvae::enable_flush_denormals_to_zero();

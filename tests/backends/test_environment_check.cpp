@@ -145,6 +145,25 @@ TEST(EnvironmentCheckEndToEnd, AnEmptyOpenMpValueIsOneWarning) {
   EXPECT_LE(count_of(r.err, "libgomp: "), 1) << describe(r);
 }
 
+// --help, --version and a flag's error do not depend on the environment:
+// `vae --help` failed with CUVAE_CPU_GEMM=garbage.
+TEST(EnvironmentCheckEndToEnd, HelpWorksWhateverTheEnvironment) {
+  TempDir dir;
+  ScopedEnv gemm("CUVAE_CPU_GEMM", "garbage");
+  ScopedEnv threads("OMP_NUM_THREADS", "abc");
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"--help"}, {"train", "--help"}, {"eval", "-h"}, {"--version"}}) {
+    SCOPED_TRACE(args.front());
+    const RunResult r = run_vae(args, dir.path());
+    EXPECT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_TRUE(contains(r.out, args.front() == "--version" ? "cuvae " : "Usage:")) << describe(r);
+    EXPECT_FALSE(has_vae_diagnostic(r.err)) << describe(r);
+  }
+  // Still refused where something computes.
+  const RunResult info = run_vae({"info"}, dir.path());
+  EXPECT_EQ(info.exit_code, 2) << describe(info);
+}
+
 // The kernel's origin is reported the same way by info and by the banners
 // of train and eval (which vae restarts to set GOMP_SPINCOUNT) and bench.
 TEST(EnvironmentCheckEndToEnd, TheKernelsOriginIsTheSameEverywhere) {
