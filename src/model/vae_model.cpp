@@ -72,7 +72,7 @@ std::vector<int> parse_widths(const std::string& text, const std::string& what) 
   std::vector<int> widths;
   std::stringstream stream(text);
   std::string item;
-  const std::string usage = what + " must be a comma-separated list of positive integers like 200,200, got '" + text + "'";
+  const std::string usage = what + " must be a comma-separated list of positive integers like 200,200, got '" + printable_excerpt(text) + "'";
   if (text.empty()) throw Error(usage);
   while (std::getline(stream, item, ',')) {
     if (item.empty() || item.size() > 6 ||
@@ -98,7 +98,7 @@ Enum parse_name(const std::pair<Enum, const char*> (&names)[N], const std::strin
     if (name == text) return value;
     choices += std::string(choices.empty() ? "" : ", ") + text;
   }
-  throw Error(what + " must be one of " + choices + ", got '" + name + "'");
+  throw Error(what + " must be one of " + choices + ", got '" + printable_excerpt(name) + "'");
 }
 
 template <typename Enum, size_t N>

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cuvae/io/model_file.h"
+#include "cuvae/io/safetensors.h"
 #include "cuvae/model/vae_model.h"
 #include "vae_process.h"
 
@@ -100,6 +101,77 @@ TEST(BadInputFiles, EvalWithModelPathThatIsNotUtf8) {
   const nlohmann::json line = nlohmann::json::parse(r.out.substr(brace + 1));
   EXPECT_TRUE(contains(line.at("model").get<std::string>(), "bad\xEF\xBF\xBD/m.safetensors"))
       << line.dump();
+}
+
+// An error line quotes a damaged file in short, escaped excerpts: a
+// safetensors header that is not JSON echoed nlohmann's internal exception
+// text and the raw bytes it read, and names, values and metadata from the
+// file went out raw (newlines, escape sequences, bidi controls).
+std::string safetensors_with_header(const std::string& header) {
+  std::string bytes;
+  for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xffu));
+  return bytes + header;
+}
+
+void expect_printable_one_line_error(const RunResult& r, std::initializer_list<std::string> names,
+                                     std::initializer_list<std::string> why) {
+  expect_one_line_error(r, names, why);
+  EXPECT_FALSE(contains(r.err, "json.exception")) << describe(r);
+  for (size_t i = 0; i + 1 < r.err.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(r.err[i]);
+    EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "byte " << i << " of stderr is 0x" << std::hex << int(c) << ": "
+                                       << describe(r);
+  }
+}
+
+TEST(BadInputFiles, DamagedModelsAreQuotedInShortEscapedExcerpts) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string model = dir / "m.safetensors";
+  auto eval = [&] {
+    return run_vae({"eval", "--model", model, "--data", shared().data, "--k", "1", "--device", "cpu"}, dir.path());
+  };
+  const std::vector<std::pair<std::string, std::string>> headers = {
+      {"{\"a\":\xff\xfe\x01\x1b[2J binary", "near '{\"a\":\\xff'"},
+      {"{\"\xe2\x80\xae\x1b[31m\":1}", "near '{\"\\xe2\\x80\\xae\\x1b'"},
+      {"{\"\xe2\x80\xae\\u001b[31m\":1}", "tensor \"\\xe2\\x80\\xae\\x1b[31m\" is not a JSON object"},
+      {"{\"t\":{\"dtype\":\"F32\",\"shape\":[\"\xe2\x80\xae\\n\"],\"data_offsets\":[0,0]}}", "\"\\xe2\\x80\\xae\\\\n\""},
+      {"{\"t\":{\"dtype\":\"F\\u001b[2J\",\"shape\":[],\"data_offsets\":[0,4]}}", "\\x1b[2J"},
+      {"{\"a\":1e999}", "a number out of range"}};
+  for (const auto& [header, shown] : headers) {
+    SCOPED_TRACE(header);
+    write_file(model, safetensors_with_header(header));
+    expect_printable_one_line_error(eval(), {model, shown}, {});
+  }
+  // Metadata strings, written by a valid file (JSON escapes decode to the bytes).
+  cuvae::SafetensorsFile file = cuvae::read_safetensors(shared().model);
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"hidden", "8\n\x1b[2J"}, {"activation", "relu\n\xe2\x80\xae"}, {"latent_dim", "2\r\x07"}}) {
+    SCOPED_TRACE(key);
+    cuvae::SafetensorsFile edited = file;
+    edited.metadata[key] = value;
+    cuvae::write_safetensors(model, edited);
+    expect_printable_one_line_error(eval(), {model, "'" + key + "'", "\\x"}, {});
+  }
+}
+
+TEST(BadInputFiles, DamagedCheckpointFieldsAreQuotedEscaped) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const fs::path run = dir.path() / "run";
+  fs::create_directories(run);
+  const std::string checkpoint = (run / "checkpoint.safetensors").string();
+  const cuvae::SafetensorsFile good =
+      cuvae::read_safetensors((fs::path(shared().model).parent_path() / "checkpoint.safetensors").string());
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"batch_size", "1\n2"}, {"lr", "0.001\x1b[2J"}, {"hidden", "8\n8"}, {"objective", "elbo\xe2\x80\xae"}}) {
+    SCOPED_TRACE(key);
+    cuvae::SafetensorsFile edited = good;
+    edited.metadata[key] = value;
+    cuvae::write_safetensors(checkpoint, edited);
+    expect_printable_one_line_error(run_vae({"train", "--resume", run.string(), "--data", shared().data}, dir.path()),
+                                    {checkpoint, "'" + key + "'", "\\x"}, {});
+  }
 }
 
 // ---------------------------------------------------------------------------
