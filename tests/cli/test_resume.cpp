@@ -518,8 +518,38 @@ TEST_F(Resume, SecondInterruptExitsAtOnce) {
   const RunResult r = child.wait();
   EXPECT_EQ(r.exit_code, 130) << describe(r);
   EXPECT_TRUE(contains(r.err, "second interrupt")) << describe(r);
-  // Whatever checkpoint is there is whole.
-  EXPECT_NO_THROW(load_checkpoint(out + "/checkpoint.safetensors"));
+  // Whatever checkpoint is there is whole, and the line says which step it holds.
+  const TrainState state = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_TRUE(contains(r.err, "; " + out + "/checkpoint.safetensors holds step " + std::to_string(state.step) +
+                                  " (vae train --resume " + out + " continues from there)\n"))
+      << describe(r);
+}
+
+// A second interrupt before the run's first checkpoint said only "exiting
+// now", and left an output folder with no checkpoint (and, with stdout a
+// file, none of the lines already printed): it says that nothing was saved.
+TEST_F(Resume, ASecondInterruptBeforeAnyCheckpointSaysNothingWasSaved) {
+  const std::string out = dir_ / "nothing";
+  VaeProcess child(train_args(data_, out, {{"--batch-size", "400"}, {"--hidden", "2000,2000"}, {"--samples", "5"},
+                                           {"--epochs", "1000"}, {"--max-steps", "0"}}),
+                   dir_.path());
+  // The plan's lines are out (flushed) when the first step starts; one step
+  // here takes well over 100 ms.
+  const fs::path child_stdout = dir_.path() / ".vae_stdout";
+  for (int i = 0; i < 30000 && !contains(read_file(child_stdout), "\nobjective: "); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  for (int i = 0; i < 3; ++i) {
+    child.signal(SIGINT);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const RunResult r = child.wait();
+  EXPECT_EQ(r.exit_code, 130) << describe(r);
+  EXPECT_TRUE(contains(r.out, "\nobjective: ")) << describe(r);
+  EXPECT_TRUE(contains(r.err, "vae: second interrupt, exiting now; nothing of this run was saved: " + out +
+                                  " holds no checkpoint of it\n"))
+      << describe(r);
+  EXPECT_FALSE(fs::exists(out + "/checkpoint.safetensors"));
 }
 
 TEST_F(Resume, KillNineNeverLeavesATornCheckpoint) {
