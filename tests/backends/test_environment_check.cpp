@@ -26,22 +26,32 @@ bool error(const std::optional<EnvFinding>& finding) { return finding.has_value(
 bool warning(const std::optional<EnvFinding>& finding) { return finding.has_value() && !finding->error; }
 
 TEST(EnvironmentCheck, OmpNumThreadsAsLibgompReadsIt) {
-  EXPECT_TRUE(good(cuvae::check_omp_num_threads(nullptr, 2)));
-  for (const char* value : {"1", "2", " 4 ", "+2", "16,1", "2, 1", "9223372036854775807"}) {
-    EXPECT_TRUE(good(cuvae::check_omp_num_threads(value, 2))) << value;
+  EXPECT_TRUE(good(cuvae::check_omp_num_threads(nullptr, 2, 2)));
+  for (const char* value : {"1", "2", " 4 ", "+2", "16,1", "2, 1", "128"}) {
+    EXPECT_TRUE(good(cuvae::check_omp_num_threads(value, 2, 2))) << value;
   }
   for (const char* value : {"0", "abc", "-4", "2abc", "0x10", "1e3", "2,", ",2", "2,,1", "2,0",
                             "9223372036854775808", "99999999999999999999", "4 threads"}) {
     SCOPED_TRACE(value);
-    const std::optional<EnvFinding> finding = cuvae::check_omp_num_threads(value, 2);
+    const std::optional<EnvFinding> finding = cuvae::check_omp_num_threads(value, 2, 2);
     ASSERT_TRUE(error(finding));
     EXPECT_NE(finding->message.find(std::string("OMP_NUM_THREADS='") + value + "'"), std::string::npos)
         << finding->message;
     EXPECT_NE(finding->message.find("would run 2 threads"), std::string::npos) << finding->message;
   }
+  // Beyond 64 threads per CPU libgomp failed to start them (40000 on 2 CPUs)
+  // or crashed in GOMP_parallel (70000, 100000: SIGSEGV in every command).
+  for (const char* value : {"129", "100000", "9223372036854775807", "2,1000"}) {
+    SCOPED_TRACE(value);
+    const std::optional<EnvFinding> finding = cuvae::check_omp_num_threads(value, 2, 2);
+    ASSERT_TRUE(error(finding));
+    EXPECT_TRUE(contains(finding->message, "more than 64 threads per CPU")) << finding->message;
+    EXPECT_TRUE(contains(finding->message, "give at most 128")) << finding->message;
+  }
+  EXPECT_TRUE(good(cuvae::check_omp_num_threads("4096", 2, 64)));
   // Empty: libgomp treats it as unset (after its own complaint): no change.
-  EXPECT_TRUE(warning(cuvae::check_omp_num_threads("", 2)));
-  EXPECT_TRUE(warning(cuvae::check_omp_num_threads("  ", 2)));
+  EXPECT_TRUE(warning(cuvae::check_omp_num_threads("", 2, 2)));
+  EXPECT_TRUE(warning(cuvae::check_omp_num_threads("  ", 2, 2)));
 }
 
 TEST(EnvironmentCheck, GompSpincountAsLibgompReadsIt) {
@@ -99,6 +109,53 @@ TEST(EnvironmentCheck, OpenBlasCoretypeAgainstTheLoadedCore) {
   EXPECT_TRUE(warning(cuvae::check_openblas_coretype("", "Cooperlake", true)));
 }
 
+TEST(EnvironmentCheck, OmpDynamicAndProcBind) {
+  for (const char* value : {"true", "FALSE", " True "}) {
+    EXPECT_TRUE(good(cuvae::check_omp_dynamic(value))) << value;
+    EXPECT_TRUE(good(cuvae::check_omp_proc_bind(value))) << value;
+  }
+  for (const char* value : {"spread", "close", "master", "primary", "spread,close", " Spread , CLOSE "}) {
+    EXPECT_TRUE(good(cuvae::check_omp_proc_bind(value))) << value;
+  }
+  for (const char* value : {"garbage", "1", "yes", "true,false"}) {
+    EXPECT_TRUE(error(cuvae::check_omp_dynamic(value))) << value;
+  }
+  for (const char* value : {"garbage", "1", "spread,", "true,spread", "close spread"}) {
+    EXPECT_TRUE(error(cuvae::check_omp_proc_bind(value))) << value;
+  }
+  EXPECT_TRUE(warning(cuvae::check_omp_dynamic("")));
+  EXPECT_TRUE(warning(cuvae::check_omp_proc_bind(" ")));
+}
+
+// libxsmm ignores a target it does not know (case matters) and JITs for
+// the CPU's: the banner then said "LIBXSMM_TARGET=garbage set in the environment".
+TEST(EnvironmentCheck, LibxsmmTarget) {
+  for (const char* value : {"hsw", "avx2", "skx", "avx512", "cpx", "wsm", "sse", "generic", "0", "3"}) {
+    EXPECT_TRUE(good(cuvae::check_libxsmm_target(value, "cpx", true))) << value;
+  }
+  EXPECT_TRUE(good(cuvae::check_libxsmm_target(nullptr, "cpx", true)));
+  EXPECT_TRUE(good(cuvae::check_libxsmm_target("", "cpx", true)));
+  for (const char* value : {"garbage", "HSW", " hsw", "haswell", "-1"}) {
+    SCOPED_TRACE(value);
+    const std::optional<EnvFinding> finding = cuvae::check_libxsmm_target(value, "cpx", true);
+    ASSERT_TRUE(error(finding));
+    EXPECT_TRUE(contains(finding->message, "JITs for cpx")) << finding->message;
+  }
+  EXPECT_TRUE(warning(cuvae::check_libxsmm_target("garbage", "cpx", false)));
+}
+
+// A bad CUVAE_PLOT_TIMEOUT became 120 s without a word.
+TEST(EnvironmentCheck, PlotTimeout) {
+  for (const char* value : {"1", "120", "3600"}) EXPECT_TRUE(good(cuvae::check_plot_timeout(value))) << value;
+  EXPECT_TRUE(good(cuvae::check_plot_timeout(nullptr)));
+  for (const char* value : {"0", "-1", "abc", "3601", "1.5", " 5", "99999999999"}) {
+    SCOPED_TRACE(value);
+    const std::optional<EnvFinding> finding = cuvae::check_plot_timeout(value);
+    ASSERT_TRUE(warning(finding));
+    EXPECT_TRUE(contains(finding->message, "120 s")) << finding->message;
+  }
+}
+
 int count_of(const std::string& text, const std::string& needle) {
   int n = 0;
   for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
@@ -111,9 +168,14 @@ int count_of(const std::string& text, const std::string& needle) {
 TEST(EnvironmentCheckEndToEnd, BadOpenMpValuesAreOneLineErrorsPrintedOnce) {
   TempDir dir;
   write_dataset(dir / "data");
+  const bool has_libxsmm = contains(run_vae({"info"}, dir.path()).out, "\nGEMM kernel: libxsmm ");
   const std::vector<std::pair<const char*, const char*>> cases = {
       {"OMP_NUM_THREADS", "0"},   {"OMP_NUM_THREADS", "abc"},     {"OMP_NUM_THREADS", "-4"},
-      {"GOMP_SPINCOUNT", "garbage"}, {"OMP_WAIT_POLICY", "garbage"}};
+      {"GOMP_SPINCOUNT", "garbage"}, {"OMP_WAIT_POLICY", "garbage"},
+      // Found by the adversarial pass: libgomp's line twice, exit 0; a crash
+      // (SIGSEGV) for 100000 threads; libxsmm's target silently ignored.
+      {"OMP_DYNAMIC", "garbage"},  {"OMP_PROC_BIND", "garbage"},  {"OMP_NUM_THREADS", "100000"},
+      {"LIBXSMM_TARGET", "garbage"}};
   for (const auto& [name, value] : cases) {
     SCOPED_TRACE(std::string(name) + "=" + value);
     ScopedEnv bad(name, value);
@@ -122,6 +184,7 @@ TEST(EnvironmentCheckEndToEnd, BadOpenMpValuesAreOneLineErrorsPrintedOnce) {
     for (const std::vector<std::string>& args :
          {train_args(dir / "data", dir / "out"), std::vector<std::string>{"info"}}) {
       const RunResult r = run_vae(args, dir.path());
+      if (std::string(name) == "LIBXSMM_TARGET" && !has_libxsmm) continue;  // nothing reads it
       EXPECT_EQ(r.exit_code, 2) << describe(r);
       EXPECT_EQ(count_of(r.err, "vae: "), 1) << describe(r);
       EXPECT_EQ(count_of(r.err, std::string("vae: error: ") + name + "='" + value + "'"), 1) << describe(r);
@@ -143,6 +206,19 @@ TEST(EnvironmentCheckEndToEnd, AnEmptyOpenMpValueIsOneWarning) {
   EXPECT_EQ(count_of(r.err, "vae: "), 1) << describe(r);
   EXPECT_EQ(count_of(r.err, "vae: warning: OMP_NUM_THREADS is set but empty: treated as unset\n"), 1) << describe(r);
   EXPECT_LE(count_of(r.err, "libgomp: "), 1) << describe(r);
+}
+
+// A bad CUVAE_PLOT_TIMEOUT became 120 s without a word: one warning, once
+// (train restarts itself), and the run goes on.
+TEST(EnvironmentCheckEndToEnd, ABadPlotTimeoutIsOneWarning) {
+  TempDir dir;
+  write_dataset(dir / "data");
+  ScopedEnv timeout("CUVAE_PLOT_TIMEOUT", "abc");
+  const RunResult r = run_vae(train_args(dir / "data", dir / "out"), dir.path());
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_EQ(count_of(r.err, "vae: "), 1) << describe(r);
+  EXPECT_EQ(count_of(r.err, "vae: warning: CUVAE_PLOT_TIMEOUT='abc' is not a whole number of seconds"), 1)
+      << describe(r);
 }
 
 // --help, --version and a flag's error do not depend on the environment:

@@ -3,6 +3,7 @@
 
 #include <strings.h>
 
+#include <algorithm>
 #include <cctype>
 #include <climits>
 #include <cstdint>
@@ -48,16 +49,26 @@ bool positive_long(const std::string& text) {
 
 }  // namespace
 
-std::optional<EnvFinding> check_omp_num_threads(const char* value, int threads) {
+std::optional<EnvFinding> check_omp_num_threads(const char* value, int threads, int cpus) {
   if (value == nullptr) return std::nullopt;
   const std::string text = value;
   if (trimmed(text).empty()) return empty_value("OMP_NUM_THREADS");
-  bool good = true;
+  bool good = true, too_many = false;
+  const long most = static_cast<long>(kMaxThreadsPerCpu) * std::max(1, cpus);
   for (size_t start = 0;;) {
     const size_t comma = text.find(',', start);
-    good = good && positive_long(trimmed(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
+    const std::string item =
+        trimmed(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    good = good && positive_long(item);
+    too_many = too_many || (good && (item.size() > 18 || std::stol(item) > most));
     if (comma == std::string::npos) break;
     start = comma + 1;
+  }
+  if (good && too_many) {
+    return EnvFinding{true, named("OMP_NUM_THREADS", text) + " asks for more than " +
+                                std::to_string(kMaxThreadsPerCpu) + " threads per CPU (this process may run on " +
+                                std::to_string(cpus) + "): libgomp fails to start so many, or crashes; give at most " +
+                                std::to_string(most) + " (" + std::to_string(cpus) + ": one per CPU)"};
   }
   if (good) return std::nullopt;
   return EnvFinding{true, named("OMP_NUM_THREADS", text) +
@@ -116,6 +127,73 @@ std::optional<EnvFinding> check_openblas_coretype(const char* value, const std::
                         (openblas_computes ? "; unset it (cuvae then picks from the CPU's features) or name a core it "
                                              "runs, e.g. Haswell or SkylakeX"
                                            : " (no matter: oneDNN runs the GEMMs)")};
+}
+
+std::optional<EnvFinding> check_omp_dynamic(const char* value) {
+  if (value == nullptr) return std::nullopt;
+  const std::string text = trimmed(value);
+  if (text.empty()) return empty_value("OMP_DYNAMIC");
+  if (strcasecmp(text.c_str(), "true") == 0 || strcasecmp(text.c_str(), "false") == 0) return std::nullopt;
+  return EnvFinding{true, named("OMP_DYNAMIC", value) + " is neither true nor false: libgomp ignores it; unset it "
+                                                          "or give true or false"};
+}
+
+std::optional<EnvFinding> check_omp_proc_bind(const char* value) {
+  if (value == nullptr) return std::nullopt;
+  const std::string text = trimmed(value);
+  if (text.empty()) return empty_value("OMP_PROC_BIND");
+  bool good = strcasecmp(text.c_str(), "true") == 0 || strcasecmp(text.c_str(), "false") == 0;
+  if (!good) {
+    good = true;
+    for (size_t start = 0;;) {
+      const size_t comma = text.find(',', start);
+      const std::string item =
+          trimmed(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+      bool known = false;
+      for (const char* policy : {"master", "primary", "close", "spread"}) {
+        known = known || strcasecmp(item.c_str(), policy) == 0;
+      }
+      good = good && known;
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+  if (good) return std::nullopt;
+  return EnvFinding{true, named("OMP_PROC_BIND", value) +
+                              " is not true, false or a list of master, primary, close and spread: libgomp "
+                              "ignores it; unset it or give one of those"};
+}
+
+std::optional<EnvFinding> check_libxsmm_target(const char* value, const std::string& loaded_target,
+                                               bool libxsmm_computes) {
+  if (value == nullptr) return std::nullopt;
+  const std::string text = value;
+  if (text.empty()) return std::nullopt;  // libxsmm: unset (and so says the banner)
+  bool number = true;
+  for (char c : text) number = number && c >= '0' && c <= '9';
+  if (number) return std::nullopt;
+  for (const char* name : {"generic", "none", "x86", "x64", "sse2", "sse3", "sse", "sse4", "sse4_1", "sse4_2",
+                           "sse4.2", "wsm", "nhm", "snb", "avx", "hsw", "avx2", "knl", "mic", "knm", "skx", "skl",
+                           "avx3", "avx512", "clx", "cpx", "spr", "amx", "avx512_vl256", "avx512_vl256_clx",
+                           "avx512_vl256_cpx"}) {
+    if (text == name) return std::nullopt;
+  }
+  return EnvFinding{libxsmm_computes,
+                    named("LIBXSMM_TARGET", text) +
+                        " is not a target libxsmm knows (its names are lower case: hsw, skx, cpx, ...): it ignores "
+                        "it and JITs for " + loaded_target +
+                        (libxsmm_computes ? "; unset it (libxsmm then follows the CPU's features) or name a target"
+                                          : " (no matter: libxsmm runs no GEMM here)")};
+}
+
+std::optional<EnvFinding> check_plot_timeout(const char* value) {
+  if (value == nullptr || *value == '\0') return std::nullopt;
+  const std::string text = value;
+  bool good = !text.empty() && text.size() <= 4;
+  for (char c : text) good = good && c >= '0' && c <= '9';
+  if (good && std::stoi(text) >= 1 && std::stoi(text) <= 3600) return std::nullopt;
+  return EnvFinding{false, named("CUVAE_PLOT_TIMEOUT", text) +
+                               " is not a whole number of seconds from 1 to 3600: charts get the default, 120 s"};
 }
 
 }  // namespace cuvae

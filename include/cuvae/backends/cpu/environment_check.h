@@ -1,5 +1,6 @@
-// The environment variables that set how the CPU backend computes, checked
-// at start-up: a value libgomp or OpenBLAS would ignore (silently, or with a
+// The environment variables that set how the CPU backend computes (and
+// CUVAE_PLOT_TIMEOUT), checked at start-up: a value libgomp, OpenBLAS or
+// libxsmm would ignore (silently, or with a
 // line of its own that says nothing of what runs instead) is named in one
 // line of vae's. An error where what runs differs from what the value asks
 // (it changes speed, or results), a warning where it makes no difference
@@ -21,9 +22,17 @@ struct EnvFinding {
 };
 
 // OMP_NUM_THREADS as libgomp reads it: positive decimal integers (an
-// optional '+', blanks around), comma-separated for nested levels, each at
-// most LONG_MAX. `threads`: what runs (omp_get_max_threads()).
-std::optional<EnvFinding> check_omp_num_threads(const char* value, int threads);
+// optional '+', blanks around), comma-separated for nested levels; and at
+// most 64 threads per CPU (`cpus`: those this process may run on), beyond
+// which libgomp failed to start them (40,000 on 2 CPUs) or crashed
+// (70,000). `threads`: what runs (omp_get_max_threads()).
+std::optional<EnvFinding> check_omp_num_threads(const char* value, int threads, int cpus);
+constexpr int kMaxThreadsPerCpu = 64;
+// OMP_DYNAMIC: true or false; OMP_PROC_BIND: true, false, or a
+// comma-separated list of master, primary, close, spread (any case, blanks
+// around). Both change how many threads run, or where.
+std::optional<EnvFinding> check_omp_dynamic(const char* value);
+std::optional<EnvFinding> check_omp_proc_bind(const char* value);
 // GOMP_SPINCOUNT: decimal digits with an optional k, M, G or T suffix, or
 // infinite / infinity (libgomp's forms); a '-', which libgomp wraps to a
 // spin of ~2^64 (forever), is refused too.
@@ -35,5 +44,13 @@ std::optional<EnvFinding> check_omp_wait_policy(const char* value, int threads);
 // without a word. `openblas_computes`: false when oneDNN runs the GEMMs.
 std::optional<EnvFinding> check_openblas_coretype(const char* value, const std::string& loaded_core,
                                                   bool openblas_computes);
+// LIBXSMM_TARGET: one of libxsmm's target names (generic, sse3, wsm, snb,
+// avx, hsw, avx2, skx, avx512, clx, cpx, spr, ...: case matters) or a
+// number; anything else libxsmm ignores without a word and JITs for
+// `loaded_target`. `libxsmm_computes`: false when it runs no GEMM.
+std::optional<EnvFinding> check_libxsmm_target(const char* value, const std::string& loaded_target,
+                                               bool libxsmm_computes);
+// CUVAE_PLOT_TIMEOUT: whole seconds from 1 to 3600 (else charts.cpp uses 120).
+std::optional<EnvFinding> check_plot_timeout(const char* value);
 
 }  // namespace cuvae
