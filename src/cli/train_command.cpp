@@ -281,8 +281,13 @@ struct TrainRun {
 void refuse_replacing_a_run(const TrainRun& run, const TrainOptions& o) {
   const std::string existing = run.out + "/checkpoint.safetensors";
   std::error_code ec;
+  const bool own_folder = run.resuming && std::filesystem::equivalent(run.out, o.resume, ec);
+  if (own_folder && o.overwrite) {  // was ignored: the run resumed
+    throw Error("--overwrite starts a new run, but --resume " + o.resume +
+                " continues the run there: give one or the other");
+  }
   if (o.overwrite || !std::filesystem::exists(std::filesystem::symlink_status(existing, ec))) return;
-  if (run.resuming && std::filesystem::equivalent(run.out, o.resume, ec)) return;
+  if (own_folder) return;
   throw Error("--out " + run.out + " holds a run (" + existing + "): continue it with --resume " + run.out +
               ", or give --overwrite to start over there (its checkpoint, model and metrics are replaced)");
 }
@@ -305,6 +310,14 @@ TrainRun resolve_run(const TrainOptions& o) {
   }
   if (!o.given_out) run.out = o.resume;
   run.resumed_path = o.resume + "/checkpoint.safetensors";
+  std::error_code ec;
+  if (std::filesystem::exists(o.resume, ec) && !std::filesystem::is_directory(o.resume, ec)) {
+    const std::filesystem::path given(o.resume);
+    throw Error("--resume takes a run's directory, and " + o.resume + " is a file" +
+                (given.filename() == "checkpoint.safetensors" || given.filename() == "model.safetensors"
+                     ? ": give its directory, --resume " + (given.has_parent_path() ? given.parent_path().string() : ".")
+                     : std::string()));
+  }
   if (!std::filesystem::exists(run.resumed_path)) {
     throw Error("--resume " + o.resume + ": no checkpoint there (" + run.resumed_path + " is missing)");
   }

@@ -274,6 +274,26 @@ TEST_F(Resume, ProgressPastTheRunOrInconsistentIsRefused) {
   EXPECT_EQ(load_checkpoint(path).step, 24u);
 }
 
+// Found by the adversarial pass: --resume RUN --overwrite resumed, the
+// --overwrite ignored without a word; --resume RUN/checkpoint.safetensors
+// said 'RUN/checkpoint.safetensors/checkpoint.safetensors is missing'.
+TEST_F(Resume, ContradictoryOrMistakenResumeFlagsAreNamed) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "3"}}), dir_.path()));
+  const std::string checkpoint = dir_ / "run/checkpoint.safetensors";
+  const std::string before = read_file(checkpoint);
+  expect_one_line_error(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--overwrite"}, dir_.path()),
+                        {"--overwrite", "--resume " + dir_ / "run"}, {"give one or the other"});
+  expect_one_line_error(run_vae({"train", "--resume", checkpoint, "--data", data_}, dir_.path()),
+                        {"--resume", checkpoint, "--resume " + dir_ / "run"}, {"is a file"});
+  EXPECT_EQ(read_file(checkpoint), before);
+  // Into another folder --overwrite still means what it says.
+  expect_success(run_vae(tiny_run(data_, dir_ / "other", {{"--max-steps", "2"}}), dir_.path()));
+  expect_success(run_vae({"train", "--resume", dir_ / "run", "--out", dir_ / "other", "--data", data_, "--overwrite",
+                          "--max-steps", "4"},
+                         dir_.path()));
+  EXPECT_EQ(load_checkpoint(dir_ / "other/checkpoint.safetensors").step, 4u);
+}
+
 // Waits until `path` exists (the child is past start-up), up to 60 s.
 bool wait_for_file(const std::string& path) {
   for (int i = 0; i < 30000 && !fs::exists(path); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
