@@ -25,6 +25,25 @@ namespace {
 using cuvae::Command;
 using cuvae::Error;
 
+// An error line's text, control bytes (a newline or an escape sequence in
+// a flag's value or a path) shown as \xNN: one line, whatever was typed.
+// Text from files is escaped where it is quoted (printable_excerpt).
+std::string shown(const std::string& text) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out;
+  for (const char c : text) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      out += "\\x";
+      out += hex[u >> 4];
+      out += hex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 // A closed stdin, stdout or stderr would be reused by the first file the
 // command opens (a checkpoint, the lock file), which printf would then
 // write into. They are held open on /dev/null; a closed stdout, where the
@@ -67,14 +86,14 @@ int choose_cpu_kernels(int argc, char** argv) {
   try {
     bool refused = false;
     for (const cuvae::EnvFinding& finding : cuvae::check_environment_at_startup()) {
-      std::cerr << (finding.error ? "vae: error: " : "vae: warning: ") << finding.message << "\n";
+      std::cerr << (finding.error ? "vae: error: " : "vae: warning: ") << shown(finding.message) << "\n";
       refused = refused || finding.error;
     }
     if (refused) return 2;
     const std::string command = argc > 1 ? argv[1] : "";
     cuvae::select_blas_kernel_at_startup(argv, command == "train" || command == "eval" || command == "bench");
   } catch (const Error& e) {
-    std::cerr << "vae: error: " << e.what() << "\n";
+    std::cerr << "vae: error: " << shown(e.what()) << "\n";
     return 2;
   }
   return 0;
@@ -116,10 +135,10 @@ std::optional<int> parse_command_line(CLI::App& app, const std::vector<Command>&
   } catch (const CLI::ExtrasError& e) {
     const std::vector<std::string> extras = app.remaining();
     if (app.get_subcommands().empty() && !extras.empty() && extras.front().rfind("-", 0) != 0) {
-      std::cerr << "vae: error: unknown subcommand '" << extras.front() << "'; expected "
+      std::cerr << "vae: error: unknown subcommand '" << shown(extras.front()) << "'; expected "
                 << subcommand_names(commands) << " (see vae --help)\n";
     } else {
-      std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
+      std::cerr << "vae: error: " << shown(e.what()) << " (see vae --help)\n";
     }
     return 2;
   } catch (const CLI::ArgumentMismatch& e) {
@@ -127,14 +146,14 @@ std::optional<int> parse_command_line(CLI::App& app, const std::vector<Command>&
     const std::string what = e.what(), marker = ": At Most 1 required but received ";
     const size_t at = what.find(marker);
     if (at != std::string::npos) {
-      std::cerr << "vae: error: " << what.substr(0, at) << " given " << what.substr(at + marker.size())
+      std::cerr << "vae: error: " << shown(what.substr(0, at)) << " given " << what.substr(at + marker.size())
                 << " times; give it once (see vae --help)\n";
     } else {
-      std::cerr << "vae: error: " << what << " (see vae --help)\n";
+      std::cerr << "vae: error: " << shown(what) << " (see vae --help)\n";
     }
     return 2;
   } catch (const CLI::ParseError& e) {
-    std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
+    std::cerr << "vae: error: " << shown(e.what()) << " (see vae --help)\n";
     return 2;
   }
   if (app.get_subcommands().empty()) {
@@ -152,13 +171,13 @@ int run_chosen(const std::vector<Command>& commands) {
     }
   } catch (const Error& e) {
     std::cout.flush();
-    std::cerr << "vae: error: " << e.what() << "\n";
+    std::cerr << "vae: error: " << shown(e.what()) << "\n";
     return 1;
   } catch (const std::bad_alloc&) {
     std::cerr << "vae: error: out of memory\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "vae: error: " << e.what() << "\n";
+    std::cerr << "vae: error: " << shown(e.what()) << "\n";
     return 1;
   }
   return 0;

@@ -293,6 +293,25 @@ TEST_F(BadInputFlags, TheMemoryRefusalNamesTheFlagsThatDominate) {
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
 
+// Found by the adversarial pass: a newline or an escape sequence typed into
+// a flag's value or a path went out raw ("--lr: '1e-3<newline>' is not a
+// number": two lines; ESC [2J cleared the terminal).
+TEST_F(BadInputFlags, ControlBytesInValuesAreShownEscaped) {
+  REQUIRE_SHARED();
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {train_args(dir / "data", dir / "out", {{"--lr", "1e-3\n"}}), "1e-3\\x0a"},
+      {train_args(dir / "data", dir / "out", {{"--objective", "iwae\x1b[2J"}}), "iwae\\x1b[2J"},
+      {train_args(dir / "data", dir / "out", {{"--device", "\acpu"}}), "\\x07cpu"},
+      {{"eval", "--model", "m\n.safetensors"}, "m\\x0a.safetensors"},
+      {{"eval", "--model", shared().model, "--data", dir / "da\x1bta"}, "da\\x1bta"},
+      {{"x\x1b[2Jy"}, "x\\x1b[2Jy"}};
+  for (const auto& [args, shown] : cases) {
+    SCOPED_TRACE(shown);
+    expect_printable_one_line_error(run_vae(args, dir.path()), {shown}, {});
+  }
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
 // A checkpoint passed as a model said "not a cuvae model": say what it is
 // and which file to pass.
 TEST_F(BadInputFlags, ACheckpointPassedAsAModelIsNamed) {
