@@ -217,7 +217,11 @@ int run_bench_command(const BenchOptions& o) {
   const ObjectiveConfig objective = bench_objective(o);
   if (!o.json.empty()) {
     check_output_is_not_an_input("--json", o.json, data_set_inputs("--data", o.data));
-    check_writable_file_path(o.json);
+    try {
+      check_writable_file_path(o.json);
+    } catch (const Error& e) {
+      throw Error(std::string("--json: ") + e.what());
+    }
   }
   std::vector<std::string> devices;
   std::string why_not;
@@ -308,7 +312,11 @@ int run_bench_command(const BenchOptions& o) {
   if (!o.json.empty()) {
     // --data need not be UTF-8, which JSON requires: bad bytes become U+FFFD.
     const std::string text = json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    write_file_atomically(o.json, text.data(), text.size());
+    try {
+      write_file_atomically(o.json, text.data(), text.size());
+    } catch (const Error& e) {
+      throw Error(std::string("--json: ") + e.what());
+    }
   }
   return 0;
 }
