@@ -97,7 +97,8 @@ std::vector<EnvFinding> check_environment_at_startup() {
         check_omp_dynamic(std::getenv("OMP_DYNAMIC")), check_omp_proc_bind(std::getenv("OMP_PROC_BIND")),
         check_omp_wait_policy(std::getenv("OMP_WAIT_POLICY"), threads),
         target.empty() ? std::nullopt
-                       : check_libxsmm_target(std::getenv("LIBXSMM_TARGET"), target, cpu_gemm_is_blocked()),
+                       : check_libxsmm_target(std::getenv("LIBXSMM_TARGET"), target, cpu_gemm_is_blocked(),
+                                              detect_cpu_features()),
         check_plot_timeout(std::getenv("CUVAE_PLOT_TIMEOUT")),
         spin_by_cuvae ? std::nullopt : check_gomp_spincount(std::getenv("GOMP_SPINCOUNT"), threads),
         core_by_cuvae ? std::nullopt

@@ -165,10 +165,19 @@ std::optional<EnvFinding> check_omp_proc_bind(const char* value) {
 }
 
 std::optional<EnvFinding> check_libxsmm_target(const char* value, const std::string& loaded_target,
-                                               bool libxsmm_computes) {
+                                               bool libxsmm_computes, const CpuFeatures& cpu) {
   if (value == nullptr) return std::nullopt;
   const std::string text = value;
   if (text.empty()) return std::nullopt;  // libxsmm: unset (and so says the banner)
+  const bool phi_target = loaded_target == "knl" || loaded_target == "knm";
+  if (libxsmm_target_isa(loaded_target) > best_vector_isa(cpu) || (phi_target && !cpu.xeon_phi)) {
+    return EnvFinding{libxsmm_computes,
+                      named("LIBXSMM_TARGET", text) + " makes libxsmm JIT for " + loaded_target +
+                          ", whose instructions this CPU lacks (" + vector_isa_name(best_vector_isa(cpu)) +
+                          (phi_target ? ", no Xeon Phi extensions" : "") + "): its GEMMs would die of SIGILL" +
+                          (libxsmm_computes ? "; unset it or name a target this CPU runs"
+                                            : " (no matter: libxsmm runs no GEMM here)")};
+  }
   bool number = true;
   for (char c : text) number = number && c >= '0' && c <= '9';
   if (number) return std::nullopt;

@@ -14,6 +14,8 @@
 #include <optional>
 #include <string>
 
+#include "cuvae/backends/cpu/cpu_features.h"
+
 namespace cuvae {
 
 struct EnvFinding {
@@ -47,9 +49,12 @@ std::optional<EnvFinding> check_openblas_coretype(const char* value, const std::
 // LIBXSMM_TARGET: one of libxsmm's target names (generic, sse3, wsm, snb,
 // avx, hsw, avx2, skx, avx512, clx, cpx, spr, ...: case matters) or a
 // number; anything else libxsmm ignores without a word and JITs for
-// `loaded_target`. `libxsmm_computes`: false when it runs no GEMM.
+// `loaded_target`. A target the CPU cannot run (above its vector ISA,
+// or knl/knm without the Xeon Phi extensions) is an error too: libxsmm
+// does not check, and its code dies of SIGILL (knm on a Zen 5). 
+// `libxsmm_computes`: false when it runs no GEMM.
 std::optional<EnvFinding> check_libxsmm_target(const char* value, const std::string& loaded_target,
-                                               bool libxsmm_computes);
+                                               bool libxsmm_computes, const CpuFeatures& cpu);
 // CUVAE_PLOT_TIMEOUT: whole seconds from 1 to 3600 (else charts.cpp uses 120).
 std::optional<EnvFinding> check_plot_timeout(const char* value);
 
