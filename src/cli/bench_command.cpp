@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -44,16 +45,37 @@ std::string cpu_model() {
 }
 
 
-// MNIST's training images if they are in `dir`, else random ones (throughput
-// does not depend on the pixels).
+// MNIST's training images if they are in `dir` and there are enough for the
+// largest batch, else random ones (throughput does not depend on the pixels);
+// `source` says which, and why not MNIST. Files that are there but damaged
+// (truncated, not IDX, a corrupt gzip stream) or not 28x28 are refused.
 IdxImages bench_images(const std::string& dir, int needed, std::string* source) {
-  try {
-    IdxImages images = load_mnist_split(dir, true).images;
-    if (images.count >= needed) {
-      *source = "MNIST training images from " + dir;
-      return images;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(dir, ec);
+  std::string why;
+  if (!fs::exists(status)) {
+    why = dir + " does not exist";
+  } else if (!fs::is_directory(status)) {
+    throw Error("--data " + dir + ": not a directory");
+  } else {
+    const std::string name = "train-images-idx3-ubyte";
+    const std::string path = find_mnist_file_if_present(dir, name);
+    if (path.empty()) {
+      why = "no " + name + " or " + name + ".gz in " + dir;
+    } else {
+      IdxImages images = read_idx_images(path);
+      if (images.pixels_per_image() != 784) {
+        throw Error(path + ": images of " + std::to_string(images.rows) + "x" + std::to_string(images.cols) +
+                    ", but the benchmark's model takes 28x28");
+      }
+      if (images.count >= needed) {
+        *source = "MNIST training images from " + dir;
+        return images;
+      }
+      why = path + " has " + std::to_string(images.count) + " images, fewer than the largest batch size, " +
+            std::to_string(needed);
     }
-  } catch (const Error&) {
   }
   IdxImages images;
   images.count = std::max(needed, 10000);
@@ -62,7 +84,7 @@ IdxImages bench_images(const std::string& dir, int needed, std::string* source) 
   for (size_t i = 0; i < images.pixels.size(); ++i) {
     images.pixels[i] = static_cast<uint8_t>(random_uniform(RandomKey{1, RandomStream::kInit, 0}, i) * 256);
   }
-  *source = "generated images (no MNIST in " + dir + ")";
+  *source = "generated images (" + why + ")";
   return images;
 }
 
@@ -75,14 +97,21 @@ struct Result {
   std::map<std::string, double> op_ms;  // per step
 };
 
+// The step's objective, checked.
+ObjectiveConfig bench_objective(const BenchOptions& o) {
+  ObjectiveConfig objective;
+  objective.objective = parse_objective(o.objective, "--objective");
+  objective.samples = o.samples;
+  objective.outer_samples = o.outer_samples;
+  objective.ciwae_beta = o.ciwae_beta;
+  objective.validate();
+  return objective;
+}
+
 Result bench_one(Backend& backend, const IdxImages& images, int batch, const BenchOptions& o) {
   TrainConfig config;  // the seed's, with the objective and activation asked for
   config.batch_size = batch;
-  config.objective.objective = parse_objective(o.objective, "--objective");
-  config.objective.samples = o.samples;
-  config.objective.outer_samples = o.outer_samples;
-  config.objective.ciwae_beta = o.ciwae_beta;
-  config.objective.validate();
+  config.objective = bench_objective(o);
   config.arch.set_layers(o.latent_dim, o.hidden);
   config.arch.activation = parse_activation(o.activation, "--activation");
   config.arch.validate();
@@ -187,9 +216,14 @@ int run_bench_command(const BenchOptions& o) {
     throw Error("--steps and --repeats must be at least 1, --warmup at least 0");
   }
   // Before the benchmark, not after minutes of it.
+  const ObjectiveConfig objective = bench_objective(o);
   if (!o.json.empty()) {
     check_output_is_not_an_input("--json", o.json, data_set_inputs("--data", o.data));
-    check_writable_file_path(o.json);
+    try {
+      check_writable_file_path(o.json);
+    } catch (const Error& e) {
+      throw Error(std::string("--json: ") + e.what());
+    }
   }
   std::vector<std::string> devices;
   std::string why_not;
@@ -218,6 +252,15 @@ int run_bench_command(const BenchOptions& o) {
     const bool tf32 = o.tf32 && backend->set_tf32(true);
     const bool epilogues = o.gemm_epilogues && backend->set_gemm_epilogues(true);
     const bool two_branch = o.two_branch_graph && backend->set_two_branch(true);
+    // Every batch size is checked before the first is timed; the Trainer's
+    // own check would name train's --batch-size.
+    for (int batch : o.batch_sizes) {
+      check_model_fits(*backend, arch, batch, objective.total_samples(),
+                       {"the benchmark's model", "batch " + std::to_string(batch) + " of --batch-sizes",
+                        objective.outer_samples > 1 ? "--outer-samples " + std::to_string(objective.outer_samples) +
+                                                          " x --samples " + std::to_string(o.samples)
+                                                    : "--samples " + std::to_string(o.samples)});
+    }
     const double peak = square_sgemm_gflops(*backend);
     std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
     std::printf("%s GEMMs%s%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
@@ -276,7 +319,11 @@ int run_bench_command(const BenchOptions& o) {
   if (!o.json.empty()) {
     // --data need not be UTF-8, which JSON requires: bad bytes become U+FFFD.
     const std::string text = json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    write_file_atomically(o.json, text.data(), text.size());
+    try {
+      write_file_atomically(o.json, text.data(), text.size());
+    } catch (const Error& e) {
+      throw Error(std::string("--json: ") + e.what());
+    }
   }
   return 0;
 }
@@ -285,7 +332,7 @@ Command add_bench_command(CLI::App& app) {
   auto bench = std::make_shared<BenchOptions>();
   auto bench_batches = std::make_shared<std::string>("200,1000,4096");
   CLI::App* bench_cmd = app.add_subcommand("bench", "End-to-end training throughput per backend and batch size (the seed's model unless --latent-dim, --hidden, --activation, --objective say otherwise)");
-  bench_cmd->add_option("--data", bench->data, "MNIST directory (generated images when absent)")->check(non_empty())->capture_default_str();
+  bench_cmd->add_option("--data", bench->data, "MNIST directory (generated images when it or its training images are absent, or too few for the largest batch; damaged files are refused)")->check(non_empty())->capture_default_str();
   bench_cmd->add_option("--device", bench->device, "all (every available backend), cpu or cuda")->check(CLI::IsMember({"all", "cpu", "cuda"}))->capture_default_str();
   bench_cmd->add_option("--batch-sizes", *bench_batches, "Batch sizes, comma-separated")->capture_default_str();
   bench_cmd->add_option("--warmup", bench->warmup_steps, "Warm-up steps, not timed (a CUDA Graph step's two set-up runs come before them)")->transform(integer_in(0, 100000))->capture_default_str();

@@ -87,7 +87,9 @@ int run_eval(const EvalOptions& o) {
   const IdxImages test = load_mnist_split(o.data, false).images;
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   const int chunk = eval_images_per_chunk(o.k);
-  check_model_fits(*backend, file.arch, chunk, o.k);
+  check_model_fits(*backend, file.arch, chunk, o.k,
+                   {"the model " + o.model, "chunks of " + std::to_string(chunk) + " test image" + (chunk == 1 ? "" : "s"),
+                    "--k " + std::to_string(o.k)});
   std::unique_ptr<VaeModel> model = open_saved_model(*backend, o.model, file, chunk, o.k);
   const auto start = Clock::now();
   request.progress = eval_progress(start);

@@ -4,20 +4,56 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <string>
 
 namespace cuvae {
 
 namespace {
 
 std::atomic<int> g_stop_signal{0};
+// The run's output directory (never freed) and the step its last checkpoint
+// of this run holds (-1: none yet), for what a second interrupt says.
+std::atomic<const char*> g_run_dir{nullptr};
+std::atomic<int64_t> g_checkpoint_step{-1};
+
+void say(const char* text) {
+  size_t n = 0;
+  while (text[n] != '\0') ++n;
+  const ssize_t ignored = ::write(STDERR_FILENO, text, n);
+  (void)ignored;
+}
 
 extern "C" void on_stop_signal(int signal_number) {
   int expected = 0;
   if (!g_stop_signal.compare_exchange_strong(expected, signal_number)) {
     // The second signal: the user means it. Only async-signal-safe calls here.
-    static const char message[] = "\nvae: second interrupt, exiting now\n";
-    const ssize_t ignored = ::write(STDERR_FILENO, message, sizeof message - 1);
-    (void)ignored;
+    say("\nvae: second interrupt, exiting now");
+    const char* dir = g_run_dir.load();
+    const int64_t step = g_checkpoint_step.load();
+    if (dir != nullptr && step < 0) {
+      say("; nothing of this run was saved: ");
+      say(dir);
+      say(" holds no checkpoint of it");
+    } else if (dir != nullptr) {
+      char digits[24];
+      char* p = digits + sizeof digits;
+      *--p = '\0';
+      uint64_t value = static_cast<uint64_t>(step);
+      do {
+        *--p = static_cast<char>('0' + value % 10);
+        value /= 10;
+      } while (value != 0);
+      say("; ");
+      say(dir);
+      say("/checkpoint.safetensors holds step ");
+      say(p);
+      say(" (vae train --resume ");
+      say(dir);
+      say(" continues from there)");
+    }
+    say("\n");
     ::_exit(128 + signal_number);
   }
 }
@@ -36,5 +72,12 @@ void install_interrupt_handlers() {
 }
 
 int stop_requested() { return g_stop_signal.load(); }
+
+void set_interrupted_run(const std::string& out_dir, int64_t checkpoint_step) {
+  g_checkpoint_step.store(checkpoint_step);
+  g_run_dir.store(::strdup(out_dir.c_str()));  // kept for the process's life
+}
+
+void note_checkpoint_written(uint64_t step) { g_checkpoint_step.store(static_cast<int64_t>(step)); }
 
 }  // namespace cuvae

@@ -25,6 +25,25 @@ namespace {
 using cuvae::Command;
 using cuvae::Error;
 
+// An error line's text, control bytes (a newline or an escape sequence in
+// a flag's value or a path) shown as \xNN: one line, whatever was typed.
+// Text from files is escaped where it is quoted (printable_excerpt).
+std::string shown(const std::string& text) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out;
+  for (const char c : text) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      out += "\\x";
+      out += hex[u >> 4];
+      out += hex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 // A closed stdin, stdout or stderr would be reused by the first file the
 // command opens (a checkpoint, the lock file), which printf would then
 // write into. They are held open on /dev/null; a closed stdout, where the
@@ -65,10 +84,16 @@ int check_standard_output(int status) {
 // restart the binary. A non-zero exit status on a bad environment value.
 int choose_cpu_kernels(int argc, char** argv) {
   try {
+    bool refused = false;
+    for (const cuvae::EnvFinding& finding : cuvae::check_environment_at_startup()) {
+      std::cerr << (finding.error ? "vae: error: " : "vae: warning: ") << shown(finding.message) << "\n";
+      refused = refused || finding.error;
+    }
+    if (refused) return 2;
     const std::string command = argc > 1 ? argv[1] : "";
     cuvae::select_blas_kernel_at_startup(argv, command == "train" || command == "eval" || command == "bench");
   } catch (const Error& e) {
-    std::cerr << "vae: error: " << e.what() << "\n";
+    std::cerr << "vae: error: " << shown(e.what()) << "\n";
     return 2;
   }
   return 0;
@@ -110,10 +135,10 @@ std::optional<int> parse_command_line(CLI::App& app, const std::vector<Command>&
   } catch (const CLI::ExtrasError& e) {
     const std::vector<std::string> extras = app.remaining();
     if (app.get_subcommands().empty() && !extras.empty() && extras.front().rfind("-", 0) != 0) {
-      std::cerr << "vae: error: unknown subcommand '" << extras.front() << "'; expected "
+      std::cerr << "vae: error: unknown subcommand '" << shown(extras.front()) << "'; expected "
                 << subcommand_names(commands) << " (see vae --help)\n";
     } else {
-      std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
+      std::cerr << "vae: error: " << shown(e.what()) << " (see vae --help)\n";
     }
     return 2;
   } catch (const CLI::ArgumentMismatch& e) {
@@ -121,14 +146,14 @@ std::optional<int> parse_command_line(CLI::App& app, const std::vector<Command>&
     const std::string what = e.what(), marker = ": At Most 1 required but received ";
     const size_t at = what.find(marker);
     if (at != std::string::npos) {
-      std::cerr << "vae: error: " << what.substr(0, at) << " given " << what.substr(at + marker.size())
+      std::cerr << "vae: error: " << shown(what.substr(0, at)) << " given " << what.substr(at + marker.size())
                 << " times; give it once (see vae --help)\n";
     } else {
-      std::cerr << "vae: error: " << what << " (see vae --help)\n";
+      std::cerr << "vae: error: " << shown(what) << " (see vae --help)\n";
     }
     return 2;
   } catch (const CLI::ParseError& e) {
-    std::cerr << "vae: error: " << e.what() << " (see vae --help)\n";
+    std::cerr << "vae: error: " << shown(e.what()) << " (see vae --help)\n";
     return 2;
   }
   if (app.get_subcommands().empty()) {
@@ -146,13 +171,13 @@ int run_chosen(const std::vector<Command>& commands) {
     }
   } catch (const Error& e) {
     std::cout.flush();
-    std::cerr << "vae: error: " << e.what() << "\n";
+    std::cerr << "vae: error: " << shown(e.what()) << "\n";
     return 1;
   } catch (const std::bad_alloc&) {
     std::cerr << "vae: error: out of memory\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "vae: error: " << e.what() << "\n";
+    std::cerr << "vae: error: " << shown(e.what()) << "\n";
     return 1;
   }
   return 0;
@@ -162,7 +187,6 @@ int run_chosen(const std::vector<Command>& commands) {
 
 int main(int argc, char** argv) {
   if (!standard_descriptors_open()) return 2;
-  if (const int status = choose_cpu_kernels(argc, argv)) return status;
   CLI::App app{"cuvae: a Variational Autoencoder on MNIST (the seed's model), CPU and CUDA"};
   // At most one; "none" is reported after parsing, so that an unknown flag or
   // subcommand is named rather than hidden behind "A subcommand is required".
@@ -172,6 +196,9 @@ int main(int argc, char** argv) {
   if (const std::optional<int> status = parse_command_line(app, commands, argc, argv)) {
     return check_standard_output(*status);
   }
+  // After parsing, so that --help, --version and a flag's error do not
+  // depend on the environment (nor restart); before anything computes.
+  if (const int status = choose_cpu_kernels(argc, argv)) return status;
   // After parsing (whose number checks must see a subnormal --lr as what it
   // is), before the command starts any thread, so that every thread gets it.
   cuvae::enable_flush_denormals_to_zero();

@@ -60,6 +60,15 @@ int run_manifold_command(const ManifoldOptions& o) {
   }
   check_latent_size_for_plane(latent, o.model, "the manifold");
   const int side = square_side(arch.input_dim, o.model);
+  // Before decoding, not when writing the picture after it.
+  const int64_t picture = int64_t{o.grid} * side * o.scale;
+  if (picture * picture > kMaxGridPixels) {
+    throw Error("--grid " + std::to_string(o.grid) + " with --image-scale " + std::to_string(o.scale) + " makes a " +
+                std::to_string(picture) + " x " + std::to_string(picture) + "-pixel picture, over the " +
+                std::to_string(kMaxGridPixels) + "-pixel limit: give a smaller --grid or --image-scale (their product " +
+                "at most " + std::to_string(16384 / side) + " for " + std::to_string(side) + "x" + std::to_string(side) +
+                " digits)");
+  }
   IdxImages test;
   if (latent > 2) test = load_mnist_split(o.data, false).images;
 

@@ -285,8 +285,13 @@ struct TrainRun {
 void refuse_replacing_a_run(const TrainRun& run, const TrainOptions& o) {
   const std::string existing = run.out + "/checkpoint.safetensors";
   std::error_code ec;
+  const bool own_folder = run.resuming && std::filesystem::equivalent(run.out, o.resume, ec);
+  if (own_folder && o.overwrite) {  // was ignored: the run resumed
+    throw Error("--overwrite starts a new run, but --resume " + o.resume +
+                " continues the run there: give one or the other");
+  }
   if (o.overwrite || !std::filesystem::exists(std::filesystem::symlink_status(existing, ec))) return;
-  if (run.resuming && std::filesystem::equivalent(run.out, o.resume, ec)) return;
+  if (own_folder) return;
   throw Error("--out " + run.out + " holds a run (" + existing + "): continue it with --resume " + run.out +
               ", or give --overwrite to start over there (its checkpoint, model and metrics are replaced)");
 }
@@ -309,6 +314,14 @@ TrainRun resolve_run(const TrainOptions& o) {
   }
   if (!o.given_out) run.out = o.resume;
   run.resumed_path = o.resume + "/checkpoint.safetensors";
+  std::error_code ec;
+  if (std::filesystem::exists(o.resume, ec) && !std::filesystem::is_directory(o.resume, ec)) {
+    const std::filesystem::path given(o.resume);
+    throw Error("--resume takes a run's directory, and " + o.resume + " is a file" +
+                (given.filename() == "checkpoint.safetensors" || given.filename() == "model.safetensors"
+                     ? ": give its directory, --resume " + (given.has_parent_path() ? given.parent_path().string() : ".")
+                     : std::string()));
+  }
   if (!std::filesystem::exists(run.resumed_path)) {
     throw Error("--resume " + o.resume + ": no checkpoint there (" + run.resumed_path + " is missing)");
   }
@@ -490,6 +503,7 @@ class TrainingLoop {
     if (epoch_ends) return 0;
     if (const int signal_number = stop_requested()) {
       save_checkpoint(checkpoint_path_, snapshot(seconds));
+      note_checkpoint_written(trainer_.steps_done());
       if (live_) std::printf("\n");
       return report_interrupt(signal_number, "at step " + std::to_string(trainer_.steps_done()) + " of " +
                                                  std::to_string(plan_.total_steps) + "; checkpoint written to " +
@@ -497,6 +511,7 @@ class TrainingLoop {
     }
     if (run_.checkpoint_every > 0 && trainer_.steps_done() % static_cast<uint64_t>(run_.checkpoint_every) == 0) {
       save_checkpoint(checkpoint_path_, snapshot(seconds));
+      note_checkpoint_written(trainer_.steps_done());
     }
     return 0;
   }
@@ -530,6 +545,7 @@ class TrainingLoop {
     files.add(model_path_, model_file_bytes(model_path_, config.arch, params, model_metadata(epoch, elbo)));
     files.add(run_.out + "/metrics.csv", csv.data(), csv.size());
     files.commit();
+    note_checkpoint_written(trainer_.steps_done());
     curve_.draw_after_epoch(epoch == plan_.epochs);
     if (const int signal_number = stop_requested()) {
       return report_interrupt(signal_number, "at the end of epoch " + std::to_string(epoch) + " (step " +
@@ -624,6 +640,10 @@ int run_train_command(const TrainOptions& o) {
   // before writing anything into it.
   const OutputDirectory out_dir(run.out, run.resuming && !o.given_out ? "--resume" : "--out", "vae train");
   refuse_replacing_a_run(run, o);
+  std::error_code same_ec;
+  set_interrupted_run(run.out, run.resuming && std::filesystem::equivalent(run.out, o.resume, same_ec)
+                                   ? static_cast<int64_t>(run.resumed.step)
+                                   : -1);
   const TrainData data = load_train_data(run);
   std::unique_ptr<Backend> backend = open_backend(o.device, std::cout);
   std::cout << "data: " << run.data << ": " << (data.dataset == "unknown" ? "not a known data set" : data.dataset)
@@ -644,6 +664,7 @@ int run_train_command(const TrainOptions& o) {
     check_resumed_progress(run.resumed, run.resumed_path, loop.plan().steps_per_epoch, loop.plan().total_steps);
     std::cout << "resuming from " << run.resumed_path << " at step " << run.resumed.step << "\n";
   }
+  std::cout.flush();  // a second interrupt exits without flushing
   if (const int status = loop.train_epochs()) return status;
   return loop.write_task_images();
 }

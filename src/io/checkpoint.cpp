@@ -47,7 +47,7 @@ uint64_t unsigned_field(const std::string& path, const SafetensorsFile& file, co
   const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || text[0] == '-' || text[0] == '+' || text[0] == ' ' || errno == ERANGE ||
       value < lo || value > hi) {
-    throw Error(path + ": checkpoint metadata '" + key + "' is '" + text + "', not an integer in [" +
+    throw Error(path + ": checkpoint metadata '" + key + "' is '" + printable_excerpt(text) + "', not an integer in [" +
                 std::to_string(lo) + ", " + std::to_string(hi) + "]");
   }
   return value;
@@ -60,7 +60,7 @@ double double_field(const std::string& path, const SafetensorsFile& file, const 
   char* end = nullptr;
   const double value = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !std::isfinite(value) || !valid(value)) {
-    throw Error(path + ": checkpoint metadata '" + key + "' is '" + text + "', not " + what);
+    throw Error(path + ": checkpoint metadata '" + key + "' is '" + printable_excerpt(text) + "', not " + what);
   }
   return value;
 }

@@ -317,17 +317,25 @@ std::vector<uint8_t> read_idx_labels(const std::string& path) {
                    std::to_string(count) + " labels (" + std::to_string(count) + " bytes)");
 }
 
-namespace {
-
-// DIR/NAME if it exists, else DIR/NAME.gz if that exists, else an error that
-// says how to get the files.
-std::string find_mnist_file(const std::string& dir, const std::string& name) {
+std::string find_mnist_file_if_present(const std::string& dir, const std::string& name) {
   namespace fs = std::filesystem;
   const fs::path plain = fs::path(dir) / name;
   const fs::path gz = fs::path(dir) / (name + ".gz");
   std::error_code ec;
   if (fs::exists(plain, ec)) return plain.string();
   if (fs::exists(gz, ec)) return gz.string();
+  return "";
+}
+
+namespace {
+
+// DIR/NAME if it exists, else DIR/NAME.gz if that exists, else an error that
+// says how to get the files.
+std::string find_mnist_file(const std::string& dir, const std::string& name) {
+  namespace fs = std::filesystem;
+  const std::string found = find_mnist_file_if_present(dir, name);
+  if (!found.empty()) return found;
+  std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     throw Error(dir + ": MNIST directory not found (looked for " + name +
                 "); run tools/fetch_mnist.sh " + dir + " to download MNIST");

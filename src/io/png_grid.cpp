@@ -33,7 +33,7 @@ namespace {
 // (width+1)*height bytes for the filtered rows, and the zlib stream can be a
 // little larger than that), so grids are capped well below 2^31 bytes.
 // 2^28 pixels is ~16000 MNIST digits at scale 1, far beyond any useful grid.
-constexpr int64_t kMaxPixels = int64_t{1} << 28;
+constexpr int64_t kMaxPixels = kMaxGridPixels;
 constexpr int kMaxScale = 16;
 
 // "binary" colour map with vmin=0, vmax=1: value 0 is white, 1 is black.

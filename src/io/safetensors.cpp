@@ -40,34 +40,29 @@ constexpr uint64_t kBytesPerElement = sizeof(float);
 // Quotes a name for an error message. Names come from the file, so they may
 // hold newlines or be megabytes long; JSON-escaping keeps the message on one
 // line and the cut keeps it readable.
-std::string quote(const std::string& name) {
-  constexpr size_t kMaxShown = 64;
-  const bool cut = name.size() > kMaxShown;
-  const std::string shown = json(cut ? name.substr(0, kMaxShown) : name)
-                                .dump(-1, ' ', false, json::error_handler_t::replace);
-  return cut ? shown + "..." : shown;
-}
-
-// nlohmann's parse messages quote the offending token, which for a hostile
-// header may be a huge string; keep the message one short line.
-std::string one_line(std::string text) {
-  constexpr size_t kMaxChars = 200;
-  if (text.size() > kMaxChars) text = text.substr(0, kMaxChars) + "...";
-  for (char& c : text) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
-  }
-  return text;
-}
+std::string quote(const std::string& name) { return "\"" + printable_excerpt(name, 64) + "\""; }
 
 // Shows a JSON value from the header in an error message. Scalars are
-// dumped (cut to one short line); arrays and objects are named by type only:
-// dump() recurses once per level of nesting, so a hostile value nested
-// 100,000 deep would overflow the stack (parsing and destroying such a value
-// are iterative in nlohmann and safe).
+// dumped (cut to one short, escaped line); arrays and objects are named by
+// type only: dump() recurses once per level of nesting, so a hostile value
+// nested 100,000 deep would overflow the stack (parsing and destroying such
+// a value are iterative in nlohmann and safe).
 std::string describe(const json& value) {
   if (value.is_array()) return "an array";
   if (value.is_object()) return "an object";
-  return one_line(value.dump(-1, ' ', false, json::error_handler_t::replace));
+  return printable_excerpt(value.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+// Why the header is not JSON, in our words: where, and an escaped excerpt
+// of the bytes there (nlohmann's own message quotes the raw bytes it read,
+// which in a damaged file are binary, behind its internal exception name).
+std::string json_error(const std::string& text, const json::exception& e) {
+  const auto* parse = dynamic_cast<const json::parse_error*>(&e);
+  if (parse == nullptr) return "a number out of range";  // out_of_range.406: 1e999
+  const size_t at = parse->byte == 0 ? 0 : std::min<size_t>(parse->byte - 1, text.size());
+  const size_t from = at > 20 ? at - 20 : 0;
+  return "error at byte " + std::to_string(parse->byte) + " of " + std::to_string(text.size()) + ", near '" +
+         printable_excerpt(text.substr(from, at + 1 - from)) + "'";
 }
 
 std::string format_shape(const std::vector<int64_t>& shape) {
@@ -197,7 +192,7 @@ class Reader {
     try {
       header = json::parse(text);
     } catch (const json::exception& e) {
-      fail("header is not valid JSON: " + one_line(e.what()));
+      fail("header is not valid JSON: " + json_error(text, e));
     }
     DuplicateKeyFinder finder;
     json::sax_parse(text, &finder);

@@ -36,7 +36,12 @@ int checked_batch_size(const Backend& backend, const TrainConfig& config, const 
                 " pixels but the model expects " + std::to_string(config.arch.input_dim));
   }
   config.objective.validate();
-  check_model_fits(backend, config.arch, config.batch_size, config.objective.total_samples());
+  MemoryCauses causes;
+  if (config.objective.outer_samples > 1) {
+    causes.samples = "--outer-samples " + std::to_string(config.objective.outer_samples) + " x --samples " +
+                     std::to_string(config.objective.samples);
+  }
+  check_model_fits(backend, config.arch, config.batch_size, config.objective.total_samples(), causes);
   return config.batch_size;
 }
 
@@ -87,23 +92,42 @@ size_t model_bytes(const Architecture& arch, int images, int samples) {
   return sizeof(float) * (4 * layout.size() + decoder_floats + encoder_floats);
 }
 
-void check_model_fits(const Backend& backend, const Architecture& arch, int images, int samples) {
+void check_model_fits(const Backend& backend, const Architecture& arch, int images, int samples,
+                      const MemoryCauses& causes) {
   const size_t available = backend.memory_bytes();
   if (samples > ObjectiveConfig::kMaxSamples) {
     throw Error("--samples must be between 1 and " + std::to_string(ObjectiveConfig::kMaxSamples) +
                 ", got " + std::to_string(samples));
   }
   const size_t needed = model_bytes(arch, images, samples);
-  if (available > 0 && needed > available) {
-    char text[256];
-    std::snprintf(text, sizeof text,
-                  "--samples %d with --batch-size %d needs %.2f GiB for %lld decoder rows, more "
-                  "than the %s backend's %.2f GiB of memory",
-                  samples, images, static_cast<double>(needed) / (1 << 30),
-                  static_cast<long long>(images) * samples, backend.name().c_str(),
-                  static_cast<double>(available) / (1 << 30));
-    throw Error(text);
+  if (available == 0 || needed <= available) return;
+  // The parameters, their gradients and Adam's two moments; the rest is the
+  // activations and their gradients, which grow with images x samples.
+  const size_t parameters = ParameterLayout(arch).size();
+  const size_t parameter_bytes = 4 * sizeof(float) * parameters;
+  const size_t activation_bytes = needed - parameter_bytes;
+  const std::string by_parameters = !causes.parameters.empty()
+                                        ? causes.parameters
+                                        : "--hidden " + arch.hidden_text() + " and --latent-dim " + arch.latent_dims_text();
+  const std::string by_images = !causes.images.empty() ? causes.images : "--batch-size " + std::to_string(images);
+  const std::string by_samples = !causes.samples.empty() ? causes.samples : "--samples " + std::to_string(samples);
+  auto gib = [](size_t bytes) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2f GiB", static_cast<double>(bytes) / (1 << 30));
+    return std::string(text);
+  };
+  char count[32];
+  std::snprintf(count, sizeof count, "%.3g", static_cast<double>(parameters));
+  const std::string rows = std::to_string(static_cast<long long>(images) * samples);
+  const std::string limit =
+      ", more than the " + backend.name() + " backend's " + gib(available) + " of memory";
+  if (parameter_bytes >= activation_bytes) {
+    throw Error(by_parameters + " needs " + gib(parameter_bytes) + " for " + count +
+                " parameters, their gradients and Adam's moments (" + gib(needed) + " in all, with the activations of " +
+                by_images + " and " + by_samples + ")" + limit);
   }
+  throw Error(by_images + " with " + by_samples + " needs " + gib(activation_bytes) + " for the activations of " +
+              rows + " decoder rows (" + gib(needed) + " in all, with the parameters of " + by_parameters + ")" + limit);
 }
 
 Trainer::Trainer(Backend& backend, const TrainConfig& config, const IdxImages& images,

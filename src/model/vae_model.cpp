@@ -193,7 +193,7 @@ Enum parse_name(const std::pair<Enum, const char*> (&names)[N], const std::strin
     if (name == text) return value;
     choices += std::string(choices.empty() ? "" : ", ") + text;
   }
-  throw Error(what + " must be one of " + choices + ", got '" + name + "'");
+  throw Error(what + " must be one of " + choices + ", got '" + printable_excerpt(name) + "'");
 }
 
 template <typename Enum, size_t N>

@@ -138,6 +138,40 @@ TEST_P(BackendOps, MemoryIsKnownAndTooLargeModelsAreRefused) {
   EXPECT_NO_THROW(check_model_fits(*backend, seed, 200, 1));
 }
 
+// The refusal names what dominates: "--hidden 65536,65536 --batch-size 20"
+// said "--samples 1 with --batch-size 20 needs 129.58 GiB", blaming the two
+// flags that cost least. Parameters first where they dominate, activations
+// (images x samples) where they do; the command's own flag names where given.
+TEST_P(BackendOps, TheMemoryRefusalNamesWhatDominates) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  auto refusal = [&](const Architecture& arch, int images, int samples, const MemoryCauses& causes) {
+    try {
+      check_model_fits(*backend, arch, images, samples, causes);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "not refused on " << backend->name();
+    return std::string();
+  };
+  Architecture huge;  // 2.1e10 parameters: 344 GB with their gradients and Adam's moments
+  huge.hidden = {Architecture::kMaxWidth, Architecture::kMaxWidth};
+  huge.latent_dim = Architecture::kMaxWidth;
+  const std::string by_parameters = refusal(huge, 20, 1, {});
+  EXPECT_EQ(by_parameters.rfind("--hidden 65536,65536 and --latent-dim 65536 needs ", 0), 0u) << by_parameters;
+  EXPECT_NE(by_parameters.find("parameters, their gradients and Adam's moments"), std::string::npos) << by_parameters;
+  EXPECT_NE(by_parameters.find("--batch-size 20 and --samples 1)"), std::string::npos) << by_parameters;
+  const Architecture seed;  // 100000 x 100000 decoder rows: 40 TB of activations
+  const std::string by_activations = refusal(seed, 100000, 100000, {});
+  EXPECT_EQ(by_activations.rfind("--batch-size 100000 with --samples 100000 needs ", 0), 0u) << by_activations;
+  EXPECT_NE(by_activations.find("for the activations of 10000000000 decoder rows"), std::string::npos)
+      << by_activations;
+  EXPECT_NE(by_activations.find("with the parameters of --hidden 200,200 and --latent-dim 50)"), std::string::npos)
+      << by_activations;
+  const std::string named = refusal(seed, 100000, 100000, {"the model m.safetensors", "chunks of 1 test image", "--k 100000"});
+  EXPECT_EQ(named.rfind("chunks of 1 test image with --k 100000 needs ", 0), 0u) << named;
+  EXPECT_EQ(named.find("--batch-size"), std::string::npos) << named;
+}
+
 // The bias gradient over more rows than the CUDA kernel's grid has in y
 // (65535 chunks of 32 rows: a decoder of batch 500 and K 5000 has more), and
 // at 25000 x 784 (a grid-stride loop's second pass). Small integers keep every

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cuvae/io/model_file.h"
+#include "cuvae/io/safetensors.h"
 #include "cuvae/model/vae_model.h"
 #include "vae_process.h"
 
@@ -100,6 +101,77 @@ TEST(BadInputFiles, EvalWithModelPathThatIsNotUtf8) {
   const nlohmann::json line = nlohmann::json::parse(r.out.substr(brace + 1));
   EXPECT_TRUE(contains(line.at("model").get<std::string>(), "bad\xEF\xBF\xBD/m.safetensors"))
       << line.dump();
+}
+
+// An error line quotes a damaged file in short, escaped excerpts: a
+// safetensors header that is not JSON echoed nlohmann's internal exception
+// text and the raw bytes it read, and names, values and metadata from the
+// file went out raw (newlines, escape sequences, bidi controls).
+std::string safetensors_with_header(const std::string& header) {
+  std::string bytes;
+  for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xffu));
+  return bytes + header;
+}
+
+void expect_printable_one_line_error(const RunResult& r, std::initializer_list<std::string> names,
+                                     std::initializer_list<std::string> why) {
+  expect_one_line_error(r, names, why);
+  EXPECT_FALSE(contains(r.err, "json.exception")) << describe(r);
+  for (size_t i = 0; i + 1 < r.err.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(r.err[i]);
+    EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "byte " << i << " of stderr is 0x" << std::hex << int(c) << ": "
+                                       << describe(r);
+  }
+}
+
+TEST(BadInputFiles, DamagedModelsAreQuotedInShortEscapedExcerpts) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const std::string model = dir / "m.safetensors";
+  auto eval = [&] {
+    return run_vae({"eval", "--model", model, "--data", shared().data, "--k", "1", "--device", "cpu"}, dir.path());
+  };
+  const std::vector<std::pair<std::string, std::string>> headers = {
+      {"{\"a\":\xff\xfe\x01\x1b[2J binary", "near '{\"a\":\\xff'"},
+      {"{\"\xe2\x80\xae\x1b[31m\":1}", "near '{\"\\xe2\\x80\\xae\\x1b'"},
+      {"{\"\xe2\x80\xae\\u001b[31m\":1}", "tensor \"\\xe2\\x80\\xae\\x1b[31m\" is not a JSON object"},
+      {"{\"t\":{\"dtype\":\"F32\",\"shape\":[\"\xe2\x80\xae\\n\"],\"data_offsets\":[0,0]}}", "\"\\xe2\\x80\\xae\\\\n\""},
+      {"{\"t\":{\"dtype\":\"F\\u001b[2J\",\"shape\":[],\"data_offsets\":[0,4]}}", "\\x1b[2J"},
+      {"{\"a\":1e999}", "a number out of range"}};
+  for (const auto& [header, shown] : headers) {
+    SCOPED_TRACE(header);
+    write_file(model, safetensors_with_header(header));
+    expect_printable_one_line_error(eval(), {model, shown}, {});
+  }
+  // Metadata strings, written by a valid file (JSON escapes decode to the bytes).
+  cuvae::SafetensorsFile file = cuvae::read_safetensors(shared().model);
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"hidden", "8\n\x1b[2J"}, {"activation", "relu\n\xe2\x80\xae"}, {"latent_dim", "2\r\x07"}}) {
+    SCOPED_TRACE(key);
+    cuvae::SafetensorsFile edited = file;
+    edited.metadata[key] = value;
+    cuvae::write_safetensors(model, edited);
+    expect_printable_one_line_error(eval(), {model, "'" + key + "'", "\\x"}, {});
+  }
+}
+
+TEST(BadInputFiles, DamagedCheckpointFieldsAreQuotedEscaped) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const fs::path run = dir.path() / "run";
+  fs::create_directories(run);
+  const std::string checkpoint = (run / "checkpoint.safetensors").string();
+  const cuvae::SafetensorsFile good =
+      cuvae::read_safetensors((fs::path(shared().model).parent_path() / "checkpoint.safetensors").string());
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"batch_size", "1\n2"}, {"lr", "0.001\x1b[2J"}, {"hidden", "8\n8"}, {"objective", "elbo\xe2\x80\xae"}}) {
+    SCOPED_TRACE(key);
+    cuvae::SafetensorsFile edited = good;
+    edited.metadata[key] = value;
+    cuvae::write_safetensors(checkpoint, edited);
+    expect_printable_one_line_error(run_vae({"train", "--resume", run.string(), "--data", shared().data}, dir.path()),
+                                    {checkpoint, "'" + key + "'", "\\x"}, {});
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -200,6 +272,46 @@ TEST_F(BadInputFlags, EmptyPathsAreRefusedNamingTheFlag) {
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
 
+// The memory refusal named --samples and --batch-size whatever dominated
+// ("--samples 1 with --batch-size 20 needs 129.58 GiB" for --hidden
+// 65536,65536), and bench's named --batch-size, which bench does not have.
+TEST_F(BadInputFlags, TheMemoryRefusalNamesTheFlagsThatDominate) {
+  REQUIRE_SHARED();
+  const RunResult parameters = train({{"--hidden", "65536,65536"}, {"--latent-dim", "65536"}, {"--batch-size", "20"}});
+  expect_one_line_error(parameters, {"--hidden 65536,65536 and --latent-dim 65536 needs", "parameters"}, {"memory"});
+  EXPECT_FALSE(contains(parameters.err, "--samples 1 with")) << parameters.err;
+  const RunResult activations = train({{"--batch-size", "400"}, {"--samples", "100000"}});
+  expect_one_line_error(activations, {"--batch-size 400 with --samples 100000 needs", "activations"}, {"memory"});
+  const RunResult grouped = train({{"--batch-size", "400"}, {"--objective", "miwae"}, {"--outer-samples", "100"},
+                                   {"--samples", "1000"}});
+  expect_one_line_error(grouped, {"--outer-samples 100 x --samples 1000"}, {"memory"});
+  const RunResult bench = run_vae({"bench", "--device", "cpu", "--data", dir / "none", "--batch-sizes", "10,10000",
+                                   "--samples", "100000", "--warmup", "0", "--steps", "1", "--repeats", "1"},
+                                  dir.path());
+  expect_one_line_error(bench, {"batch 10000 of --batch-sizes with --samples 100000"}, {"memory"});
+  EXPECT_FALSE(contains(bench.out, "GFLOP/s")) << "benchmarked first: " << bench.out;
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+// Found by the adversarial pass: a newline or an escape sequence typed into
+// a flag's value or a path went out raw ("--lr: '1e-3<newline>' is not a
+// number": two lines; ESC [2J cleared the terminal).
+TEST_F(BadInputFlags, ControlBytesInValuesAreShownEscaped) {
+  REQUIRE_SHARED();
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {train_args(dir / "data", dir / "out", {{"--lr", "1e-3\n"}}), "1e-3\\x0a"},
+      {train_args(dir / "data", dir / "out", {{"--objective", "iwae\x1b[2J"}}), "iwae\\x1b[2J"},
+      {train_args(dir / "data", dir / "out", {{"--device", "\acpu"}}), "\\x07cpu"},
+      {{"eval", "--model", "m\n.safetensors"}, "m\\x0a.safetensors"},
+      {{"eval", "--model", shared().model, "--data", dir / "da\x1bta"}, "da\\x1bta"},
+      {{"x\x1b[2Jy"}, "x\\x1b[2Jy"}};
+  for (const auto& [args, shown] : cases) {
+    SCOPED_TRACE(shown);
+    expect_printable_one_line_error(run_vae(args, dir.path()), {shown}, {});
+  }
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
 // A checkpoint passed as a model said "not a cuvae model": say what it is
 // and which file to pass.
 TEST_F(BadInputFlags, ACheckpointPassedAsAModelIsNamed) {
@@ -242,6 +354,61 @@ class BadInputBenchJson : public ::testing::Test {
   }
 };
 
+// bench --data with a truncated, wrong-magic or corrupt-gzip training file
+// exited 0 on generated images ("no MNIST in DIR"), and said the same of a
+// valid folder with fewer images than the largest batch. Damaged files are
+// refused with one line; where generated images stand in, the line says why.
+TEST(BadInputBenchData, DamagedFilesAreRefusedAndGeneratedImagesSayWhy) {
+  TempDir dir;
+  auto bench = [&](const std::string& data, const std::string& batches = "10") {
+    return run_vae({"bench", "--device", "cpu", "--data", data, "--batch-sizes", batches, "--warmup", "0", "--steps",
+                    "1", "--repeats", "1"},
+                   dir.path());
+  };
+  const fs::path data = dir.path() / "data";
+  write_dataset(data);  // 400 training images
+  const std::string images = (data / kTrainImages).string();
+  const std::string good = read_file(images);
+
+  const RunResult mnist = bench(data.string());
+  expect_success(mnist);
+  EXPECT_TRUE(contains(mnist.out, "MNIST training images from " + data.string())) << mnist.out;
+  const RunResult few = bench(data.string(), "10,1000");
+  expect_success(few);
+  EXPECT_TRUE(contains(few.out, "generated images (" + images + " has 400 images, fewer than the largest batch size, 1000)"))
+      << few.out;
+  const RunResult missing = bench(dir / "nowhere");
+  expect_success(missing);
+  EXPECT_TRUE(contains(missing.out, "generated images (" + dir / "nowhere" + " does not exist)")) << missing.out;
+  fs::create_directories(dir / "empty");
+  const RunResult no_files = bench(dir / "empty");
+  expect_success(no_files);
+  EXPECT_TRUE(contains(no_files.out, "generated images (no train-images-idx3-ubyte or train-images-idx3-ubyte.gz in"))
+      << no_files.out;
+
+  write_file(images, good.substr(0, good.size() - 100));
+  expect_one_line_error(bench(data.string()), {images}, {"truncated"});
+  std::string wrong_magic = good;
+  wrong_magic[0] = 'P';
+  write_file(images, wrong_magic);
+  expect_one_line_error(bench(data.string()), {images}, {"not an IDX file"});
+  fs::remove(images);
+  const std::string gz = images + ".gz";
+  {
+    gzFile out = gzopen(gz.c_str(), "wb");
+    ASSERT_NE(out, nullptr);
+    ASSERT_EQ(gzwrite(out, good.data(), static_cast<unsigned>(good.size())), static_cast<int>(good.size()));
+    ASSERT_EQ(gzclose(out), Z_OK);
+  }
+  expect_success(bench(data.string()));
+  std::string corrupt = read_file(gz);
+  for (size_t i = corrupt.size() / 3; i < corrupt.size() / 3 + 64; ++i) corrupt[i] = static_cast<char>(~corrupt[i]);
+  write_file(gz, corrupt);
+  expect_one_line_error(bench(data.string()), {gz}, {"corrupt gzip stream", "crc", "incorrect"});
+  write_file(dir / "afile", "x");
+  expect_one_line_error(bench(dir / "afile"), {"--data", dir / "afile"}, {"not a directory"});
+}
+
 // The path is checked before the benchmark runs, and the error says why.
 TEST_F(BadInputBenchJson, UnwritablePathFailsBeforeBenchmarking) {
   fs::create_directories(dir / "adir");
@@ -252,7 +419,7 @@ TEST_F(BadInputBenchJson, UnwritablePathFailsBeforeBenchmarking) {
   };
   for (const auto& [path, why] : cases) {
     const RunResult r = bench(path);
-    expect_one_line_error(r, {path}, {why});
+    expect_one_line_error(r, {"--json: cannot write " + path}, {why});  // the flag was not named (adversarial pass)
     EXPECT_FALSE(contains(r.out, "samples/s")) << "benchmarked first: " << r.out;
   }
 }

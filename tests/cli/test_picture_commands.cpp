@@ -159,6 +159,19 @@ TEST(ManifoldBadInput, GridOutOfRange) {
   }
 }
 
+// Found by the adversarial pass: --grid 100 --image-scale 16 (a 44800 x
+// 44800 picture) decoded the whole grid, then failed with "cannot write
+// ...: png grid: ... exceed the 268435456-pixel limit", naming no flag.
+TEST(ManifoldBadInput, APictureTooLargeIsRefusedUpFrontNamingTheFlags) {
+  REQUIRE_SHARED();
+  TempDir dir;
+  const RunResult r =
+      run_vae(manifold_args(shared().model, dir / "out", {"--grid", "100", "--image-scale", "16"}), dir.path());
+  expect_one_line_error(r, {"--grid 100", "--image-scale 16", "44800 x 44800"}, {"limit"});
+  EXPECT_FALSE(contains(r.out, "manifold: ")) << "decoded first: " << r.out;
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
 TEST(ManifoldBadInput, LatentSizeOneIsRefused) {
   REQUIRE_SHARED();
   TempDir dir;

@@ -274,6 +274,26 @@ TEST_F(Resume, ProgressPastTheRunOrInconsistentIsRefused) {
   EXPECT_EQ(load_checkpoint(path).step, 24u);
 }
 
+// Found by the adversarial pass: --resume RUN --overwrite resumed, the
+// --overwrite ignored without a word; --resume RUN/checkpoint.safetensors
+// said 'RUN/checkpoint.safetensors/checkpoint.safetensors is missing'.
+TEST_F(Resume, ContradictoryOrMistakenResumeFlagsAreNamed) {
+  expect_success(run_vae(tiny_run(data_, dir_ / "run", {{"--max-steps", "3"}}), dir_.path()));
+  const std::string checkpoint = dir_ / "run/checkpoint.safetensors";
+  const std::string before = read_file(checkpoint);
+  expect_one_line_error(run_vae({"train", "--resume", dir_ / "run", "--data", data_, "--overwrite"}, dir_.path()),
+                        {"--overwrite", "--resume " + dir_ / "run"}, {"give one or the other"});
+  expect_one_line_error(run_vae({"train", "--resume", checkpoint, "--data", data_}, dir_.path()),
+                        {"--resume", checkpoint, "--resume " + dir_ / "run"}, {"is a file"});
+  EXPECT_EQ(read_file(checkpoint), before);
+  // Into another folder --overwrite still means what it says.
+  expect_success(run_vae(tiny_run(data_, dir_ / "other", {{"--max-steps", "2"}}), dir_.path()));
+  expect_success(run_vae({"train", "--resume", dir_ / "run", "--out", dir_ / "other", "--data", data_, "--overwrite",
+                          "--max-steps", "4"},
+                         dir_.path()));
+  EXPECT_EQ(load_checkpoint(dir_ / "other/checkpoint.safetensors").step, 4u);
+}
+
 // Waits until `path` exists (the child is past start-up), up to 60 s.
 bool wait_for_file(const std::string& path) {
   for (int i = 0; i < 30000 && !fs::exists(path); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -518,8 +538,38 @@ TEST_F(Resume, SecondInterruptExitsAtOnce) {
   const RunResult r = child.wait();
   EXPECT_EQ(r.exit_code, 130) << describe(r);
   EXPECT_TRUE(contains(r.err, "second interrupt")) << describe(r);
-  // Whatever checkpoint is there is whole.
-  EXPECT_NO_THROW(load_checkpoint(out + "/checkpoint.safetensors"));
+  // Whatever checkpoint is there is whole, and the line says which step it holds.
+  const TrainState state = load_checkpoint(out + "/checkpoint.safetensors");
+  EXPECT_TRUE(contains(r.err, "; " + out + "/checkpoint.safetensors holds step " + std::to_string(state.step) +
+                                  " (vae train --resume " + out + " continues from there)\n"))
+      << describe(r);
+}
+
+// A second interrupt before the run's first checkpoint said only "exiting
+// now", and left an output folder with no checkpoint (and, with stdout a
+// file, none of the lines already printed): it says that nothing was saved.
+TEST_F(Resume, ASecondInterruptBeforeAnyCheckpointSaysNothingWasSaved) {
+  const std::string out = dir_ / "nothing";
+  VaeProcess child(train_args(data_, out, {{"--batch-size", "400"}, {"--hidden", "2000,2000"}, {"--samples", "5"},
+                                           {"--epochs", "1000"}, {"--max-steps", "0"}}),
+                   dir_.path());
+  // The plan's lines are out (flushed) when the first step starts; one step
+  // here takes well over 100 ms.
+  const fs::path child_stdout = dir_.path() / ".vae_stdout";
+  for (int i = 0; i < 30000 && !contains(read_file(child_stdout), "\nobjective: "); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  for (int i = 0; i < 3; ++i) {
+    child.signal(SIGINT);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const RunResult r = child.wait();
+  EXPECT_EQ(r.exit_code, 130) << describe(r);
+  EXPECT_TRUE(contains(r.out, "\nobjective: ")) << describe(r);
+  EXPECT_TRUE(contains(r.err, "vae: second interrupt, exiting now; nothing of this run was saved: " + out +
+                                  " holds no checkpoint of it\n"))
+      << describe(r);
+  EXPECT_FALSE(fs::exists(out + "/checkpoint.safetensors"));
 }
 
 TEST_F(Resume, KillNineNeverLeavesATornCheckpoint) {

@@ -7,7 +7,7 @@
 namespace cuvae {
 
 struct BenchOptions {
-  std::string data = "data/mnist";  // MNIST if there, else generated images
+  std::string data = "data/mnist";  // MNIST if there (and enough), else generated images
   std::string device = "all";       // all | cpu | cuda
   std::vector<int> batch_sizes = {200, 1000, 4096};
   int warmup_steps = 10;

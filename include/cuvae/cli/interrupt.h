@@ -3,6 +3,9 @@
 // and exits); a second one exits at once.
 #pragma once
 
+#include <cstdint>
+#include <string>
+
 namespace cuvae {
 
 // Installs the SIGINT and SIGTERM handlers (and ignores SIGXFSZ, so that a
@@ -12,5 +15,11 @@ void install_interrupt_handlers();
 
 // The signal that asked to stop (SIGINT or SIGTERM), or 0.
 int stop_requested();
+
+// For what a second interrupt says of a training run: its output directory
+// and the step of the checkpoint of this run there (-1: none yet, so that
+// nothing was saved), then each checkpoint as it is written.
+void set_interrupted_run(const std::string& out_dir, int64_t checkpoint_step);
+void note_checkpoint_written(uint64_t step);
 
 }  // namespace cuvae

@@ -34,6 +34,9 @@ struct MnistSplit {
   std::vector<uint8_t> labels;
 };
 
+// DIR/NAME if it exists, else DIR/NAME.gz if that exists, else "".
+std::string find_mnist_file_if_present(const std::string& dir, const std::string& name);
+
 // Reads DIR/{train,t10k}-images-idx3-ubyte and -labels-idx1-ubyte, each
 // either plain or with a ".gz" suffix (plain preferred when both exist).
 // Throws cuvae::Error if a file is missing or if image and label counts

@@ -8,10 +8,14 @@
 // may be scaled up by an integer factor (nearest neighbour) for viewing.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 namespace cuvae {
+
+// The most pixels a grid may have (the PNG encoder sizes with int).
+constexpr int64_t kMaxGridPixels = int64_t{1} << 28;
 
 struct GridOptions {
   int per_row = 5;   // digits per row, as in the seed

@@ -120,10 +120,19 @@ std::vector<double> pixel_means(const IdxImages& images);
 
 // The bytes a model for `images` images of `samples` samples needs (the
 // parameters, Adam's moments and every activation and gradient buffer), and
-// a check that it fits the backend's memory (an error naming --samples and
-// --batch-size and the bytes needed where it does not).
+// a check that it fits the backend's memory: where it does not, an error
+// that leads with what dominates, the parameters (with their gradients and
+// Adam's moments) or the activations, naming what sets it as the command's
+// flags do (`causes`; empty fields: train's --hidden and --latent-dim,
+// --batch-size and --samples, with the values).
 size_t model_bytes(const Architecture& arch, int images, int samples);
-void check_model_fits(const Backend& backend, const Architecture& arch, int images, int samples);
+struct MemoryCauses {
+  std::string parameters;  // e.g. "--hidden 65536,65536 and --latent-dim 50"
+  std::string images;      // e.g. "--batch-size 20"
+  std::string samples;     // e.g. "--samples 1"
+};
+void check_model_fits(const Backend& backend, const Architecture& arch, int images, int samples,
+                      const MemoryCauses& causes = {});
 
 // A random permutation of 0..n-1 for epoch `epoch` (Fisher-Yates driven by
 // the kShuffle stream): a function of (seed, epoch) alone.

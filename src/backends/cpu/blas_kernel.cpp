@@ -2,15 +2,21 @@
 #include "cuvae/backends/cpu/blas_kernel.h"
 
 #include <omp.h>
+#include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "cuvae/backends/cpu/cpu_gemm.h"
+#include "cuvae/backends/cpu/cpu_gemm_small.h"
+#include "cuvae/backends/cpu/environment_check.h"
 #include "cuvae/backends/cpu/openmp_wait.h"
 #include "cuvae/backends/cpu/thread_tuner.h"
 #include "cuvae/error.h"
@@ -70,6 +76,40 @@ BlasKernelRequest blas_kernel_request(const std::string& coretype) {
 
 }  // namespace
 
+std::vector<EnvFinding> check_environment_at_startup() {
+  // The markers are peeked at here; select_blas_kernel_at_startup takes them.
+  const bool restarted = env_or_empty(kRestarted) == std::to_string(::getpid());
+  const bool core_by_cuvae = restarted && !env_or_empty(kRestartMarker).empty();
+  const bool spin_by_cuvae = restarted && env_or_empty(kWaitMarker) == "1";
+  const int threads = omp_get_max_threads();
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  const int cpus = sched_getaffinity(0, sizeof allowed, &allowed) == 0
+                       ? CPU_COUNT(&allowed)
+                       : static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  // "libxsmm 1.17 (JIT for cpx)": the target it JITs for.
+  const std::string library = small_sgemm_library();
+  const size_t jit = library.find("(JIT for ");
+  const std::string target = jit == std::string::npos ? "" : library.substr(jit + 9, library.size() - jit - 10);
+  std::vector<EnvFinding> findings;
+  for (const std::optional<EnvFinding>& finding :
+       {check_omp_num_threads(std::getenv("OMP_NUM_THREADS"), threads, cpus),
+        check_omp_dynamic(std::getenv("OMP_DYNAMIC")), check_omp_proc_bind(std::getenv("OMP_PROC_BIND")),
+        check_omp_wait_policy(std::getenv("OMP_WAIT_POLICY"), threads),
+        target.empty() ? std::nullopt
+                       : check_libxsmm_target(std::getenv("LIBXSMM_TARGET"), target, cpu_gemm_is_blocked(),
+                                              detect_cpu_features()),
+        check_plot_timeout(std::getenv("CUVAE_PLOT_TIMEOUT")),
+        spin_by_cuvae ? std::nullopt : check_gomp_spincount(std::getenv("GOMP_SPINCOUNT"), threads),
+        core_by_cuvae ? std::nullopt
+                      : check_openblas_coretype(std::getenv("OPENBLAS_CORETYPE"), openblas_get_corename(),
+                                                !cpu_gemm_is_onednn())}) {
+    // A restarted process's warnings were printed by the process before it.
+    if (finding && (finding->error || !restarted)) findings.push_back(*finding);
+  }
+  return findings;
+}
+
 void select_blas_kernel_at_startup(char** argv, bool long_running) {
   const RestartMarkers markers = take_restart_markers();
   // Every value is checked in the restarted process too: nothing is trusted
@@ -112,6 +152,12 @@ void select_blas_kernel_at_startup(char** argv, bool long_running) {
   if (restart_for_wait) {
     setenv(kWaitMarker, "1", 1);
     setenv("GOMP_SPINCOUNT", wait.c_str(), 1);
+  }
+  // Empty values are unset values to libgomp, which says "Invalid value"
+  // of each at every start: once is enough.
+  for (const char* name : {"OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_DYNAMIC", "OMP_PROC_BIND"}) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && value[strspn(value, " \t\n\v\f\r")] == '\0') unsetenv(name);
   }
   setenv(kRestarted, std::to_string(::getpid()).c_str(), 1);
   std::fflush(nullptr);

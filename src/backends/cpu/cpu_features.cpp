@@ -52,6 +52,7 @@ CpuFeatures detect_cpu_features() {
     f.avx512dq = (ebx & (1u << 17)) != 0;
     f.avx512bw = (ebx & (1u << 30)) != 0;
     f.avx512vl = (ebx & (1u << 31)) != 0;
+    f.xeon_phi = (ebx & (1u << 26)) != 0 && (ebx & (1u << 27)) != 0;
   }
 #endif
   return f;

@@ -12,16 +12,21 @@
 //   OPENBLAS_CORETYPE=NAME   the user's choice: always kept, never overridden
 //   CUVAE_BLAS_KERNEL=auto   (default) choose when OpenBLAS's pick is below the CPU
 //   CUVAE_BLAS_KERNEL=keep   keep OpenBLAS's own pick
-//   CUVAE_TEST_OPENBLAS_FALLBACK=1  tests only: treat OPENBLAS_CORETYPE as if
-//                            OpenBLAS had picked that core itself (a CPU it
-//                            does not know), to test the restart end to end
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "cuvae/backends/cpu/cpu_features.h"
+#include "cuvae/backends/cpu/environment_check.h"
 
 namespace cuvae {
+
+// The environment's values that libgomp or OpenBLAS would ignore
+// (environment_check.h), errors and warnings, each one line; a restarted
+// process leaves out the warnings its first start printed. Call before
+// select_blas_kernel_at_startup.
+std::vector<EnvFinding> check_environment_at_startup();
 
 // Call first in main, before any thread starts. Does nothing when oneDNN
 // runs the GEMMs (cpu_gemm.h), since OpenBLAS's kernel then does not matter;

@@ -21,6 +21,7 @@ struct CpuFeatures {
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
   bool os_saves_ymm = false;  // XCR0: the OS saves the AVX registers
   bool os_saves_zmm = false;  // XCR0: ... and the AVX-512 ones
+  bool xeon_phi = false;      // AVX512ER and AVX512PF (Knights Landing; libxsmm's knl, knm targets)
 };
 
 // This CPU's, from cpuid and XGETBV (all false off x86-64).
