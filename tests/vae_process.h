@@ -357,6 +357,12 @@ inline std::vector<std::string> train_args(const std::string& data, const std::s
   return args;
 }
 
+// Waits until `path` exists (the child is past start-up), up to 60 s.
+inline bool wait_for_file(const std::string& path) {
+  for (int i = 0; i < 30000 && !fs::exists(path); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  return fs::exists(path);
+}
+
 // A PID whose process has exited and been reaped (no process has it now,
 // barring reuse within the test).
 inline pid_t dead_pid() {

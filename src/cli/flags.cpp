@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "cuvae/io/checkpoint.h"
 
@@ -75,6 +76,41 @@ CLI::Validator learning_rate() {
       return std::string();
     },
     "POSITIVE");
+}
+
+CLI::Validator list_of(const CLI::Validator& item, const std::string& description, bool ranges) {
+  return CLI::Validator(
+      [item, ranges](std::string& input) -> std::string {
+        std::vector<std::string> items;
+        size_t from = 0;
+        while (true) {
+          const size_t comma = input.find(',', from);
+          items.push_back(input.substr(from, comma == std::string::npos ? std::string::npos : comma - from));
+          if (comma == std::string::npos) break;
+          from = comma + 1;
+        }
+        std::string canonical;
+        for (size_t i = 0; i < items.size(); ++i) {
+          const std::string where = items.size() > 1 ? "item " + std::to_string(i + 1) + " of '" + input + "': " : "";
+          std::string text = items[i];
+          if (text.empty()) return where.empty() ? "must not be empty" : where + "is empty";
+          const size_t dash = ranges ? text.find('-', 1) : std::string::npos;
+          std::string first = text.substr(0, dash), last;
+          std::string problem = CLI::Validator(item)(first);
+          if (problem.empty() && dash != std::string::npos) {
+            last = text.substr(dash + 1);
+            problem = CLI::Validator(item)(last);
+            if (problem.empty() && std::stoull(last) < std::stoull(first)) {
+              problem = "the range " + text + " runs backwards";
+            }
+          }
+          if (!problem.empty()) return where + problem;
+          canonical += (i ? "," : "") + first + (last.empty() ? "" : "-" + last);
+        }
+        input = canonical;
+        return std::string();
+      },
+      description);
 }
 
 CLI::Validator unit_interval() {

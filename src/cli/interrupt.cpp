@@ -17,6 +17,7 @@ std::atomic<int> g_stop_signal{0};
 // of this run holds (-1: none yet), for what a second interrupt says.
 std::atomic<const char*> g_run_dir{nullptr};
 std::atomic<int64_t> g_checkpoint_step{-1};
+std::atomic<const char*> g_pack_dir{nullptr};
 
 void say(const char* text) {
   size_t n = 0;
@@ -32,7 +33,14 @@ extern "C" void on_stop_signal(int signal_number) {
     say("\nvae: second interrupt, exiting now");
     const char* dir = g_run_dir.load();
     const int64_t step = g_checkpoint_step.load();
-    if (dir != nullptr && step < 0) {
+    const char* pack = g_pack_dir.load();
+    if (pack != nullptr) {
+      say("; each model of the pack in ");
+      say(pack);
+      say(" keeps its last checkpoint, if any (vae train --resume ");
+      say(pack);
+      say(" continues them)");
+    } else if (dir != nullptr && step < 0) {
       say("; nothing of this run was saved: ");
       say(dir);
       say(" holds no checkpoint of it");
@@ -77,6 +85,8 @@ void set_interrupted_run(const std::string& out_dir, int64_t checkpoint_step) {
   g_checkpoint_step.store(checkpoint_step);
   g_run_dir.store(::strdup(out_dir.c_str()));  // kept for the process's life
 }
+
+void set_interrupted_pack(const std::string& pack_dir) { g_pack_dir.store(::strdup(pack_dir.c_str())); }
 
 void note_checkpoint_written(uint64_t step) { g_checkpoint_step.store(static_cast<int64_t>(step)); }
 

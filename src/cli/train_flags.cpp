@@ -5,6 +5,7 @@
 #include "cuvae/cli/commands.h"
 #include "cuvae/cli/flags.h"
 #include "cuvae/cli/train_command.h"
+#include "cuvae/cli/train_pack.h"
 #include "cuvae/model/trainer.h"
 
 namespace cuvae {
@@ -19,8 +20,8 @@ Command add_train_command(CLI::App& app) {
   CLI::Option* batch_opt = train_cmd->add_option("--batch-size", train->batch_size, "Images per step (the last partial batch of an epoch is dropped)")->transform(integer_in(1, TrainConfig::kMaxBatchSize))->capture_default_str();
   CLI::Option* latent_opt = train_cmd->add_option("--latent-dim", train->latent_dim, "Latent dimensions L, one per stochastic layer, bottom first (100,50: the IWAE paper's two-layer model)")->capture_default_str();
   CLI::Option* hidden_opt = train_cmd->add_option("--hidden", train->hidden, "Hidden layer widths of each stochastic layer's encoder and decoder, comma-separated, '/' between layers (200,200/100,100)")->capture_default_str();
-  CLI::Option* lr_opt = train_cmd->add_option("--lr", train->lr, "Adam step size alpha (with --schedule iwae: the first stage's)")->check(learning_rate())->capture_default_str();
-  CLI::Option* adam_eps_opt = train_cmd->add_option("--adam-eps", train->adam_eps, "Adam's epsilon (the IWAE paper: 1e-4)")->check(learning_rate())->capture_default_str();
+  CLI::Option* lr_opt = train_cmd->add_option("--lr", train->lr_list, "Adam step size alpha (with --schedule iwae: the first stage's); a comma-separated list trains a pack, one model per value")->check(list_of(learning_rate(), "POSITIVE[,...]"))->capture_default_str();
+  CLI::Option* adam_eps_opt = train_cmd->add_option("--adam-eps", train->adam_eps_list, "Adam's epsilon (the IWAE paper: 1e-4); a comma-separated list trains a pack")->check(list_of(learning_rate(), "POSITIVE[,...]"))->capture_default_str();
   CLI::Option* objective_opt = train_cmd->add_option("--objective", train->objective, "elbo (analytic KL, averaged over K samples), iwae (the K-sample importance-weighted bound), iwae-dreg (the same, DReG gradients for the encoder), miwae (M groups of K: the mean of M K-sample bounds; --outer-samples M), piwae (the decoder on IWAE over all M K samples, the encoder on MIWAE(M, K)) or ciwae (beta ELBO + (1 - beta) IWAE over K samples; --ciwae-beta)")->check(CLI::IsMember({"elbo", "iwae", "iwae-dreg", "miwae", "piwae", "ciwae"}))->capture_default_str();
   CLI::Option* samples_opt = train_cmd->add_option("--samples", train->samples, "K: samples of z per image, per group for miwae and piwae (the decoder runs on batch * M * K rows)")->transform(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
   CLI::Option* outer_samples_opt = train_cmd->add_option("--outer-samples", train->outer_samples, "M: groups of K samples per image (miwae and piwae only)")->transform(integer_in(1, ObjectiveConfig::kMaxSamples))->capture_default_str();
@@ -30,6 +31,7 @@ Command add_train_command(CLI::App& app) {
   CLI::Option* schedule_opt = train_cmd->add_option("--schedule", train->schedule, "constant, or iwae: 8 stages of 3^i epochs at lr 10^(-i/7) (3280 epochs; --epochs cuts it)")->check(CLI::IsMember({"constant", "iwae"}))->capture_default_str();
   CLI::Option* eval_every_opt = train_cmd->add_option("--eval-every", train->eval_every, "Evaluate the trained bound on the test set every N epochs and at the end (0: never)")->transform(integer_in(0, TrainConfig::kMaxEpochs))->capture_default_str();
   CLI::Option* seed_opt = train_cmd->add_option("--seed", train->seed, "Seed of every random draw (init, binarization, eps, shuffles)")->transform(unsigned_integer())->capture_default_str();
+  CLI::Option* seeds_opt = train_cmd->add_option("--seeds", train->seeds, "Train a pack, one model per seed, side by side in this process: 0-7, 0,3,5 or 0-3,8 (with list --lr/--adam-eps: every combination); each model in OUT/NAME (seed-3, lr-0.0003_seed-3), with the bits it has alone")->check(list_of(unsigned_integer(), "SEEDS", true));
   CLI::Option* max_steps_opt = train_cmd->add_option("--max-steps", train->max_steps, "Stop after this many steps in all, a resumed run's earlier steps included (0: no limit)")->transform(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
   CLI::Option* shuffle_opt = train_cmd->add_flag("--shuffle", train->shuffle, "Reshuffle the training images every epoch (default: dataset order, as the seed)");
   CLI::Option* checkpoint_every_opt = train_cmd->add_option("--checkpoint-every", train->checkpoint_every, "Write OUT/checkpoint.safetensors every N steps (0: at the end of every epoch; always at the end and on Ctrl-C)")->transform(integer_in(0, std::numeric_limits<int64_t>::max(), "NONNEGATIVE"))->capture_default_str();
@@ -57,6 +59,10 @@ Command add_train_command(CLI::App& app) {
             train->given_init = init_opt->count() > 0;
             train->given_schedule = schedule_opt->count() > 0;
             train->given_seed = seed_opt->count() > 0;
+            train->given_seeds = seeds_opt->count() > 0;
+            // One value: the run's own; more: a pack's (checked there).
+            train->lr = parse_rate_list(train->lr_list, "--lr").front();
+            train->adam_eps = parse_rate_list(train->adam_eps_list, "--adam-eps").front();
             train->given_shuffle = shuffle_opt->count() > 0;
             train->given_epochs = epochs_opt->count() > 0;
             train->given_max_steps = max_steps_opt->count() > 0;

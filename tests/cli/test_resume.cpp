@@ -294,12 +294,6 @@ TEST_F(Resume, ContradictoryOrMistakenResumeFlagsAreNamed) {
   EXPECT_EQ(load_checkpoint(dir_ / "other/checkpoint.safetensors").step, 4u);
 }
 
-// Waits until `path` exists (the child is past start-up), up to 60 s.
-bool wait_for_file(const std::string& path) {
-  for (int i = 0; i < 30000 && !fs::exists(path); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  return fs::exists(path);
-}
-
 TEST_F(Resume, FirstInterruptCheckpointsAndResumesExactly) {
   for (const int signal_number : {SIGINT, SIGTERM}) {
     SCOPED_TRACE(signal_number == SIGINT ? "SIGINT" : "SIGTERM");

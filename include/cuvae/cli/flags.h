@@ -22,6 +22,9 @@ CLI::Validator unsigned_integer();
 CLI::Validator learning_rate();
 // A path or name that is not empty.
 CLI::Validator non_empty();
+// A comma-separated list whose items `item` accepts, each once (--lr 1e-3,3e-4);
+// with `ranges`, an item may be a range A-B of integers (--seeds 0-7).
+CLI::Validator list_of(const CLI::Validator& item, const std::string& description, bool ranges = false);
 // A number in [0, 1] (ciwae's beta).
 CLI::Validator unit_interval();
 

@@ -21,5 +21,8 @@ int stop_requested();
 // nothing was saved), then each checkpoint as it is written.
 void set_interrupted_run(const std::string& out_dir, int64_t checkpoint_step);
 void note_checkpoint_written(uint64_t step);
+// A pack's folder instead (train_pack.h): each model's checkpoint is in its
+// own folder under it.
+void set_interrupted_pack(const std::string& pack_dir);
 
 }  // namespace cuvae

@@ -16,6 +16,9 @@ struct TrainOptions {
   std::string hidden = "200,200";  // each layer's widths, '/' between layers
   double lr = 1e-3;
   double adam_eps = 1e-8;
+  // Lists train a pack (train_pack.h): --lr and --adam-eps as given (one
+  // value: lr and adam_eps above), --seeds (empty: not given).
+  std::string lr_list = "0.001", adam_eps_list = "1e-08", seeds;
   std::string objective = "elbo";      // elbo, iwae, iwae-dreg, miwae, piwae, ciwae
   int samples = 1;                     // K
   int outer_samples = 1;               // M (miwae, piwae)
@@ -47,7 +50,7 @@ struct TrainOptions {
        given_objective = false, given_samples = false, given_activation = false,
        given_init = false, given_schedule = false, given_outer_samples = false,
        given_ciwae_beta = false, given_eval_every = false, given_checkpoint_every = false,
-       given_image_scale = false;
+       given_image_scale = false, given_seeds = false;
 };
 
 // Runs training as the options say, printing progress to stdout. Returns the
