@@ -23,6 +23,7 @@
 #include "cuvae/error.h"
 #include "cuvae/io/atomic_file.h"
 #include "cuvae/io/idx.h"
+#include "cuvae/model/side_by_side.h"
 #include "cuvae/model/trainer.h"
 #include "cuvae/timing.h"
 
@@ -186,6 +187,89 @@ Result bench_one(Backend& backend, const IdxImages& images, int batch, const Ben
   return r;
 }
 
+// A pack of `models` models (seeds 0..models-1) against the same models
+// trained one after another: images/s of each way, alternated within each
+// repetition (a busy machine slows both alike), the medians reported.
+struct PackResult {
+  double alone_per_s = 0, pack_per_s = 0;
+  size_t bytes = 0;  // the pack's model buffers
+};
+
+PackResult bench_pack(const std::string& device, const IdxImages& images, int batch, int models,
+                      const BenchOptions& o) {
+  TrainConfig config;
+  config.batch_size = batch;
+  config.objective = bench_objective(o);
+  config.arch.set_layers(o.latent_dim, o.hidden);
+  config.arch.activation = parse_activation(o.activation, "--activation");
+  config.arch.validate();
+  TrainerOptions options;
+  options.step_graph = o.cuda_graph;
+  std::vector<std::unique_ptr<Backend>> backends;
+  std::vector<std::unique_ptr<Trainer>> trainers;
+  for (int m = 0; m < models; ++m) {
+    backends.push_back(make_backend(device));
+    config.seed = static_cast<uint64_t>(m);
+    trainers.push_back(std::make_unique<Trainer>(*backends.back(), config, images, options));
+  }
+  const bool cpu = device == "cpu";
+  auto steps_of = [&](int m, int steps) {
+    for (int s = 0; s < steps; ++s) trainers[m]->step();
+    backends[m]->synchronize();
+  };
+  for (int m = 0; m < models; ++m) steps_of(m, (trainers[m]->step_recorded() ? 2 : 0) + o.warmup_steps);
+  const double images_per_round = static_cast<double>(models) * o.steps * batch;
+  std::vector<double> alone, pack;
+  for (int rep = 0; rep < o.repeats; ++rep) {
+    auto start = Clock::now();
+    for (int m = 0; m < models; ++m) steps_of(m, o.steps);
+    alone.push_back(images_per_round / seconds_since(start));
+    start = Clock::now();
+    side_by_side(models, cpu, [&](int m) { steps_of(m, o.steps); });
+    pack.push_back(images_per_round / seconds_since(start));
+  }
+  PackResult r;
+  r.alone_per_s = median(alone);
+  r.pack_per_s = median(pack);
+  r.bytes = static_cast<size_t>(models) * model_bytes(config.arch, batch, config.objective.total_samples());
+  return r;
+}
+
+// The --models table of one device.
+void print_pack_table(const std::string& device, const IdxImages& images, const BenchOptions& o,
+                      nlohmann::json* json) {
+  std::printf("%6s %6s %8s %16s %16s %10s %12s\n", "models", "batch", "threads", "one after another",
+              "side by side", "pack/alone", "memory MiB");
+  for (int batch : o.batch_sizes) {
+    for (int models : o.models) {
+      const PackResult r = bench_pack(device, images, batch, models, o);
+      const int threads = side_by_side_threads(models, device == "cpu");
+      std::printf("%6d %6d %8d %16.0f %16.0f %9.2fx %12.1f\n", models, batch, threads, r.alone_per_s, r.pack_per_s,
+                  r.pack_per_s / r.alone_per_s, static_cast<double>(r.bytes) / (1 << 20));
+      std::fflush(stdout);
+      (*json)["packs"].push_back({{"device", device}, {"models", models}, {"batch", batch}, {"threads", threads},
+                                  {"alone_images_per_s", r.alone_per_s}, {"pack_images_per_s", r.pack_per_s},
+                                  {"memory_bytes", r.bytes}});
+    }
+  }
+  std::printf("\nimages/s of all the models together (median of %d repetitions of %d steps per model, the two "
+              "ways alternated):\none after another: each model's steps alone, on every thread; side by side: "
+              "the pack's way, one model per\nthread (CPU) or per stream (GPU); memory: the models' buffers "
+              "(parameters, Adam, activations).\n",
+              o.repeats, o.steps);
+}
+
+void write_json(const BenchOptions& o, const nlohmann::json& json) {
+  if (o.json.empty()) return;
+  // --data need not be UTF-8, which JSON requires: bad bytes become U+FFFD.
+  const std::string text = json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  try {
+    write_file_atomically(o.json, text.data(), text.size());
+  } catch (const Error& e) {
+    throw Error(std::string("--json: ") + e.what());
+  }
+}
+
 // GFLOP/s of one large square SGEMM (n = 2048 on the CPU, 8192 on a GPU),
 // median of 5: the backend's attainable matrix-multiply peak.
 double square_sgemm_gflops(Backend& backend) {
@@ -261,6 +345,11 @@ int run_bench_command(const BenchOptions& o) {
                                                           " x --samples " + std::to_string(o.samples)
                                                     : "--samples " + std::to_string(o.samples)});
     }
+    if (!o.models.empty()) {
+      std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
+      print_pack_table(device, images, o, &json);
+      continue;
+    }
     const double peak = square_sgemm_gflops(*backend);
     std::printf("\n%s: %s\n", device.c_str(), backend->description().c_str());
     std::printf("%s GEMMs%s%s%s; large square SGEMM: %.0f GFLOP/s\n", tf32 ? "TF32" : "FP32",
@@ -310,21 +399,17 @@ int run_bench_command(const BenchOptions& o) {
                   fusion.fused, fusion.unfused);
     }
   }
+  if (!o.models.empty()) {
+    write_json(o, json);
+    return 0;
+  }
   std::printf("\nsamples/s: median training throughput; gemm/other ms: one step's time in GEMMs and in\n"
               "everything else, from a profiled run (synchronized around every call, no CUDA Graph,\n"
               "no cuBLASLt epilogues);\n"
               "gemm alone: the step's GEMM shapes replayed without the rest; rest%%: 1 - gemm alone / step,\n"
               "the share of the real (unprofiled) step that is not GEMM time; floor: the step's GEMM\n"
               "FLOPs at the large square SGEMM's rate; step/floor: how far the step is from it.\n");
-  if (!o.json.empty()) {
-    // --data need not be UTF-8, which JSON requires: bad bytes become U+FFFD.
-    const std::string text = json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    try {
-      write_file_atomically(o.json, text.data(), text.size());
-    } catch (const Error& e) {
-      throw Error(std::string("--json: ") + e.what());
-    }
-  }
+  write_json(o, json);
   return 0;
 }
 
@@ -350,8 +435,16 @@ Command add_bench_command(CLI::App& app) {
   bench_cmd->add_option("--latent-dim", bench->latent_dim, "Latent units; one per stochastic layer, bottom first (100,50)")->check(non_empty())->capture_default_str();
   bench_cmd->add_option("--hidden", bench->hidden, "Hidden widths under each stochastic layer, '/' between layers (200,200/100,100)")->check(non_empty())->capture_default_str();
   bench_cmd->add_flag("--cuda-graph,!--no-cuda-graph", bench->cuda_graph, "Replay each step as a CUDA Graph (default)");
-  return {bench_cmd, [bench, bench_batches] {
+  auto bench_models = std::make_shared<std::string>();
+  bench_cmd->add_option("--models", *bench_models, "Packs of these many models (e.g. 1,2,4,8,16) against the same models one after another, instead of the per-step breakdown")->check(non_empty());
+  return {bench_cmd, [bench, bench_batches, bench_models] {
             bench->batch_sizes = parse_widths(*bench_batches, "--batch-sizes");
+            if (!bench_models->empty()) {
+              bench->models = parse_widths(*bench_models, "--models", "1,2,4,8");
+              for (int m : bench->models) {
+                if (m > 64) throw Error("--models " + *bench_models + ": at most 64 models per pack here");
+              }
+            }
             return run_bench_command(*bench);
           }};
 }

@@ -12,8 +12,6 @@
 // the others go on.
 #include "cuvae/cli/train_pack.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -33,6 +31,7 @@
 #include "cuvae/cli/train_run.h"
 #include "cuvae/error.h"
 #include "cuvae/io/atomic_file.h"
+#include "cuvae/model/side_by_side.h"
 
 namespace cuvae {
 
@@ -120,10 +119,7 @@ int train_pack_epoch(std::vector<std::unique_ptr<PreparedRun>>& runs, std::vecto
     }
   }
   std::vector<int> status(runs.size(), 0);
-  const int n = static_cast<int>(chosen.size());
-  const int threads = cpu ? std::max(1, std::min(n, omp_get_max_threads())) : std::max(1, n);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int c = 0; c < n; ++c) {
+  side_by_side(static_cast<int>(chosen.size()), cpu, [&](int c) {
     const int i = chosen[c];
     try {
       status[i] = runs[i]->train_epoch(epoch);
@@ -132,7 +128,7 @@ int train_pack_epoch(std::vector<std::unique_ptr<PreparedRun>>& runs, std::vecto
     } catch (const std::exception& e) {
       failures[i] = e.what();
     }
-  }
+  });
   for (int s : status) {
     if (s != 0) return s;
   }
@@ -311,7 +307,7 @@ int run_pack(const TrainOptions& o) {
   }
   const bool cpu = runs[0]->backend_name() == "cpu";
   std::cout << "pack: " << runs.size() << " models in " << root << ", "
-            << (cpu ? "side by side on " + std::to_string(std::min(static_cast<int>(runs.size()), omp_get_max_threads())) +
+            << (cpu ? "side by side on " + std::to_string(side_by_side_threads(static_cast<int>(runs.size()), true)) +
                           " CPU threads (each model's own work on one)"
                     : std::string("one stream and host thread each")) << ": " << [&] {
                  std::string list;
@@ -320,8 +316,6 @@ int run_pack(const TrainOptions& o) {
                  return list;
                }() << "\n";
   std::cout.flush();  // a second interrupt exits without flushing
-  // Nested regions (each member's loops and GEMMs) run on their member's thread.
-  omp_set_max_active_levels(1);
   std::vector<std::string> failures(runs.size());
   int first = runs[0]->first_epoch(), last = runs[0]->last_epoch();
   for (const auto& run : runs) {

@@ -4,7 +4,9 @@
 // the vae binary on a small generated data set.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <sstream>
 
 #include "cuvae/cli/train_command.h"
 #include "cuvae/cli/train_pack.h"
@@ -169,6 +171,70 @@ TEST_F(Pack, ADivergedModelStopsAloneWithItsReason) {
   EXPECT_TRUE(fs::exists(pack + "/lr-0.001/task_3_3_4.png")) << describe(r);
   EXPECT_EQ(checkpoint(pack + "/lr-0.001").step, 24u);
   EXPECT_TRUE(contains(r.out, "pack: 1 of 2 models trained in " + pack + ", 1 failed")) << r.out;
+}
+
+// vae eval of a pack: each model's line and JSON, then per configuration
+// (the lr here) the mean and standard error over its seeds; each model's
+// numbers are the ones it gets evaluated alone.
+TEST_F(Pack, EvalOfAPackReportsEachModelAndTheMeanOverSeeds) {
+  const std::string pack = dir_ / "pack";
+  expect_success(run_vae(pack_args(data_, pack, {{"--seeds", "0-2"}, {"--lr", "1e-3,3e-3"}, {"--max-steps", "4"}}),
+                         dir_.path()));
+  const RunResult r = run_vae({"eval", "--model", pack, "--data", data_, "--k", "5", "--device", "cpu"}, dir_.path());
+  expect_success(r);
+  std::map<std::string, double> nll;
+  std::istringstream lines(r.out);
+  std::string line, summary;
+  while (std::getline(lines, line)) {
+    if (line.rfind("{\"configurations\"", 0) == 0) summary = line;
+    const size_t at = line.find("\"nll\":");
+    const size_t model = line.find("\"model\":\"");
+    if (line.rfind("{", 0) == 0 && at != std::string::npos && model != std::string::npos) {
+      const std::string path = line.substr(model + 9, line.find('"', model + 9) - model - 9);
+      nll[path] = std::stod(line.substr(at + 6));
+    }
+  }
+  ASSERT_EQ(nll.size(), 6u) << r.out;
+  EXPECT_TRUE(contains(r.out, "lr-0.003_seed-2: On ")) << r.out;
+  ASSERT_FALSE(summary.empty()) << r.out;
+  EXPECT_TRUE(contains(r.out, "3 models (lr-0.001_seed-0, lr-0.001_seed-1, lr-0.001_seed-2)")) << r.out;
+  EXPECT_TRUE(contains(summary, "lr 0.001,")) << summary;
+  EXPECT_TRUE(contains(summary, "lr 0.003,")) << summary;
+  double mean = 0;
+  for (int seed = 0; seed < 3; ++seed) mean += nll[pack + "/lr-0.003_seed-" + std::to_string(seed) + "/model.safetensors"];
+  mean /= 3;
+  const size_t second = summary.find("lr 0.003,");
+  const size_t at = summary.find("\"nll_mean\":", second);
+  ASSERT_NE(at, std::string::npos) << summary;
+  EXPECT_NEAR(std::stod(summary.substr(at + 11)), mean, 1e-9 * std::abs(mean)) << summary;
+  // One of them alone: the same numbers.
+  const std::string one = pack + "/lr-0.003_seed-1/model.safetensors";
+  const RunResult alone = run_vae({"eval", "--model", one, "--data", data_, "--k", "5", "--device", "cpu"}, dir_.path());
+  expect_success(alone);
+  const size_t a = alone.out.find("\"nll\":");
+  ASSERT_NE(a, std::string::npos) << alone.out;
+  EXPECT_EQ(std::stod(alone.out.substr(a + 6)), nll[one]);
+  EXPECT_FALSE(contains(alone.out, "configurations")) << "one model: no summary";
+  // A run's folder that is not a pack is named as such.
+  expect_one_line_error(run_vae({"eval", "--model", pack + "/lr-0.003_seed-1", "--data", data_}, dir_.path()),
+                        {"--model", "pack.json"}, {"not a pack"});
+  expect_one_line_error(
+      run_vae({"eval", "--model", pack, "--data", data_, "--per-image", dir_ / "x.csv"}, dir_.path()),
+      {"--per-image"}, {"one --model"});
+}
+
+// vae bench --models: the pack's images/s against the same models one after
+// another, and the memory they take.
+TEST_F(Pack, BenchTimesPacksAgainstTheModelsOneAfterAnother) {
+  const RunResult r = run_vae({"bench", "--device", "cpu", "--batch-sizes", "20", "--models", "1,3", "--steps", "2",
+                               "--repeats", "1", "--warmup", "0", "--data", data_, "--json", dir_ / "b.json"},
+                              dir_.path());
+  expect_success(r);
+  EXPECT_TRUE(contains(r.out, "one after another")) << r.out;
+  const std::string json = read_file(dir_ / "b.json");
+  EXPECT_TRUE(contains(json, "\"pack_images_per_s\"")) << json;
+  EXPECT_TRUE(contains(json, "\"models\": 3")) << json;
+  expect_one_line_error(run_vae({"bench", "--device", "cpu", "--models", "0"}, dir_.path()), {"--models"}, {});
 }
 
 TEST_F(Pack, BadFlagsAreOneLineNamingTheFlag) {

@@ -28,6 +28,9 @@ struct BenchOptions {
   // "200,200/100,100" for two stochastic layers).
   std::string latent_dim = "50";
   std::string hidden = "200,200";
+  // Packs of these many models against the same models one after another
+  // (instead of the per-step breakdown); empty: none.
+  std::vector<int> models;
 };
 
 // Prints, per backend and batch size: samples/s (median of the repetitions,
