@@ -220,10 +220,17 @@ PackResult bench_pack(const std::string& device, const IdxImages& images, int ba
   for (int m = 0; m < models; ++m) steps_of(m, (trainers[m]->step_recorded() ? 2 : 0) + o.warmup_steps);
   const double images_per_round = static_cast<double>(models) * o.steps * batch;
   std::vector<double> alone, pack;
+  // Each way as train runs it: alone, the thread count following the load;
+  // side by side, one thread per model (train_pack.cpp).
+  auto adaptive = [&](bool on) {
+    for (auto& backend : backends) backend->set_adaptive_threads(on);
+  };
   for (int rep = 0; rep < o.repeats; ++rep) {
+    adaptive(true);
     auto start = Clock::now();
     for (int m = 0; m < models; ++m) steps_of(m, o.steps);
     alone.push_back(images_per_round / seconds_since(start));
+    adaptive(side_by_side_threads(models, cpu) == 1);
     start = Clock::now();
     side_by_side(models, cpu, [&](int m) { steps_of(m, o.steps); });
     pack.push_back(images_per_round / seconds_since(start));
@@ -238,6 +245,7 @@ PackResult bench_pack(const std::string& device, const IdxImages& images, int ba
 // The --models table of one device.
 void print_pack_table(const std::string& device, const IdxImages& images, const BenchOptions& o,
                       nlohmann::json* json) {
+  side_by_side_threads(1, true);  // reads OpenMP's count before any thread tuner moves it
   std::printf("%6s %6s %8s %16s %16s %10s %12s\n", "models", "batch", "threads", "one after another",
               "side by side", "pack/alone", "memory MiB");
   for (int batch : o.batch_sizes) {

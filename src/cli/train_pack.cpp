@@ -291,10 +291,11 @@ int run_pack(const TrainOptions& o) {
   set_interrupted_pack(root);
   // Every member set up (its flags and checkpoint checked, its folder locked)
   // before the member list is written: a pack refused here leaves nothing.
+  side_by_side_threads(1, true);  // reads OpenMP's count before any member runs
   std::vector<std::unique_ptr<PreparedRun>> runs;
   std::shared_ptr<const TrainData> data;
   for (size_t i = 0; i < options.size(); ++i) {
-    RunStyle style{names[i] + ": ", true, i > 0};
+    RunStyle style{names[i] + ": ", true, i > 0, side_by_side_threads(static_cast<int>(options.size()), true) == 1};
     runs.push_back(prepare_run(options[i], style, data));
     if (i == 0) data = runs[0]->data();
   }

@@ -657,6 +657,7 @@ class PreparedRunImpl : public PreparedRun {
     check_train_data(run_, *data_);
     std::ostringstream quiet;
     backend_ = open_backend(o_.device, style.quiet ? quiet : std::cout);
+    backend_->set_adaptive_threads(style.adaptive_threads);
     if (!style.quiet) {
       std::cout << "data: " << run_.data << ": "
                 << (data_->dataset == "unknown" ? "not a known data set" : data_->dataset) << " ("

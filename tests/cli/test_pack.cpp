@@ -8,6 +8,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "cuvae/backends/backend.h"
 #include "cuvae/cli/train_command.h"
 #include "cuvae/cli/train_pack.h"
 #include "cuvae/error.h"
@@ -157,6 +158,27 @@ TEST_F(Pack, SigintCheckpointsEveryModelAndTheResumeIsExact) {
                          dir_.path()));
   for (const char* name : {"seed-0", "seed-1", "seed-2"}) {
     expect_same_state(checkpoint(whole + "/" + name), checkpoint(pack + "/" + name), name);
+  }
+}
+
+// On the GPU each member runs on its own stream from its own host thread,
+// each step a CUDA Graph recorded there: the same kernels as alone, so the
+// same bits as alone; and a resumed pack ends as one never stopped.
+TEST_F(Pack, OnTheGpuEachModelHasTheBitsItHasAlone) {
+  std::string why_not;
+  if (!cuda_available(&why_not)) GTEST_SKIP() << "CUDA test skipped: " << why_not;
+  const std::string pack = dir_ / "pack";
+  expect_success(run_vae(pack_args(data_, pack, {{"--seeds", "0-3"}, {"--device", "cuda"}}), dir_.path()));
+  const std::string alone = dir_ / "alone";
+  expect_success(run_vae(pack_args(data_, alone, {{"--seed", "2"}, {"--device", "cuda"}}), dir_.path()));
+  expect_same_state(checkpoint(alone), checkpoint(pack + "/seed-2"), "seed-2 on cuda");
+  const std::string halves = dir_ / "halves";
+  expect_success(
+      run_vae(pack_args(data_, halves, {{"--seeds", "0-3"}, {"--device", "cuda"}, {"--max-steps", "11"}}), dir_.path()));
+  expect_success(run_vae({"train", "--resume", halves, "--data", data_, "--max-steps", "0", "--device", "cuda"},
+                         dir_.path()));
+  for (const char* name : {"seed-0", "seed-1", "seed-2", "seed-3"}) {
+    expect_same_state(checkpoint(pack + "/" + name), checkpoint(halves + "/" + name), name);
   }
 }
 

@@ -247,6 +247,12 @@ class Backend {
   // Side-branch calls on a second stream (the CUDA backend); false if this
   // backend cannot do what is asked. Not inside a step.
   virtual bool set_two_branch(bool on) { return !on; }
+  // Whether the CPU backend's training steps follow the load with their
+  // thread count (thread_tuner.h; its default where CUVAE_THREADS allows).
+  // A pack's members run side by side, one thread each (side_by_side.h):
+  // there the tuner only costs (a pack of 2 at batch 20 ran at half the
+  // speed with it). Never changes the numbers.
+  virtual void set_adaptive_threads(bool on) { (void)on; }
 };
 
 // A typed backend allocation, freed on destruction.

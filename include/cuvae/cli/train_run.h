@@ -23,6 +23,9 @@ struct RunStyle {
   std::string prefix;  // "seed-3: " in a pack
   bool member = false;
   bool quiet = false;  // no set-up lines (a pack's members after the first)
+  // The CPU backend's thread count follows the load (off where a pack runs
+  // its members side by side, one thread each).
+  bool adaptive_threads = true;
 };
 
 class PreparedRun {

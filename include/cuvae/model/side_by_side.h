@@ -14,7 +14,9 @@ namespace cuvae {
 
 void side_by_side(int n, bool cpu, const std::function<void(int)>& body);
 
-// The threads side_by_side(n, cpu, ...) runs on.
+// The threads side_by_side(n, cpu, ...) runs on: on the CPU at most
+// OpenMP's thread count as first read (call it before any CPU backend's
+// thread tuner runs: the tuner moves the calling thread's count).
 int side_by_side_threads(int n, bool cpu);
 
 }  // namespace cuvae

@@ -334,13 +334,15 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend()
       : max_threads_(omp_get_max_threads()),
-        adaptive_(cpu_gemm_is_blocked() && adaptive_threads_requested() && max_threads_ > 1),
+        adaptive_allowed_(cpu_gemm_is_blocked() && adaptive_threads_requested() && max_threads_ > 1),
+        adaptive_(adaptive_allowed_),
         tuner_(max_threads_) {}
   ~CpuBackend() override {
-    if (adaptive_) omp_set_num_threads(max_threads_);
+    if (adaptive_allowed_) omp_set_num_threads(max_threads_);
   }
   std::string name() const override { return "cpu"; }
   bool memory_is_host() const override { return true; }
+  void set_adaptive_threads(bool on) override { adaptive_ = on && adaptive_allowed_; }
   size_t memory_bytes() const override {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
@@ -626,7 +628,8 @@ class CpuBackend final : public Backend {
   }
 
   const int max_threads_;
-  const bool adaptive_;
+  const bool adaptive_allowed_;
+  bool adaptive_;
   ThreadTuner tuner_;
   bool has_last_step_ = false;
   std::chrono::steady_clock::time_point last_step_;

@@ -93,6 +93,7 @@ class ProfilingBackend final : public Backend {
   // the base's no-ops; the inner backend's two-branch setting is still set,
   // for the unprofiled runs that share it.
   bool set_two_branch(bool on) override { return inner_.set_two_branch(on); }
+  void set_adaptive_threads(bool on) override { inner_.set_adaptive_threads(on); }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                  const AdamStep& step) override;
 
