@@ -730,8 +730,9 @@ def draw(spec, summary, png_path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise BadInput("matplotlib is not installed (Debian: apt-get install python3-matplotlib); "
-                       "the CSV is written, give --png '' to skip the chart")
+        say(f"note: no {png_path}: matplotlib is not installed for {sys.executable} "
+            "(Debian: apt-get install python3-matplotlib)")
+        return
     has_nll = any(s[3] is not None for s in summary)
     panels = [("final training bound (nats, higher is better)", 1, 2, 5)]
     if has_nll:
@@ -789,6 +790,17 @@ def parse_options(command, rest, allowed, switches=()):
     return options
 
 
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv):
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -817,6 +829,13 @@ def main(argv):
         if command == "status":
             return print_status(spec, opts.get("--pending", False))
         if command == "collect":
+            if opts.get("--png", "x") and not has_matplotlib() and \
+                    os.path.exists(SYSTEM_PYTHON) and not os.environ.get("CUVAE_SWEEP_REEXEC") and \
+                    os.path.realpath(sys.executable) != os.path.realpath(SYSTEM_PYTHON):
+                # As vae's charts do: a python3 first on PATH without matplotlib
+                # (a pyenv one, say), then the system's, which Debian's package serves.
+                os.environ["CUVAE_SWEEP_REEXEC"] = "1"
+                os.execv(SYSTEM_PYTHON, [SYSTEM_PYTHON, os.path.abspath(__file__)] + argv)
             csv_path = opts.get("--csv", os.path.join(spec["out"], "results.csv"))
             png_path = opts.get("--png", os.path.join(spec["out"], "results.png"))
             collect(spec, csv_path, png_path)
@@ -837,4 +856,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        code = main(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # A reader that stopped reading (status | head): no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
