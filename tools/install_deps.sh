@@ -13,13 +13,16 @@
 # runtimes, which --no-install-recommends would leave out) are for
 # tools/fuzz/fuzz.sh, which tools/test.sh runs. python3-matplotlib draws the charts
 # (tools/plot.py: training_curve.png, latents.png); without it they are
-# skipped with a note and their tests skip. Fashion-MNIST's Debian package is
+# skipped with a note and their tests skip. slurm-wlm and munge are Slurm
+# for tests/slurm/slurm_test.sh, which starts its own slurmctld, slurmd and
+# munged as root and stops them (it skips without them, or without root).
+# Fashion-MNIST's Debian package is
 # installed by tools/fetch_data.sh when asked for.
 set -euo pipefail
 
 packages=(g++ cmake make git libopenblas-dev libopenblas-openmp-dev libxsmm-dev libdnnl-dev libstb-dev libcli11-dev nlohmann-json3-dev
           zlib1g-dev libgtest-dev libbenchmark-dev ca-certificates
-          clang libclang-rt-dev python3-matplotlib)
+          clang libclang-rt-dev python3-matplotlib slurm-wlm munge)
 if [[ "${1:-}" == "--torch" ]]; then
   packages+=(python3-torch python3-numpy)
 fi

@@ -20,7 +20,13 @@ jobs="${JOBS:-$(nproc)}"
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build_dir" -j "$jobs"
 export CUVAE_MNIST_DIR="$PWD/data/mnist"
-ctest --test-dir "$build_dir" -j "$jobs" --output-on-failure
+rm -f "$build_dir/slurm_test_result.txt"
+status=0
+ctest --test-dir "$build_dir" -j "$jobs" --output-on-failure || status=$?
+# Whether the Slurm test (tests/slurm/slurm_test.sh) ran here or was skipped, and why.
+echo "test: SweepSlurm, the sweep under a real Slurm: $(cat "$build_dir/slurm_test_result.txt" 2>/dev/null ||
+  echo "no result (not run)")"
+((status == 0)) || exit "$status"
 
 if [[ "${CUVAE_SKIP_SANITIZE:-0}" != 1 ]]; then
   echo "test: the suite under ASan + LSan + UBSan (build-asan; CUVAE_SKIP_SANITIZE=1 skips)"
