@@ -4,6 +4,8 @@
 
 #include <iostream>
 
+#include "cuvae/error.h"
+
 #include "cuvae/cli/interrupt.h"
 #include "cuvae/cli/train_pack.h"
 #include "cuvae/cli/train_run.h"
@@ -13,6 +15,10 @@ namespace cuvae {
 int run_train_command(const TrainOptions& o) {
   install_interrupt_handlers();
   if (is_pack(o)) return run_pack(o);
+  if (o.given_seeds || pack_members(o).size() > 1) {  // only --resume of one run gets here
+    throw Error("--seeds and lists of --lr or --adam-eps train a pack, but --resume " + o.resume +
+                " continues one run (no pack.json there): give neither");
+  }
   const std::unique_ptr<PreparedRun> run = prepare_run(o, RunStyle{}, nullptr);
   std::cout.flush();  // a second interrupt exits without flushing
   for (int epoch = run->first_epoch(); epoch <= run->last_epoch(); ++epoch) {

@@ -280,6 +280,9 @@ TEST_F(Pack, BadFlagsAreOneLineNamingTheFlag) {
                         {"holds a pack"});
   expect_one_line_error(run_vae({"train", "--resume", pack, "--data", data_, "--seeds", "0-3"}, dir_.path()),
                         {"--resume " + pack}, {"own members"});
+  expect_one_line_error(
+      run_vae({"train", "--resume", pack + "/seed-0", "--data", data_, "--lr", "1e-3,2e-3"}, dir_.path()),
+      {"--resume " + pack + "/seed-0"}, {"one run"});
   write_file(fs::path(pack) / "pack.json", "{\"members\": 3}");
   expect_one_line_error(run_vae({"train", "--resume", pack, "--data", data_}, dir_.path()), {"pack.json"},
                         {"not a pack"});
