@@ -37,6 +37,15 @@ itself (scontrol requeue). A SIGTERM from Slurm itself (scancel, scontrol
 requeue, preemption) reaches vae directly; the task does not pass it on
 (vae's second SIGTERM would exit without a checkpoint).
 
+With "pack": true (or a number >= the number of seeds) a task trains one
+configuration's seeds as one pack, in one vae process (vae train --seeds
+S1,S2,... --out OUT/CONFIG; the runs stay OUT/CONFIG/seed-S). Its task is
+idempotent too: every run finished, nothing; OUT/CONFIG/pack.json there and
+every member with a checkpoint, vae train --resume OUT/CONFIG (the spec's
+--lr and --adam-eps checked here against each checkpoint: vae takes neither
+with a pack's --resume); otherwise the pack is started, with --overwrite when
+a first start left some members with a checkpoint and others without.
+
 Bad input: one line "sweep: error: ..." naming the field, exit 2.
 """
 
@@ -63,7 +72,8 @@ SLURM_FIELDS = ("time", "partition", "signal_seconds", "max_parallel", "cpus_per
 RESERVED_TRAIN = {"out": "the sweep puts each run in OUT/CONFIG/seed-S",
                   "resume": "the sweep resumes a run that has a checkpoint",
                   "overwrite": "the sweep never starts a run over",
-                  "seed": "give the spec's 'seeds'", "data": "give the spec's 'data'",
+                  "seed": "give the spec's 'seeds'", "seeds": "give the spec's 'seeds' (and 'pack')",
+                  "data": "give the spec's 'data'",
                   "device": "give the spec's 'device'", "help": "not a training flag"}
 RESERVED_EVAL = {"model": "the run's model.safetensors", "data": "give the spec's 'data'",
                  "device": "give the spec's 'device'", "per-image": "not kept by the sweep",
@@ -244,8 +254,20 @@ def load_spec(path, check_vae=True):
     if spec["device"] not in ("cpu", "cuda"):
         raise BadInput(f"device: '{spec['device']}' is not cpu or cuda")
     spec["threads"] = positive(raw["threads"], "threads", 1, 4096) if "threads" in raw else None
-    spec["pack"] = positive(raw.get("pack", 1), "pack", 1, 4096)
     spec["seeds"] = parse_seeds(raw["seeds"])
+    spec["pack"] = raw.get("pack", 1)
+    if spec["pack"] is not True:
+        positive(spec["pack"], "pack", 1, 1024)
+    # pack_size: the runs of one task. A pack is one configuration's seeds in
+    # OUT/CONFIG, the pack's folder: a configuration's seeds cannot be split.
+    spec["pack_size"] = len(spec["seeds"]) if spec["pack"] is True or spec["pack"] > 1 else 1
+    if spec["pack"] is not True and 1 < spec["pack"] < len(spec["seeds"]):
+        raise BadInput(f"pack: {spec['pack']} is fewer than the {len(spec['seeds'])} seeds; a pack trains "
+                       "all seeds of one configuration in one vae process, in OUT/CONFIG (the pack's "
+                       "folder), so a configuration's seeds cannot be split over packs; give 1 (one run "
+                       f"per task), or true or a number >= {len(spec['seeds'])} (one pack per configuration)")
+    if spec["pack"] is not True and spec["pack"] > 1 and len(spec["seeds"]) == 1:
+        spec["pack_size"] = 1  # one seed: the run alone, a pack of one is no gain
     common = want(raw.get("common", {}), "object", "common")
     configs = want(raw["configs"], "object", "configs")
     if not configs:
@@ -288,24 +310,28 @@ def load_spec(path, check_vae=True):
             merged.update(flags)
             flag_args(flags, train_flags, RESERVED_TRAIN, f"configs.{config}", "train")
             args = flag_args(merged, train_flags, RESERVED_TRAIN, f"configs.{config}", "train")
+            for key in ("lr", "adam-eps"):
+                if "," in str(merged.get(key, "")):
+                    where = f"configs.{config}" if key in flags else "common"
+                    raise BadInput(f"{where}.{key}: '{merged[key]}' is a list: vae would train a pack of "
+                                   "several models in each run's folder; give one value per configuration "
+                                   "(one configuration per value)")
             runs += [Run(spec, config, seed, args) for seed in spec["seeds"]]
         del common_args
         spec["eval_args"] = (flag_args(ev, help_flags(spec["vae"], "eval"), RESERVED_EVAL, "eval", "eval")
                              if ev is not None else None)
-        if spec["pack"] > 1:
-            if "seeds" in train_flags:
-                raise BadInput("pack: this vae trains packs (vae train --seeds), but sweep.py does not "
-                               "drive them yet (task_argv is where a pack's command goes); give pack 1")
+        if spec["pack_size"] > 1 and "seeds" not in train_flags:
             raise BadInput("pack: packs (several runs in one vae process) are not available in this "
                            "build (vae train --help has no --seeds); give pack 1")
         spec["runs"] = runs
-        spec["tasks"] = tasks_of(runs, spec["pack"])
+        spec["tasks"] = tasks_of(runs, spec["pack_size"])
     return spec
 
 
 def tasks_of(runs, pack):
     """The array tasks: one list of runs each. A pack is the seeds of one
-    configuration trained in one process; with pack 1, one run per task."""
+    configuration trained in one process (pack is then the number of seeds);
+    with pack 1, one run per task."""
     tasks = []
     for run in runs:
         if tasks and pack > 1 and len(tasks[-1]) < pack and tasks[-1][0].config == run.config:
@@ -318,7 +344,7 @@ def tasks_of(runs, pack):
 def frozen(spec):
     """What OUT/sweep.json holds: the spec with absolute paths."""
     keys = ("name", "out", "data", "vae", "device", "threads", "common", "configs", "seeds", "eval",
-            "pack", "slurm")
+            "pack", "slurm")  # pack as given (a number or true)
     return {k: spec[k] for k in keys if spec.get(k) is not None}
 
 
@@ -407,9 +433,9 @@ def run_state(spec, run):
 # One task
 
 def task_argv(spec, task):
-    """The vae train command of one task: resume where a checkpoint is, start
-    otherwise. The seam for packs: a pack of runs would be one command here."""
-    assert len(task) == 1, "packs are refused when the spec is loaded"
+    """The vae train command of a one-run task: resume where a checkpoint is,
+    start otherwise. A pack's is pack_argv."""
+    assert len(task) == 1 and spec["pack_size"] == 1
     run = task[0]
     base = [spec["vae"], "train", "--data", spec["data"], "--device", spec["device"],
             "--seed", str(run.seed)] + run.flags
@@ -418,6 +444,82 @@ def task_argv(spec, task):
     # No checkpoint: a first start, or one killed before its first checkpoint
     # (its folder holds at most the lock file and temporaries, which vae clears).
     return base + ["--out", run.dir]
+
+
+# Flags that `vae train --resume` of a pack refuses: its members keep their own.
+PACK_RESUME_REFUSES = ("lr", "adam-eps")
+
+
+class TaskRefused(Exception):
+    """A task that cannot go on without a person (exit 2, one line)."""
+
+
+def pack_members_file(pack_dir):
+    try:
+        with open(os.path.join(pack_dir, "pack.json"), encoding="utf-8") as f:
+            return [m["name"] for m in json.load(f)["members"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def pack_argv(spec, task):
+    """(argv, what) of a pack task (one configuration's seeds, in OUT/CONFIG):
+    resume the pack when OUT/CONFIG/pack.json is there and every member has a
+    checkpoint; start it otherwise, over the members' checkpoints (--overwrite)
+    when its first start was stopped before every member had one."""
+    config, flags = task[0].config, task[0].flags
+    pack_dir = os.path.join(spec["out"], config)
+    names = [f"seed-{r.seed}" for r in task]
+    has_pack = os.path.exists(os.path.join(pack_dir, "pack.json"))
+    ckpts = [os.path.join(r.dir, "checkpoint.safetensors") for r in task]
+    have = [os.path.exists(c) for c in ckpts]
+    if has_pack:
+        members = pack_members_file(pack_dir)
+        if members is None or sorted(members) != sorted(names):
+            raise TaskRefused(f"{pack_dir}/pack.json lists the members {members}, not this sweep's "
+                              f"{names}: not this configuration's pack; remove {pack_dir} to start it over")
+    if has_pack and all(have):
+        # vae refuses --lr and --adam-eps with a pack's --resume (each member
+        # keeps its own): they are checked here against each checkpoint, so
+        # that a changed spec is refused, as vae refuses a single run's.
+        for key in PACK_RESUME_REFUSES:
+            given = flag_value(flags, key)
+            if given is None:
+                continue
+            for run, ckpt in zip(task, ckpts):
+                saved = (checkpoint_metadata(ckpt) or {}).get(key.replace("-", "_"))
+                try:
+                    same = saved is not None and float(saved) == float(given)
+                except ValueError:
+                    same = False
+                if not same:
+                    raise TaskRefused(f"{run.name}: the spec's --{key} {given} disagrees with {saved} in "
+                                      f"{ckpt}; a resumed run keeps its {key} (change it back, or use "
+                                      "another out)")
+        kept = []
+        i = 0
+        while i < len(flags):
+            if flags[i][2:] in PACK_RESUME_REFUSES:
+                i += 2
+                continue
+            kept.append(flags[i])
+            i += 1
+        steps = ", ".join(str((checkpoint_metadata(c) or {}).get("step", "?")) for c in ckpts)
+        return ([spec["vae"], "train", "--resume", pack_dir, "--data", spec["data"],
+                 "--device", spec["device"]] + kept, f"resuming at steps {steps}")
+    argv = [spec["vae"], "train", "--data", spec["data"], "--device", spec["device"],
+            "--seeds", ",".join(str(r.seed) for r in task)] + flags + ["--out", pack_dir]
+    if any(have):
+        if not has_pack:
+            # A pack writes pack.json before any member trains: these
+            # checkpoints are of runs trained alone (pack 1), not to be lost.
+            run = task[have.index(True)]
+            raise TaskRefused(f"{run.dir} holds a checkpoint but {pack_dir} no pack.json: a run trained "
+                              "alone (pack 1), which a pack would start over; run it with pack 1, or "
+                              "remove it")
+        return argv + ["--overwrite"], ("starting over (stopped before every member had a checkpoint: "
+                                        f"{sum(have)} of {len(have)} had one)")
+    return argv, "starting"
 
 
 def eval_argv(spec, run):
@@ -486,18 +588,37 @@ def run_task(spec, index):
     restart = os.environ.get("SLURM_RESTART_COUNT")
     say(f"task {index}: {', '.join(r.name for r in task)} on {os.uname().nodename}"
         + (f", Slurm restart {restart}" if restart else "") + f", {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    states = {run.name: run_state(spec, run) for run in task}
+    if spec["pack_size"] > 1 and any(states[r.name][0] in ("new", "partial") for r in task):
+        # One vae process trains every member: a finished member resumes at
+        # its last step, with nothing left to train.
+        label = f"{task[0].config} (a pack of {len(task)})"
+        try:
+            argv, what = pack_argv(spec, task)
+        except TaskRefused as e:
+            say(f"{label}: refused: {e}")
+            return EXIT_BAD_INPUT
+        for run in task:
+            if states[run.name][0] != "finished":
+                remove_stale_eval(run)
+        say(f"{label}: {what}: " + " ".join(shlex.quote(a) for a in argv))
+        code = signals.call(argv, env)
+        if code != 0:
+            return stopped_task(signals, label, code)
+        states = {run.name: ("trained", None, None) for run in task}
     for run in task:
-        state, step, total = run_state(spec, run)
+        state, step, total = states[run.name]
         if state == "finished":
             say(f"{run.name}: finished (step {step} of {total}), nothing to do")
             continue
         if state in ("new", "partial"):
             argv = task_argv(spec, [run])
+            remove_stale_eval(run)
             say(f"{run.name}: {'starting' if state == 'new' else f'resuming at step {step}'}: "
                 + " ".join(shlex.quote(a) for a in argv))
             code = signals.call(argv, env)
             if code != 0:
-                return stopped_task(signals, run, code)
+                return stopped_task(signals, run.name, code)
         if spec["eval_args"] is not None and not os.path.exists(os.path.join(run.dir, "eval.json")):
             argv = eval_argv(spec, run)
             say(f"{run.name}: evaluating: " + " ".join(shlex.quote(a) for a in argv))
@@ -505,7 +626,7 @@ def run_task(spec, index):
             with open(log, "w", encoding="utf-8") as f:
                 code = signals.call(argv, env, stdout=f)
             if code != 0:
-                return stopped_task(signals, run, code)
+                return stopped_task(signals, run.name, code)
             with open(log, encoding="utf-8") as f:
                 lines = [line for line in f.read().splitlines() if line.strip()]
             try:
@@ -518,15 +639,24 @@ def run_task(spec, index):
     return 0
 
 
-def stopped_task(signals, run, code):
+def remove_stale_eval(run):
+    """A run trained further (a spec with more steps) had its eval.json of
+    the shorter run: it goes, so that the run is evaluated again."""
+    try:
+        os.remove(os.path.join(run.dir, "eval.json"))
+    except FileNotFoundError:
+        pass
+
+
+def stopped_task(signals, name, code):
     if code is None:
         code = 128 + (signals.stopped or signal.SIGUSR1)
-        say(f"{run.name}: not started: the task was stopped")
+        say(f"{name}: not started: the task was stopped")
     elif code < 0:
-        say(f"{run.name}: vae was killed by signal {-code}; the next attempt resumes from its last checkpoint")
+        say(f"{name}: vae was killed by signal {-code}; the next attempt resumes from its last checkpoint")
         code = 128 - code
     else:
-        say(f"{run.name}: vae exited with {code}")
+        say(f"{name}: vae exited with {code}")
     if signals.warned:
         # The time limit is near and vae has checkpointed: back into the queue.
         say("the time limit is near: requeueing this task")
@@ -542,10 +672,17 @@ def batch_script(spec, spec_path):
     slurm = spec["slurm"]
     n = len(spec["tasks"])
     array = f"0-{n - 1}" + (f"%{slurm['max_parallel']}" if "max_parallel" in slurm else "")
-    cpus = slurm.get("cpus_per_task", spec["threads"] or 1)
+    pack = spec["pack_size"]
+    if pack > 1 and spec["device"] == "cpu":
+        # A pack on the CPU runs one member per thread: up to `threads` (or 2) at once.
+        cpus = slurm.get("cpus_per_task", min(pack, spec["threads"] or 2))
+    else:
+        cpus = slurm.get("cpus_per_task", spec["threads"] or 1)
+    per_task = "one per array task" if pack == 1 else \
+        f"one pack per array task (a configuration's {pack} seeds in one vae process)"
     lines = ["#!/bin/bash",
              f"# cuvae sweep '{spec['name']}': {len(spec['runs'])} runs "
-             f"({len(spec['configs'])} configurations x {len(spec['seeds'])} seeds), one per array task.",
+             f"({len(spec['configs'])} configurations x {len(spec['seeds'])} seeds), {per_task}.",
              "# Written by tools/sweep.py write; the runs are in the spec, " + spec_path + ".",
              "# Each task resumes its run when it has a checkpoint and skips it when finished, so",
              "# the script can be submitted again as it is (or with --array=$(sweep.py status SPEC --pending)).",

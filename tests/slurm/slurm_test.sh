@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# A sweep (tools/sweep.py) under a real single-node Slurm on localhost, with
-# the faults of a cluster, against the same sweep run without Slurm:
-#   - task 0 is requeued mid-run (scontrol requeue: SIGTERM, vae checkpoints,
-#     the job goes back into the queue and resumes);
-#   - task 1's vae is killed with SIGKILL mid-run (the task fails; the array
-#     task is submitted again and resumes from the last checkpoint);
-#   - task 2 gets the time-limit warning mid-run (scancel --signal=USR1
-#     --batch: what --signal=B:USR1@S sends; the task has vae checkpoint and
-#     requeues itself);
-#   - task 3 runs undisturbed.
+# Sweeps (tools/sweep.py) under a real single-node Slurm on localhost, with
+# the faults of a cluster, against the same runs without Slurm:
+#   - a pack (one configuration's two seeds in one vae process, "pack": true)
+#     is requeued mid-run, once both members have a checkpoint past step 300
+#     (scontrol requeue: SIGTERM, vae checkpoints every member, the job goes
+#     back into the queue and the pack resumes);
+#   - task 0 of a one-run-per-task sweep gets the time-limit warning mid-run
+#     (scancel --signal=USR1 --batch: what --signal=B:USR1@S sends; the task
+#     has vae checkpoint and requeues itself);
+#   - its task 1's vae is killed with SIGKILL mid-run (the task fails; the
+#     array task is submitted again and resumes from the last checkpoint).
 # Each fault is checked to have struck mid-run (the log's "resuming at step
 # N" with 0 < N < the run's steps), and every run must end with the same
-# parameter and Adam tensors, bit for bit, as the same run never interrupted.
+# parameter and Adam tensors, bit for bit, as the same run never interrupted
+# and trained alone (one run per task).
 #
 # It starts munged, slurmctld and slurmd as root with a generated slurm.conf
 # in a temporary folder (proctrack/linuxproc, task/none: no cgroups) and
@@ -151,95 +153,109 @@ done
 say "Slurm $(sinfo --version | cut -d' ' -f2) is up on $host ($cpus CPUs), logs in $T"
 
 # ---------------------------------------------------------------------------
-# The sweep: 2 configurations x 2 seeds of a small model, one thread each,
-# checkpoints every 100 steps, long enough (about 10 s each) to be struck mid-run.
+# The sweeps: a small model, one thread each, checkpoints every 100 steps,
+# long enough (a few seconds per run, more under load) to be struck mid-run. Configuration
+# lr-1e-3 runs one seed per task ($T/sweep: tasks 0 and 1), lr-3e-4 as one
+# pack of both seeds in one task ($T/pack: task 0, "pack": true); the
+# reference, without Slurm, runs both configurations one run per task: a
+# pack's models have the bits they have alone.
 steps=4000
-spec() {  # spec OUT FILE
+spec() {  # spec OUT FILE CONFIGS PACK
   cat >"$2" <<EOF
-{"name": "slurmtest", "out": "$1", "data": "$mnist", "vae": "$vae", "device": "cpu", "threads": 1,
+{"name": "$(basename "$1")", "out": "$1", "data": "$mnist", "vae": "$vae", "device": "cpu", "threads": 1,
  "common": {"hidden": "128", "latent-dim": 8, "batch-size": 100, "max-steps": $steps,
             "checkpoint-every": 100},
- "configs": {"lr-1e-3": {"lr": 0.001}, "lr-3e-4": {"lr": 0.0003, "shuffle": true}},
- "seeds": [0, 1],
+ "configs": {$3},
+ "seeds": [0, 1], "pack": $4,
  "slurm": {"time": "00:30:00", "signal_seconds": 60}}
 EOF
 }
-spec "$T/sweep" "$T/sweep.json"
-spec "$T/reference" "$T/reference.json"
-(cd "$T" && python3 "$sweep" write sweep.json) || fail "sweep.py write failed"
+single='"lr-1e-3": {"lr": 0.001}'
+packed='"lr-3e-4": {"lr": 0.0003, "shuffle": true}'
+spec "$T/sweep" "$T/sweep.json" "$single" 1
+spec "$T/pack" "$T/pack.json" "$packed" true
+spec "$T/reference" "$T/reference.json" "$single, $packed" 1
+(cd "$T" && python3 "$sweep" write sweep.json && python3 "$sweep" write pack.json) || fail "sweep.py write failed"
 script="$T/sweep/sweep.sbatch"
+pack_script="$T/pack/sweep.sbatch"
 grep -q -- "--requeue" "$script" && grep -q -- "--signal=B:USR1@60" "$script" &&
-  grep -q -- "--array=0-3" "$script" && grep -q -- "--open-mode=append" "$script" ||
+  grep -q -- "--array=0-1" "$script" && grep -q -- "--open-mode=append" "$script" ||
   fail "the batch script lacks --requeue, --signal, --array or --open-mode: $(cat "$script")"
+grep -qx -- "#SBATCH --array=0-0" "$pack_script" && grep -qx -- "#SBATCH --cpus-per-task=1" "$pack_script" ||
+  fail "the pack's batch script is not one task of one CPU (threads 1): $(cat "$pack_script")"
 
+# The pack first: it and task 0 take the node's two CPUs (task 1 waits for one).
+pack_job=$(cd "$T" && sbatch --parsable "$pack_script") || fail "sbatch of the pack failed"
+pack_job=${pack_job%%;*}
 job=$(cd "$T" && sbatch --parsable "$script") || fail "sbatch failed"
 job=${job%%;*}
-say "submitted array job $job"
+say "submitted array jobs $pack_job (a pack of 2) and $job (2 runs)"
 
-run_dir() { python3 - "$T/sweep.json" "$1" <<'EOF'
-import json, sys
-s = json.load(open(sys.argv[1]))
-configs = list(s["configs"])
-i = int(sys.argv[2])
-print(f"{s['out']}/{configs[i // 2]}/seed-{s['seeds'][i % 2]}")
-EOF
-}
-# The step of a run's checkpoint (0 when none yet).
-ckpt_step() {
-  python3 - "$1/checkpoint.safetensors" <<'EOF'
+run_dir() { echo "$T/$1/seed-$2"; }  # run_dir sweep/lr-1e-3 SEED
+# The steps of runs' checkpoints (0 when none yet), one line.
+ckpt_steps() {
+  python3 - "$@" <<'EOF'
 import json, struct, sys
-try:
-    with open(sys.argv[1], "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        print(json.loads(f.read(n))["__metadata__"]["step"])
-except (OSError, ValueError, KeyError, struct.error):
-    print(0)
+steps = []
+for d in sys.argv[1:]:
+    try:
+        with open(d + "/checkpoint.safetensors", "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            steps.append(int(json.loads(f.read(n))["__metadata__"]["step"]))
+    except (OSError, ValueError, KeyError, struct.error):
+        steps.append(0)
+print(*steps)
 EOF
 }
-# Waits until run I has a checkpoint at step >= MIN (and is still short of the end).
-wait_for_step() {
-  local dir step
-  dir=$(run_dir "$1")
+# Waits until every run DIR has a checkpoint at step >= MIN (and is still short of the end).
+wait_for_step() {  # wait_for_step NAME MIN DIR...
+  local name=$1 min=$2 step ok all
+  shift 2
   for _ in $(seq 600); do
-    step=$(ckpt_step "$dir")
-    if ((step >= $2)); then
-      ((step < steps)) || fail "task $1 finished before it could be interrupted (make the runs longer)"
-      say "task $1 is at step $step"
+    all=$(ckpt_steps "$@")
+    ok=1
+    for step in $all; do ((step >= min)) || ok=0; done
+    if ((ok)); then
+      for step in $all; do
+        ((step < steps)) || fail "$name finished before it could be interrupted (make the runs longer)"
+      done
+      say "$name is at step $all"
       return 0
     fi
     sleep 0.1
   done
-  fail "task $1 reached no step $2 in 60 s"
+  fail "$name reached no step $min in 60 s"
 }
-task_state() { squeue -h -j "${job}_$1" -o %T 2>/dev/null | head -n 1; }
+task_state() { squeue -h -j "$1" -o %T 2>/dev/null | head -n 1; }
 
-# Fault 1: requeue task 0 mid-run.
-wait_for_step 0 300
-scontrol requeue "${job}_0" || fail "scontrol requeue ${job}_0 failed"
-say "requeued ${job}_0"
-# Fault 2: SIGKILL task 1's vae mid-run.
-wait_for_step 1 300
-pid=$(pgrep -f -- "--out $(run_dir 1)\$" | head -n 1)
-[[ -n "$pid" ]] || pid=$(pgrep -f -- "--resume $(run_dir 1)\$" | head -n 1)
+# Fault 1: the time-limit warning (--signal=B:USR1@S) to task 0 mid-run.
+for _ in $(seq 600); do [[ "$(task_state "${job}_0")" == RUNNING ]] && break; sleep 0.1; done
+wait_for_step "task 0" 300 "$(run_dir sweep/lr-1e-3 0)"
+scancel --signal=USR1 --batch "${job}_0" || fail "scancel --signal=USR1 --batch ${job}_0 failed"
+say "sent ${job}_0 the time-limit warning (USR1 to its batch shell)"
+# Fault 2: requeue the pack's task mid-run, once both members have a checkpoint past step 300.
+wait_for_step "the pack" 300 "$(run_dir pack/lr-3e-4 0)" "$(run_dir pack/lr-3e-4 1)"
+scontrol requeue "${pack_job}_0" || fail "scontrol requeue ${pack_job}_0 failed"
+say "requeued ${pack_job}_0 (the pack)"
+# Fault 3: SIGKILL task 1's vae mid-run.
+wait_for_step "task 1" 300 "$(run_dir sweep/lr-1e-3 1)"
+dir1=$(run_dir sweep/lr-1e-3 1)
+pid=$(pgrep -f -- "--out $dir1\$" | head -n 1)
+[[ -n "$pid" ]] || pid=$(pgrep -f -- "--resume $dir1\$" | head -n 1)
 [[ -n "$pid" ]] || fail "no vae process of task 1 found"
 kill -9 "$pid"
 say "killed task 1's vae (process $pid) with SIGKILL"
-# Fault 3: the time-limit warning (--signal=B:USR1@S) to task 2 mid-run.
-for _ in $(seq 600); do [[ "$(task_state 2)" == RUNNING ]] && break; sleep 0.1; done
-wait_for_step 2 300
-scancel --signal=USR1 --batch "${job}_2" || fail "scancel --signal=USR1 --batch ${job}_2 failed"
-say "sent ${job}_2 the time-limit warning (USR1 to its batch shell)"
 
 # A requeued task waits for its begin time (slurmctld holds it back a while);
 # let it start now. Task 1 is resubmitted once its first attempt has ended.
 resubmitted=0
 for _ in $(seq 1800); do
-  for t in 0 2; do
-    if [[ "$(task_state $t)" == PENDING ]]; then
-      scontrol update jobid="${job}_$t" StartTime=now >/dev/null 2>&1 || true
+  for t in "${pack_job}_0" "${job}_0"; do
+    if [[ "$(task_state "$t")" == PENDING ]]; then
+      scontrol update jobid="$t" StartTime=now >/dev/null 2>&1 || true
     fi
   done
-  if ((!resubmitted)) && [[ -z "$(task_state 1)" ]]; then
+  if ((!resubmitted)) && [[ -z "$(task_state "${job}_1")" ]]; then
     grep -q "killed by signal 9" "$T/sweep/logs/task-1.log" ||
       fail "task 1 ended without reporting its vae's SIGKILL"
     job2=$(cd "$T" && sbatch --parsable --array=1 "$script") || fail "sbatch --array=1 failed"
@@ -254,23 +270,31 @@ done
 say "every job has ended"
 
 # Each fault struck mid-run and was recovered from there.
-for t in 0 1 2; do
+for t in 0 1; do
   log="$T/sweep/logs/task-$t.log"
   line=$(grep -m1 -o "resuming at step [0-9]*" "$log") || fail "task $t never resumed (its log: $log)"
   n=${line##* }
   ((n > 0 && n < steps)) || fail "task $t resumed at step $n, not mid-run"
   say "task $t resumed at step $n of $steps"
 done
-grep -q "time limit is near: requeueing" "$T/sweep/logs/task-2.log" || fail "task 2 did not requeue itself"
-grep -q "scontrol requeue ${job}_2: done" "$T/sweep/logs/task-2.log" || fail "task 2's scontrol requeue failed"
-if grep -q "resuming" "$T/sweep/logs/task-3.log"; then fail "task 3 was interrupted, it should not have been"; fi
-pending=$(cd "$T" && python3 "$sweep" status sweep.json --pending) || fail "sweep.py status failed"
-[[ -z "$pending" ]] || fail "unfinished runs after the jobs: tasks $pending; $(cd "$T" && python3 "$sweep" status sweep.json)"
+log="$T/pack/logs/task-0.log"
+line=$(grep -m1 -o "lr-3e-4 (a pack of 2): resuming at steps [0-9]*, [0-9]*: .* train --resume $T/pack/lr-3e-4 " "$log") ||
+  fail "the pack never resumed (its log: $log)"
+for n in $(grep -o "steps [0-9]*, [0-9]*" <<<"$line" | tr -dc '0-9 '); do
+  ((n > 0 && n < steps)) || fail "the pack resumed a member at step $n, not mid-run"
+done
+say "the pack resumed at $(grep -o "steps [0-9]*, [0-9]*" <<<"$line") of $steps"
+grep -q "time limit is near: requeueing" "$T/sweep/logs/task-0.log" || fail "task 0 did not requeue itself"
+grep -q "scontrol requeue ${job}_0: done" "$T/sweep/logs/task-0.log" || fail "task 0's scontrol requeue failed"
+for s in sweep pack; do
+  pending=$(cd "$T" && python3 "$sweep" status $s.json --pending) || fail "sweep.py status failed"
+  [[ -z "$pending" ]] || fail "unfinished runs after the jobs: $s tasks $pending; $(cd "$T" && python3 "$sweep" status $s.json)"
+done
 
-# The same spec without Slurm, never interrupted: the reference bits.
+# The same runs without Slurm, never interrupted, one per task: the reference bits.
 (cd "$T" && python3 "$sweep" run reference.json --jobs 2) || fail "sweep.py run (no Slurm) failed"
-say "the same sweep ran without Slurm"
-python3 - "$T/sweep" "$T/reference" <<'EOF' || fail "a run under Slurm differs from the same run uninterrupted"
+say "the same runs ran without Slurm"
+python3 - "$T" "$T/reference" <<'EOF' || fail "a run under Slurm differs from the same run uninterrupted"
 import json, os, struct, sys
 def tensors(path):
     with open(path, "rb") as f:
@@ -279,13 +303,12 @@ def tensors(path):
         data = f.read()
     return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]])
             for k, v in header.items() if k != "__metadata__"}
-a_root, b_root = sys.argv[1:]
-spec = json.load(open(os.path.join(b_root, "sweep.json")))
+root, b_root = sys.argv[1:]
 runs = 0
-for config in spec["configs"]:
-    for seed in spec["seeds"]:
+for sweep, config in (("sweep", "lr-1e-3"), ("pack", "lr-3e-4")):
+    for seed in (0, 1):
         for name in ("model.safetensors", "checkpoint.safetensors"):
-            a = tensors(os.path.join(a_root, config, f"seed-{seed}", name))
+            a = tensors(os.path.join(root, sweep, config, f"seed-{seed}", name))
             b = tensors(os.path.join(b_root, config, f"seed-{seed}", name))
             if a.keys() != b.keys() or not b:
                 sys.exit(f"{config}/seed-{seed}/{name}: tensors {sorted(a)} vs {sorted(b)}")
@@ -295,7 +318,7 @@ for config in spec["configs"]:
         runs += 1
 if runs != 4:
     sys.exit(f"compared {runs} runs, expected 4")
-print(f"slurm_test: 4 runs, model and checkpoint tensors (parameters, Adam moments) bit-identical to the uninterrupted runs")
+print(f"slurm_test: 4 runs (2 of them one pack), model and checkpoint tensors (parameters, Adam moments) bit-identical to the uninterrupted runs alone")
 EOF
 say "PASSED"
-result "ran and passed in $((SECONDS - start_time)) s (Slurm $(sinfo --version | cut -d' ' -f2): a requeue, a SIGKILL and a time-limit warning mid-run; every run bit-identical to the uninterrupted one)"
+result "ran and passed in $((SECONDS - start_time)) s (Slurm $(sinfo --version | cut -d' ' -f2): a requeue of a pack of 2, a SIGKILL and a time-limit warning mid-run; every run bit-identical to the uninterrupted one alone)"

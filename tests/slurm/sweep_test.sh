@@ -2,8 +2,10 @@
 # tools/sweep.py without Slurm: bad specs (one line naming the field, exit 2),
 # the batch script it writes, a sweep run on this machine (two at a time),
 # a task that finds its run finished (nothing done), a run whose first start
-# was killed before its first checkpoint (started again), and the collector's
-# CSV and PNG. Skipped (exit 77) without MNIST.
+# was killed before its first checkpoint (started again), the collector's
+# CSV and PNG, and the same sweep as packs (a configuration's seeds in one
+# vae process: the same bits; resumed; started over). Skipped (exit 77)
+# without MNIST.
 # Usage: tests/slurm/sweep_test.sh VAE_BINARY   (CUVAE_MNIST_DIR: the data)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -59,7 +61,14 @@ bad bad-device "device: 'gpu' is not cpu or cuda" "$(edit 's["device"] = "gpu"')
 bad missing-out "out: missing" "$(edit 'del s["out"]')"
 bad bad-config-name "configs.a/b: 'a/b' cannot name a folder" "$(edit 's["configs"]["a/b"] = {}')"
 bad no-vae "vae: .* is not an executable file" "$(edit 's["vae"] = "/nonexistent/vae"')"
-bad pack "pack: packs .* are not available in this build" "$(edit 's["pack"] = 4')"
+bad pack-split "pack: 2 is fewer than the 3 seeds; .* a configuration's seeds cannot be split over packs" \
+  "$(edit 's["pack"] = 2; s["seeds"] = [0, 1, 2]')"
+bad pack-zero "pack: 0 is out of range" "$(edit 's["pack"] = 0')"
+bad pack-string "pack: expected an integer, got a string" "$(edit 's["pack"] = "2"')"
+bad pack-false "pack: expected an integer, got a boolean" "$(edit 's["pack"] = False')"
+bad seeds-flag "configs.a.seeds: --seeds is set by the sweep" "$(edit 's["configs"]["a"]["seeds"] = "0-3"')"
+bad lr-list "configs.a.lr: '0.001,0.0003' is a list" "$(edit 's["configs"]["a"]["lr"] = "0.001,0.0003"')"
+bad adam-eps-list "common.adam-eps: '1e-8,1e-4' is a list" "$(edit 's["common"]["adam-eps"] = "1e-8,1e-4"')"
 # Duplicate run names: a configuration named twice (JSON allows it; the sweep does not).
 bad duplicate-config "duplicate key 'a'" "$(echo "$good" | sed 's/"configs": {"a": {"lr": 0.001}/"configs": {"a": {"lr": 0.001}, "a": {"lr": 0.01}/')"
 bad not-json "not JSON: .* at line [0-9]+, column [0-9]+" "{\"out\": \"x\","
@@ -76,6 +85,12 @@ for line in "--array=0-3" "--cpus-per-task=1" "--time=01:00:00" "--requeue" "--s
   grep -qx -- "#SBATCH $line" out/sweep.sbatch || fail "the batch script has no '#SBATCH $line'"
 done
 grep -q -- "--gres" out/sweep.sbatch && fail "a CPU sweep asks for a GPU"
+# Packs: one task per configuration, CPUs for its members (min(pack, threads)).
+edit 's["pack"] = True; s["threads"] = 4; s["out"] = "packs"' >packs.json
+python3 "$sweep" write packs.json >/dev/null || fail "sweep.py write of a pack spec failed"
+for line in "--array=0-1" "--cpus-per-task=2"; do
+  grep -qx -- "#SBATCH $line" packs/sweep.sbatch || fail "the pack script has no '#SBATCH $line'"
+done
 grep -q '^exec python3 .*sweep.py task .*/out/sweep.json --index "$SLURM_ARRAY_TASK_ID"$' out/sweep.sbatch ||
   fail "the batch script does not exec the task: $(tail -n 1 out/sweep.sbatch)"
 edit 's["device"] = "cuda"; s["out"] = "gpu"' >gpu.json
@@ -139,6 +154,66 @@ if python3 -c "import matplotlib" 2>/dev/null || /usr/bin/python3 -c "import mat
 else
   echo "note: matplotlib is not installed: the chart is not checked"
 fi
+
+# Packs: the same sweep with each configuration's seeds in one vae process
+# ("pack": true) gives the same bits as with one run per task. First a
+# shorter one (max-steps 200), then the spec's 300: the packs resume (their
+# pack.json and every member's checkpoint there) without --lr, which vae
+# refuses with a pack's --resume; sweep.py checks it against the checkpoints.
+same_bits() {  # same_bits DIR_A DIR_B: every run's model and checkpoint tensors
+  python3 - "$1" "$2" <<'EOF'
+import json, struct, sys
+def tensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    return {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
+for run in ("a/seed-0", "a/seed-1", "b/seed-0", "b/seed-1"):
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        a, b = tensors(f"{sys.argv[1]}/{run}/{name}"), tensors(f"{sys.argv[2]}/{run}/{name}")
+        if not b or a != b:
+            sys.exit(f"{run}/{name}: the tensors differ")
+EOF
+}
+edit 's["pack"] = True; s["out"] = "packed"' >packed.json
+edit 's["pack"] = True; s["out"] = "packed"; s["common"]["max-steps"] = 200' >packed-short.json
+edit 's["pack"] = True; s["out"] = "packed"; s["configs"]["a"]["lr"] = 0.002' >packed-lr.json
+python3 "$sweep" run packed-short.json --jobs 2 >/dev/null || fail "the shorter pack sweep failed"
+[[ -f packed/a/pack.json && -f packed/b/pack.json ]] || fail "no OUT/CONFIG/pack.json"
+grep -q "a (a pack of 2): starting: .* train .* --seeds 0,1 .* --out $T/packed/a\$" packed/logs/task-0.log ||
+  fail "the pack's first start: $(grep 'pack of' packed/logs/task-0.log)"
+rm packed/sweep.json
+err=$(python3 "$sweep" task packed-lr.json --index 0 2>&1); rc=$?
+[[ $rc == 2 && "$err" == *"a/seed-0: the spec's --lr 0.002 disagrees with 0.001 in"* ]] ||
+  fail "a pack resumed with another --lr: exit $rc: $err"
+python3 "$sweep" run packed.json --jobs 2 || fail "the pack sweep failed"
+grep -q "a (a pack of 2): resuming at steps 200, 200: .* train --resume $T/packed/a --data .* --max-steps 300\$" \
+  packed/logs/task-0.log || fail "the pack did not resume without --lr: $(grep 'pack of' packed/logs/task-0.log)"
+same_bits packed out || fail "a pack's models differ from the same runs trained one per task"
+status=$(python3 "$sweep" status packed.json)
+[[ $(grep -c "finished	step 300 of 300" <<<"$status") == 4 ]] || fail "not every packed run finished: $status"
+nll() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nll"])' "$1"; }
+for r in a/seed-0 a/seed-1 b/seed-0 b/seed-1; do
+  [[ "$(nll "packed/$r/eval.json")" == "$(nll "out/$r/eval.json")" ]] ||
+    fail "$r: the pack's eval.json differs from the run's alone (or is the shorter run's)"
+done
+python3 "$sweep" task packed.json --index 1 >again.log 2>&1 || fail "a finished pack's task failed"
+[[ $(grep -c "finished (step 300 of 300), nothing to do" again.log) == 2 ]] || fail "a finished pack again: $(cat again.log)"
+# A pack stopped before every member had its first checkpoint (here: one
+# member's is gone) starts over with --overwrite; without its pack.json, the
+# members' checkpoints are runs trained alone, which the task refuses to start over.
+rm packed/a/seed-1/checkpoint.safetensors
+mv packed/a/pack.json pack.json.kept
+err=$(python3 "$sweep" task packed.json --index 0 2>&1); rc=$?
+[[ $rc == 2 && "$err" == *"packed/a/seed-0 holds a checkpoint but $T/packed/a no pack.json"* ]] ||
+  fail "checkpoints without pack.json: exit $rc: $err"
+mv pack.json.kept packed/a/pack.json
+python3 "$sweep" task packed.json --index 0 >over.log 2>&1 || fail "the pack's start over failed: $(tail -n 5 over.log)"
+grep -q "starting over (stopped before every member had a checkpoint: 1 of 2 had one): .* --out $T/packed/a --overwrite\$" \
+  over.log || fail "the pack did not start over: $(grep 'pack of' over.log)"
+same_bits packed out || fail "a pack started over differs from the same runs trained one per task"
+echo "ok: packs: the same bits as one run per task; resumed without --lr; a changed --lr refused; started over"
 
 if ((failures)); then echo "sweep_test: $failures failures"; exit 1; fi
 echo "sweep_test: passed"
