@@ -229,15 +229,17 @@ double test_set_bound(Backend& backend, const VaeModel& model, const TrainConfig
   return -r.nll;
 }
 
-// OUT/training_curve.png, redrawn from metrics.csv after an epoch: at the
-// last epoch and otherwise at most every 30 s (a drawing starts Python and
-// matplotlib, ~0.8 s, which must not hold up short epochs). Where it cannot
-// be drawn (no matplotlib), one note and no more tries.
+// OUT/training_curve.png, redrawn from metrics.csv after an epoch: when the
+// run stops (its last epoch, or an interrupt) and otherwise at most every
+// 30 s, counted from the start (a drawing starts Python and matplotlib,
+// ~0.8 s, which must not hold up short epochs; a run shorter than 30 s draws
+// it once, at its end). Where it cannot be drawn (no matplotlib), one note
+// and no more tries.
 class TrainingCurve {
  public:
-  explicit TrainingCurve(const std::string& out) : out_(out) {}
-  void draw_after_epoch(bool last) {
-    if (given_up_ || (!last && drawn_ && seconds_since(last_draw_) < 30.0)) return;
+  explicit TrainingCurve(const std::string& out) : out_(out), last_draw_(Clock::now()) {}
+  void draw_after_epoch(bool stops) {
+    if (given_up_ || (!stops && seconds_since(last_draw_) < 30.0)) return;
     std::string note;
     if (draw_training_curve(out_ + "/metrics.csv", path(), &note)) {
       drawn_ = true;
@@ -501,16 +503,14 @@ class TrainingLoop {
   int after_step(bool epoch_ends, double seconds) {
     if (epoch_ends) return 0;
     if (const int signal_number = stop_requested()) {
-      save_checkpoint(checkpoint_path_, snapshot(seconds));
-      note_checkpoint_written(trainer_.steps_done());
+      commit_checkpoint(trainer_.steps_done(), [&] { save_checkpoint(checkpoint_path_, snapshot(seconds)); });
       if (live()) std::printf("\n");
       return report_interrupt(signal_number, "at step " + std::to_string(trainer_.steps_done()) + " of " +
                                                  std::to_string(plan_.total_steps) + "; checkpoint written to " +
                                                  checkpoint_path_);
     }
     if (run_.checkpoint_every > 0 && trainer_.steps_done() % static_cast<uint64_t>(run_.checkpoint_every) == 0) {
-      save_checkpoint(checkpoint_path_, snapshot(seconds));
-      note_checkpoint_written(trainer_.steps_done());
+      commit_checkpoint(trainer_.steps_done(), [&] { save_checkpoint(checkpoint_path_, snapshot(seconds)); });
     }
     return 0;
   }
@@ -543,9 +543,9 @@ class TrainingLoop {
     files.add(checkpoint_path_, checkpoint_bytes(checkpoint_path_, complete ? snapshot(0.0) : partial));
     files.add(model_path_, model_file_bytes(model_path_, config.arch, params, model_metadata(epoch, elbo)));
     files.add(run_.out + "/metrics.csv", csv.data(), csv.size());
-    files.commit();
-    note_checkpoint_written(trainer_.steps_done());
-    if (!style_.member || epoch == plan_.epochs) curve_.draw_after_epoch(epoch == plan_.epochs);
+    commit_checkpoint(trainer_.steps_done(), [&] { files.commit(); });
+    const bool stops = epoch == plan_.epochs || stop_requested() != 0;
+    if (!style_.member || epoch == plan_.epochs) curve_.draw_after_epoch(stops);
     if (const int signal_number = stop_requested()) {
       return report_interrupt(signal_number, "at the end of epoch " + std::to_string(epoch) + " (step " +
                                                  std::to_string(trainer_.steps_done()) + " of " +
