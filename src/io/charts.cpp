@@ -9,6 +9,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <thread>
@@ -18,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 
 extern char** environ;
 
@@ -183,17 +185,34 @@ bool run_plot_script(const std::vector<std::string>& args, std::string* note,
   std::vector<std::string> script_args = {script};
   script_args.insert(script_args.end(), args.begin(), args.end());
 
+  // The system's Python first (Debian's python3-matplotlib, which
+  // tools/install_deps.sh installs), then python3 on PATH: the PATH one may
+  // be a version manager's shim (pyenv's takes ~1 s to start, then lacks
+  // matplotlib), and a run draws its curve more than once. Whichever drew a
+  // chart is tried first from then on, for the process's life.
+  static std::mutex worked_mutex;
+  static std::string worked;
   std::vector<std::string> pythons;
   if (const char* env = std::getenv("CUVAE_PYTHON"); env != nullptr && *env != '\0') {
     pythons.push_back(env);
   } else {
-    pythons = {"python3"};
-    if (is_file("/usr/bin/python3")) pythons.push_back("/usr/bin/python3");
+    {
+      std::lock_guard<std::mutex> lock(worked_mutex);
+      if (!worked.empty()) pythons.push_back(worked);
+    }
+    for (const std::string candidate : {"/usr/bin/python3", "python3"}) {
+      if (candidate.front() == '/' && !is_file(candidate)) continue;
+      if (std::find(pythons.begin(), pythons.end(), candidate) == pythons.end()) pythons.push_back(candidate);
+    }
   }
   Outcome outcome;
   for (const std::string& python : pythons) {
     outcome = run(python, script_args);
-    if (outcome.started && outcome.exit_code == 0) return true;
+    if (outcome.started && outcome.exit_code == 0) {
+      std::lock_guard<std::mutex> lock(worked_mutex);
+      worked = python;
+      return true;
+    }
     if (outcome.timed_out) {
       if (note != nullptr) *note = outcome.stderr_text;
       return false;

@@ -11,6 +11,10 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source_dir=$(cd "$here/../.." && pwd)
 sweep="$source_dir/tools/sweep.py"
+# The system's Python where there is one: python3 on PATH may be a version
+# manager's shim (pyenv's takes ~1 s to start), and this script starts it
+# dozens of times. sweep.py needs only the standard library.
+if [[ -x /usr/bin/python3 ]]; then python3() { /usr/bin/python3 "$@"; }; fi
 vae=$(realpath "${1:?usage: sweep_test.sh VAE_BINARY}")
 mnist=${CUVAE_MNIST_DIR:-$source_dir/data/mnist}
 [[ -f "$mnist/train-images-idx3-ubyte" || -f "$mnist/train-images-idx3-ubyte.gz" ]] ||
