@@ -21,6 +21,8 @@
 #include <iterator>
 #include <mutex>
 
+#include "cuvae/io/executable_dir.h"
+
 extern char** environ;
 
 namespace cuvae {
@@ -36,14 +38,6 @@ constexpr int kNotRunnable = 127;  // a shell's "command not found"
 bool is_file(const fs::path& path) {
   std::error_code ec;
   return fs::is_regular_file(path, ec);
-}
-
-std::string executable_dir() {
-  char buffer[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", buffer, sizeof buffer - 1);
-  if (n <= 0) return std::string();
-  buffer[n] = '\0';
-  return fs::path(buffer).parent_path().string();
 }
 
 // The last non-empty line of `text`, trimmed; "" if none.

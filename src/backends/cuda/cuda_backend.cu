@@ -20,6 +20,7 @@
 
 #include "cuvae/backends/cuda/cuda_backend.h"
 #include "cuvae/backends/cuda/cuda_check.h"
+#include "cuvae/backends/cuda/cuda_module.h"
 #include "cuvae/backends/cuda/kernels.h"
 #include "cuvae/backends/cuda/lt_dense.h"
 #include "cuvae/backends/cuda/step_graph.h"
@@ -577,3 +578,18 @@ std::unique_ptr<Backend> make_cuda_backend() {
 }
 
 }  // namespace cuvae
+
+// The module's entry point (cuda_module.h): the only symbol the core looks up.
+namespace {
+
+bool module_device_present(std::string* why_not) { return cuvae::cuda_device_present(why_not); }
+
+cuvae::Backend* module_make_backend() { return cuvae::make_cuda_backend().release(); }
+
+const cuvae::CudaModuleApi kModuleApi = {cuvae::kCudaModuleApiVersion, module_device_present, module_make_backend};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) const cuvae::CudaModuleApi* cuvae_cuda_module() {
+  return &kModuleApi;
+}
