@@ -9,10 +9,12 @@
 #   OUT.md    default: stdout
 #   ROUNDS    default 3; each cell is the median over the rounds
 #   VARIANT   an environment for the vae process, as "NAME=VALUE[ NAME=VALUE]",
-#             "default" (the environment as it is), or "torch THREADS" (PyTorch
-#             with torch.set_num_threads(THREADS) and OPENBLAS_NUM_THREADS=THREADS);
+#             "default" (the environment as it is), or "torch THREADS [own]" (PyTorch
+#             with torch.set_num_threads(THREADS) and OPENBLAS_NUM_THREADS=THREADS;
+#             "own": OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for that command,
+#             OpenBLAS's own kernel, as tools/torch/compare_torch.sh searches it);
 #             default: default, CUVAE_THREADS=fixed, OMP_NUM_THREADS=1,
-#             torch 1, torch 2
+#             torch 1, torch 2, and torch 1 own where the environment sets either
 # Environment: VAE (default build/vae), BATCH (default 200), STEPS (default
 # 20), STEPS_TORCH (default 150), COMPETITORS (default "0 1 2").
 set -euo pipefail
@@ -36,6 +38,7 @@ fi
 variants=("$@")
 if [[ ${#variants[@]} -eq 0 ]]; then
   variants=("default" "CUVAE_THREADS=fixed" "OMP_NUM_THREADS=1" "torch 1" "torch 2")
+  [[ -n "${OPENBLAS_CORETYPE:-}${OPENBLAS_L2_SIZE:-}" ]] && variants+=("torch 1 own")
 fi
 work="$(mktemp -d)"
 competitors=()
@@ -48,8 +51,12 @@ trap 'stop_competitors; rm -rf "$work"' EXIT
 step_ms() {  # VARIANT -> the median step in ms
   local variant="$1" json="$work/run.json"
   if [[ "$variant" == torch* ]]; then
-    local threads="${variant#torch }"
-    OPENBLAS_NUM_THREADS="$threads" /usr/bin/python3 tools/torch/torch_reference.py --data data/mnist --epochs 1 \
+    local -a words kernel_env=()
+    read -r -a words <<<"$variant"
+    local threads="${words[1]}"
+    # "own": OpenBLAS's own kernel choice for this command only (compare_torch.sh's search).
+    [[ "${words[2]:-}" == own ]] && kernel_env=(-u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)
+    env "${kernel_env[@]}" OPENBLAS_NUM_THREADS="$threads" /usr/bin/python3 tools/torch/torch_reference.py --data data/mnist --epochs 1 \
       --batch-size "$batch" --max-steps "$steps_torch" --threads "$threads" --json "$json" > "$work/run.log" 2>&1 ||
       { cat "$work/run.log" >&2; return 1; }
     /usr/bin/python3 -c 'import json,sys; print("%.3f" % (1e3 * int(sys.argv[2]) / json.load(open(sys.argv[1]))["epochs"][0]["samples_per_s"]))' "$json" "$batch"
