@@ -7,7 +7,7 @@
 
 namespace cuvae::kernels {
 
-__global__ void adam_step_kernel(float* __restrict__ params, const float* __restrict__ grads,
+__device__ void adam_step_kernel(float* __restrict__ params, const float* __restrict__ grads,
                                  float* __restrict__ m, float* __restrict__ v, size_t count,
                                  AdamStep step) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < count;
@@ -18,7 +18,7 @@ __global__ void adam_step_kernel(float* __restrict__ params, const float* __rest
 
 void adam_step(float* params, const float* grads, float* m, float* v, size_t count,
                const AdamStep& step, const LaunchTarget& on) {
-  launch(on, adam_step_kernel, blocks_for(count), kThreads, 0, params, grads, m, v, count, step);
+  launch<adam_step_kernel>(on, blocks_for(count), kThreads, 0, params, grads, m, v, count, step);
 }
 
 }  // namespace cuvae::kernels

@@ -16,7 +16,7 @@
 
 namespace cuvae::kernels {
 
-__global__ void bernoulli_logprob_and_grad_kernel(const float* __restrict__ x,
+__device__ void bernoulli_logprob_and_grad_kernel(const float* __restrict__ x,
                                                   const float* __restrict__ logits, int cols,
                                                   int samples, float grad_scale, float* __restrict__ dlogits,
                                                   float* __restrict__ row_logprob) {
@@ -34,7 +34,7 @@ __global__ void bernoulli_logprob_and_grad_kernel(const float* __restrict__ x,
   if (threadIdx.x == 0) row_logprob[blockIdx.x] = sum;
 }
 
-__global__ void accumulate_elbo_kernel(const float* __restrict__ row_logprob,
+__device__ void accumulate_elbo_kernel(const float* __restrict__ row_logprob,
                                        const float* __restrict__ row_kl, int images,
                                        int samples, double* __restrict__ accumulator) {
   using BlockReduce = cub::BlockReduce<double, kThreads>;
@@ -60,14 +60,14 @@ void bernoulli_logprob_and_grad(const float* x, const float* logits, int rows, i
                 std::to_string(samples) + " samples");
   }
   if (rows == 0) return;
-  launch(on, bernoulli_logprob_and_grad_kernel, static_cast<unsigned int>(rows), kThreads, 0, x,
+  launch<bernoulli_logprob_and_grad_kernel>(on, static_cast<unsigned int>(rows), kThreads, 0, x,
          logits, cols, samples, grad_scale, dlogits, row_logprob);
 }
 
 void accumulate_elbo(const float* row_logprob, const float* row_kl, int images, int samples,
                      double* accumulator, const LaunchTarget& on) {
   sample_rows("accumulate_elbo", images, samples);
-  launch(on, accumulate_elbo_kernel, 1, kThreads, 0, row_logprob, row_kl, images, samples,
+  launch<accumulate_elbo_kernel>(on, 1, kThreads, 0, row_logprob, row_kl, images, samples,
          accumulator);
 }
 

@@ -32,7 +32,7 @@ namespace cuvae::kernels {
 // 32-bit indices (the launcher refuses outputs of 2^32 elements or more): a
 // 64-bit `%` is a long software sequence on the GPU, a 32-bit one a few
 // instructions.
-__global__ void bias_activation_forward_kernel(float* __restrict__ y,
+__device__ void bias_activation_forward_kernel(float* __restrict__ y,
                                                const float* __restrict__ bias, unsigned int count,
                                                unsigned int cols, Activation act) {
   for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
@@ -44,7 +44,7 @@ constexpr int kColumnsPerBlock = 32;
 constexpr int kRowLanes = 8;
 constexpr int kRowsPerChunk = 32;
 
-__global__ void activation_backward_partial_sums_kernel(float* __restrict__ dy,
+__device__ void activation_backward_partial_sums_kernel(float* __restrict__ dy,
                                                         const float* __restrict__ y,
                                                         const float* __restrict__ row_scale,
                                                         float* __restrict__ partials, int rows,
@@ -80,7 +80,7 @@ __global__ void activation_backward_partial_sums_kernel(float* __restrict__ dy,
 
 // One warp per column: lane l adds chunks l, l + 32, ..., then
 // cub::WarpReduce adds the 32 lane sums in a fixed tree.
-__global__ void sum_partials_kernel(const float* __restrict__ partials, int chunks, int cols,
+__device__ void sum_partials_kernel(const float* __restrict__ partials, int chunks, int cols,
                                     float* __restrict__ dbias) {
   using WarpReduce = cub::WarpReduce<float>;
   __shared__ typename WarpReduce::TempStorage storage[kThreads / 32];
@@ -102,7 +102,7 @@ void bias_activation_forward(float* y, const float* bias, int rows, int cols, Ac
   const size_t count = static_cast<size_t>(rows) * cols;
   check_32bit_grid_stride("bias_activation_forward", count);
   if (count == 0) return;
-  launch(on, bias_activation_forward_kernel, blocks_for(count), kThreads, 0, y, bias,
+  launch<bias_activation_forward_kernel>(on, blocks_for(count), kThreads, 0, y, bias,
          static_cast<unsigned int>(count), static_cast<unsigned int>(cols), act);
 }
 
@@ -116,11 +116,11 @@ void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int 
   if (cols == 0) return;
   // No rows: no chunks, and the second kernel writes a zero gradient.
   if (chunks > 0) {
-    launch(on, activation_backward_partial_sums_kernel, grid, dim3(kColumnsPerBlock, kRowLanes), 0,
+    launch<activation_backward_partial_sums_kernel>(on, grid, dim3(kColumnsPerBlock, kRowLanes), 0,
            dy, y, row_scale, scratch, rows, cols, act);
   }
   constexpr int kWarps = kThreads / 32;
-  launch(on, sum_partials_kernel, static_cast<unsigned int>((cols + kWarps - 1) / kWarps), kThreads, 0,
+  launch<sum_partials_kernel>(on, static_cast<unsigned int>((cols + kWarps - 1) / kWarps), kThreads, 0,
          scratch, chunks, cols, dbias);
 }
 

@@ -14,7 +14,7 @@
 
 namespace cuvae::kernels {
 
-__global__ void binarize_kernel(const uint8_t* __restrict__ images,
+__device__ void binarize_kernel(const uint8_t* __restrict__ images,
                                 const uint32_t* __restrict__ order,
                                 unsigned long long first_position, int rows, int cols,
                                 unsigned long long uniform_base, RandomKey key,
@@ -48,7 +48,7 @@ void binarize(const uint8_t* images, const uint32_t* order, uint64_t first_posit
   if (count > 0xffffffffu) {  // the kernel's 32-bit row and column arithmetic
     throw Error("binarize: a batch of " + std::to_string(count) + " pixels is more than 2^32 - 1");
   }
-  launch(on, binarize_kernel, blocks_for(count / 4 + 1), kThreads, 0, images, order, first_position,
+  launch<binarize_kernel>(on, blocks_for(count / 4 + 1), kThreads, 0, images, order, first_position,
          rows, cols, uniform_base, key, x);
 }
 

@@ -12,7 +12,7 @@
 
 namespace cuvae::kernels {
 
-__global__ void fill_normal_kernel(float* __restrict__ out, unsigned long long count,
+__device__ void fill_normal_kernel(float* __restrict__ out, unsigned long long count,
                                    unsigned long long first_index, RandomKey key) {
   const unsigned long long first_group = first_index / 4;
   const unsigned long long groups = (first_index + count + 3) / 4 - first_group;
@@ -31,7 +31,7 @@ __global__ void fill_normal_kernel(float* __restrict__ out, unsigned long long c
 void fill_normal(float* out, size_t count, uint64_t first_index, RandomKey key,
                  const LaunchTarget& on) {
   if (count == 0) return;
-  launch(on, fill_normal_kernel, blocks_for(count / 4 + 1), kThreads, 0, out, count, first_index,
+  launch<fill_normal_kernel>(on, blocks_for(count / 4 + 1), kThreads, 0, out, count, first_index,
          key);
 }
 

@@ -30,7 +30,7 @@ namespace {
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
-__global__ void gaussian_layer_forward_kernel(const float* __restrict__ h_below,
+__device__ void gaussian_layer_forward_kernel(const float* __restrict__ h_below,
                                               const float* __restrict__ p_params,
                                               const float* __restrict__ upper_log_ratio, int rows,
                                               int latent, float* __restrict__ row_log_ratio) {
@@ -48,7 +48,7 @@ __global__ void gaussian_layer_forward_kernel(const float* __restrict__ h_below,
 }
 
 // i = r L + j over rows * L < 2^32.
-__global__ void gaussian_layer_backward_kernel(const float* __restrict__ h_below,
+__device__ void gaussian_layer_backward_kernel(const float* __restrict__ h_below,
                                                const float* __restrict__ p_params,
                                                const float* __restrict__ weights,
                                                unsigned int count, unsigned int latent,
@@ -68,7 +68,7 @@ __global__ void gaussian_layer_backward_kernel(const float* __restrict__ h_below
 }
 
 // i = r L + j over rows * L < 2^32.
-__global__ void upper_latent_backward_kernel(const float* __restrict__ dh,
+__device__ void upper_latent_backward_kernel(const float* __restrict__ dh,
                                              const float* __restrict__ encoder_out,
                                              const float* __restrict__ eps,
                                              const float* __restrict__ h,
@@ -112,7 +112,7 @@ void gaussian_layer_forward(const float* h_below, const float* p_params,
                             float* row_log_ratio, const LaunchTarget& on) {
   if (element_count("gaussian_layer_forward", rows, latent) == 0) return;
   const unsigned int blocks = static_cast<unsigned int>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  launch(on, gaussian_layer_forward_kernel, blocks, kThreads, 0, h_below, p_params,
+  launch<gaussian_layer_forward_kernel>(on, blocks, kThreads, 0, h_below, p_params,
          upper_log_ratio, rows, latent, row_log_ratio);
 }
 
@@ -121,7 +121,7 @@ void gaussian_layer_backward(const float* h_below, const float* p_params, const 
                              const LaunchTarget& on) {
   const size_t count = element_count("gaussian_layer_backward", rows, latent);
   if (count == 0) return;
-  launch(on, gaussian_layer_backward_kernel, blocks_for(count), kThreads, 0, h_below, p_params,
+  launch<gaussian_layer_backward_kernel>(on, blocks_for(count), kThreads, 0, h_below, p_params,
          weights, static_cast<unsigned int>(count), static_cast<unsigned int>(latent), scale,
          d_params, dh_below);
 }
@@ -132,7 +132,7 @@ void upper_latent_backward(const float* dh, const float* encoder_out, const floa
                            const LaunchTarget& on) {
   const size_t count = element_count("upper_latent_backward", rows, latent);
   if (count == 0) return;
-  launch(on, upper_latent_backward_kernel, blocks_for(count), kThreads, 0, dh, encoder_out, eps, h,
+  launch<upper_latent_backward_kernel>(on, blocks_for(count), kThreads, 0, dh, encoder_out, eps, h,
          weights, static_cast<unsigned int>(count), static_cast<unsigned int>(latent), scale, dreg,
          d_encoder_out, d_encoder_out_below);
 }

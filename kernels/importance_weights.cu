@@ -81,7 +81,7 @@ __device__ void write_weights(const float* logprob, const float* log_ratio, int 
   }
 }
 
-__global__ void importance_weights_warp_kernel(const float* __restrict__ row_logprob,
+__device__ void importance_weights_warp_kernel(const float* __restrict__ row_logprob,
                                                const float* __restrict__ row_log_ratio,
                                                int images, int samples,
                                                float* __restrict__ weights,
@@ -110,7 +110,7 @@ __global__ void importance_weights_warp_kernel(const float* __restrict__ row_log
   }
 }
 
-__global__ void importance_weights_block_kernel(const float* __restrict__ row_logprob,
+__device__ void importance_weights_block_kernel(const float* __restrict__ row_logprob,
                                                 const float* __restrict__ row_log_ratio,
                                                 int samples, float* __restrict__ weights,
                                                 float* __restrict__ row_bound) {
@@ -148,7 +148,7 @@ __global__ void importance_weights_block_kernel(const float* __restrict__ row_lo
 // vae_math.h's grouped_objective_image, as the CPU does, so both backends add
 // the same doubles in the same order. Training sizes (B images, M K of at most a few
 // hundred) make this a small pass next to the decoder's GEMMs.
-__global__ void grouped_objective_weights_kernel(const float* __restrict__ row_logprob,
+__device__ void grouped_objective_weights_kernel(const float* __restrict__ row_logprob,
                                                  const float* __restrict__ row_log_ratio,
                                                  const float* __restrict__ group_bound,
                                                  int images, int groups, int samples, float beta,
@@ -160,7 +160,7 @@ __global__ void grouped_objective_weights_kernel(const float* __restrict__ row_l
 }
 
 // i = b L + j over images * L < 2^32.
-__global__ void importance_weighted_latent_backward_kernel(
+__device__ void importance_weighted_latent_backward_kernel(
     const float* __restrict__ dz, const float* __restrict__ encoder_out,
     const float* __restrict__ eps, const float* __restrict__ z, const float* __restrict__ weights,
     unsigned int count, int samples, unsigned int latent, float scale, bool dreg,
@@ -202,10 +202,10 @@ void importance_weights(const float* row_logprob, const float* row_log_ratio, in
   if (samples <= kWarpSamplesMax) {
     // images / 8 + 1 blocks: within gridDim.x's 2^31 - 1 for any int.
     const unsigned int blocks = static_cast<unsigned int>((images + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    launch(on, importance_weights_warp_kernel, blocks, kThreads, 0, row_logprob, row_log_ratio, images,
+    launch<importance_weights_warp_kernel>(on, blocks, kThreads, 0, row_logprob, row_log_ratio, images,
            samples, weights, row_bound);
   } else {
-    launch(on, importance_weights_block_kernel, static_cast<unsigned int>(images), kThreads, 0,
+    launch<importance_weights_block_kernel>(on, static_cast<unsigned int>(images), kThreads, 0,
            row_logprob, row_log_ratio, samples, weights, row_bound);
   }
 }
@@ -217,7 +217,7 @@ void grouped_objective_weights(const float* row_logprob, const float* row_log_ra
   sample_rows("grouped_objective_weights", sample_rows("grouped_objective_weights", images, groups),
               samples);
   if (images == 0) return;
-  launch(on, grouped_objective_weights_kernel, blocks_for(static_cast<size_t>(images)), kThreads, 0,
+  launch<grouped_objective_weights_kernel>(on, blocks_for(static_cast<size_t>(images)), kThreads, 0,
          row_logprob, row_log_ratio, group_bound, images, groups, samples, beta, weights,
          row_bound);
 }
@@ -230,7 +230,7 @@ void importance_weighted_latent_backward(const float* dz, const float* encoder_o
   const size_t count = static_cast<size_t>(images) * latent;
   if (count == 0) return;
   check_32bit_grid_stride("importance_weighted_latent_backward", count);
-  launch(on, importance_weighted_latent_backward_kernel, blocks_for(count), kThreads, 0, dz,
+  launch<importance_weighted_latent_backward_kernel>(on, blocks_for(count), kThreads, 0, dz,
          encoder_out, eps, z, weights, static_cast<unsigned int>(count), samples,
          static_cast<unsigned int>(latent), scale, dreg, d_encoder_out);
 }

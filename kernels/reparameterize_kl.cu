@@ -24,7 +24,7 @@ namespace cuvae::kernels {
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
-__global__ void reparameterize_kl_forward_kernel(const float* __restrict__ encoder_out,
+__device__ void reparameterize_kl_forward_kernel(const float* __restrict__ encoder_out,
                                                  const float* __restrict__ eps, int rows,
                                                  int samples, int latent, float* __restrict__ z,
                                                  float* __restrict__ row_kl,
@@ -59,7 +59,7 @@ __global__ void reparameterize_kl_forward_kernel(const float* __restrict__ encod
 }
 
 // One thread per (image b, latent j): i = b L + j over images * L < 2^32.
-__global__ void reparameterize_kl_backward_kernel(const float* __restrict__ dz,
+__device__ void reparameterize_kl_backward_kernel(const float* __restrict__ dz,
                                                   const float* __restrict__ encoder_out,
                                                   const float* __restrict__ eps,
                                                   unsigned int count, int samples,
@@ -92,7 +92,7 @@ void reparameterize_kl_forward(const float* encoder_out, const float* eps, int i
   const int rows = sample_rows("reparameterize_kl_forward", images, samples);
   if (rows == 0) return;
   const unsigned int blocks = static_cast<unsigned int>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  launch(on, reparameterize_kl_forward_kernel, blocks, kThreads, 0, encoder_out, eps, rows, samples,
+  launch<reparameterize_kl_forward_kernel>(on, blocks, kThreads, 0, encoder_out, eps, rows, samples,
          latent, z, row_kl, row_log_ratio);
 }
 
@@ -103,7 +103,7 @@ void reparameterize_kl_backward(const float* dz, const float* encoder_out, const
   const size_t count = static_cast<size_t>(images) * latent;
   if (count == 0) return;
   check_32bit_grid_stride("reparameterize_kl_backward", count);
-  launch(on, reparameterize_kl_backward_kernel, blocks_for(count), kThreads, 0, dz, encoder_out, eps,
+  launch<reparameterize_kl_backward_kernel>(on, blocks_for(count), kThreads, 0, dz, encoder_out, eps,
          static_cast<unsigned int>(count), samples, static_cast<unsigned int>(latent), kl_scale,
          d_encoder_out);
 }

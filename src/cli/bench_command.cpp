@@ -14,9 +14,11 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "cuvae/backends/cpu/profiling_backend.h"
+#include "cuvae/backends/lockstep.h"
 #include "cuvae/build_info.h"
 #include "cuvae/cli/commands.h"
 #include "cuvae/cli/flags.h"
@@ -192,7 +194,57 @@ Result bench_one(Backend& backend, const IdxImages& images, int batch, const Ben
 // repetition (a busy machine slows both alike), the medians reported.
 struct PackResult {
   double alone_per_s = 0, pack_per_s = 0;
+  double lockstep_per_s = 0;  // CUDA: the pack in lock step (lockstep.h); 0 elsewhere
   size_t bytes = 0;  // the pack's model buffers
+};
+
+// `models` trainers in lock step on one backend, each stepping on its own
+// thread (train_pack.cpp's way on CUDA).
+class LockstepTrainers {
+ public:
+  LockstepTrainers(const std::string& device, const TrainConfig& config, const IdxImages& images, int models,
+                   const TrainerOptions& options)
+      : pack_(make_backend(device), models, options.step_graph) {
+    TrainConfig c = config;
+    for (int m = 0; m < models; ++m) {
+      backends_.push_back(pack_.member_backend(m));
+      c.seed = static_cast<uint64_t>(m);
+      trainers_.push_back(std::make_unique<Trainer>(*backends_.back(), c, images, options));
+    }
+  }
+  ~LockstepTrainers() {
+    trainers_.clear();
+    backends_.clear();
+  }
+  // Every model's `steps` steps, side by side in lock step.
+  void steps(int steps) {
+    const int models = static_cast<int>(trainers_.size());
+    std::vector<int> all;
+    for (int m = 0; m < models; ++m) all.push_back(m);
+    pack_.enter(all);
+    std::vector<std::thread> threads;
+    std::vector<std::string> errors(trainers_.size());
+    for (int m = 0; m < models; ++m) {
+      threads.emplace_back([&, m] {
+        try {
+          for (int s = 0; s < steps; ++s) trainers_[m]->step();
+        } catch (const std::exception& e) {
+          errors[m] = e.what();
+        }
+        pack_.leave(m);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const std::string& e : errors) {
+      if (!e.empty()) throw Error("a pack in lock step: " + e);
+    }
+    pack_.shared().synchronize();
+  }
+
+ private:
+  LockstepPack pack_;
+  std::vector<std::unique_ptr<Backend>> backends_;
+  std::vector<std::unique_ptr<Trainer>> trainers_;
 };
 
 PackResult bench_pack(const std::string& device, const IdxImages& images, int batch, int models,
@@ -218,8 +270,14 @@ PackResult bench_pack(const std::string& device, const IdxImages& images, int ba
     backends[m]->synchronize();
   };
   for (int m = 0; m < models; ++m) steps_of(m, (trainers[m]->step_recorded() ? 2 : 0) + o.warmup_steps);
+  // On CUDA the lock-step way too (the default of train's packs there).
+  std::unique_ptr<LockstepTrainers> lockstep;
+  if (!cpu) {
+    lockstep = std::make_unique<LockstepTrainers>(device, config, images, models, options);
+    lockstep->steps(2 + o.warmup_steps);
+  }
   const double images_per_round = static_cast<double>(models) * o.steps * batch;
-  std::vector<double> alone, pack;
+  std::vector<double> alone, pack, together;
   // Each way as train runs it: alone, the thread count following the load;
   // side by side, one thread per model (train_pack.cpp).
   auto adaptive = [&](bool on) {
@@ -234,10 +292,16 @@ PackResult bench_pack(const std::string& device, const IdxImages& images, int ba
     start = Clock::now();
     side_by_side(models, cpu, [&](int m) { steps_of(m, o.steps); });
     pack.push_back(images_per_round / seconds_since(start));
+    if (lockstep) {
+      start = Clock::now();
+      lockstep->steps(o.steps);
+      together.push_back(images_per_round / seconds_since(start));
+    }
   }
   PackResult r;
   r.alone_per_s = median(alone);
   r.pack_per_s = median(pack);
+  if (lockstep) r.lockstep_per_s = median(together);
   r.bytes = static_cast<size_t>(models) * model_bytes(config.arch, batch, config.objective.total_samples());
   return r;
 }
@@ -246,24 +310,29 @@ PackResult bench_pack(const std::string& device, const IdxImages& images, int ba
 void print_pack_table(const std::string& device, const IdxImages& images, const BenchOptions& o,
                       nlohmann::json* json) {
   side_by_side_threads(1, true);  // reads OpenMP's count before any thread tuner moves it
-  std::printf("%6s %6s %8s %16s %16s %10s %12s\n", "models", "batch", "threads", "one after another",
-              "side by side", "pack/alone", "memory MiB");
+  const bool lockstep = device != "cpu";
+  std::printf("%6s %6s %8s %16s %16s %10s%s %12s\n", "models", "batch", "threads", "one after another",
+              "side by side", "pack/alone", lockstep ? "     lock step  lock/alone" : "", "memory MiB");
   for (int batch : o.batch_sizes) {
     for (int models : o.models) {
       const PackResult r = bench_pack(device, images, batch, models, o);
       const int threads = side_by_side_threads(models, device == "cpu");
-      std::printf("%6d %6d %8d %16.0f %16.0f %9.2fx %12.1f\n", models, batch, threads, r.alone_per_s, r.pack_per_s,
-                  r.pack_per_s / r.alone_per_s, static_cast<double>(r.bytes) / (1 << 20));
+      std::printf("%6d %6d %8d %16.0f %16.0f %9.2fx", models, batch, threads, r.alone_per_s, r.pack_per_s,
+                  r.pack_per_s / r.alone_per_s);
+      if (lockstep) std::printf(" %13.0f %10.2fx", r.lockstep_per_s, r.lockstep_per_s / r.alone_per_s);
+      std::printf(" %12.1f\n", static_cast<double>(r.bytes) / (1 << 20));
       std::fflush(stdout);
       (*json)["packs"].push_back({{"device", device}, {"models", models}, {"batch", batch}, {"threads", threads},
                                   {"alone_images_per_s", r.alone_per_s}, {"pack_images_per_s", r.pack_per_s},
+                                  {"lockstep_images_per_s", r.lockstep_per_s},
                                   {"memory_bytes", r.bytes}});
     }
   }
   std::printf("\nimages/s of all the models together (median of %d repetitions of %d steps per model, the two "
               "ways alternated):\none after another: each model's steps alone, on every thread; side by side: "
-              "the pack's way, one model per\nthread (CPU) or per stream (GPU); memory: the models' buffers "
-              "(parameters, Adam, activations).\n",
+              "one model per thread (CPU) or\nper stream (GPU); lock step (GPU): the pack's way there, each call of every "
+              "model's step run together\n(lockstep.h); memory: the models' buffers (parameters, Adam, activations), "
+              "per way.\n",
               o.repeats, o.steps);
 }
 

@@ -24,9 +24,11 @@
 #include <memory>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "cuvae/backends/lockstep.h"
 #include "cuvae/cli/interrupt.h"
 #include "cuvae/cli/train_run.h"
 #include "cuvae/error.h"
@@ -108,10 +110,11 @@ void write_pack_file(const std::string& root, const std::vector<PackMember>& mem
 }
 
 // Each member's epoch `epoch` (those that have it and have not failed), side
-// by side. Returns the first interrupt status (every member that ran has
-// checkpointed), or 0.
+// by side; in lock step, each on its own host thread, leaving the pack's
+// rounds when it stops. Returns the first interrupt status (every member
+// that ran has checkpointed), or 0.
 int train_pack_epoch(std::vector<std::unique_ptr<PreparedRun>>& runs, std::vector<std::string>& failures,
-                     int epoch, bool cpu) {
+                     int epoch, bool cpu, LockstepPack* lockstep) {
   std::vector<int> chosen;
   for (size_t i = 0; i < runs.size(); ++i) {
     if (failures[i].empty() && runs[i]->first_epoch() <= epoch && epoch <= runs[i]->last_epoch()) {
@@ -119,7 +122,7 @@ int train_pack_epoch(std::vector<std::unique_ptr<PreparedRun>>& runs, std::vecto
     }
   }
   std::vector<int> status(runs.size(), 0);
-  side_by_side(static_cast<int>(chosen.size()), cpu, [&](int c) {
+  const auto train_member = [&](int c) {
     const int i = chosen[c];
     try {
       status[i] = runs[i]->train_epoch(epoch);
@@ -128,7 +131,17 @@ int train_pack_epoch(std::vector<std::unique_ptr<PreparedRun>>& runs, std::vecto
     } catch (const std::exception& e) {
       failures[i] = e.what();
     }
-  });
+    if (lockstep != nullptr) lockstep->leave(i);
+  };
+  if (lockstep != nullptr) {
+    // Every member at once, whatever OpenMP would give: each waits for the others' steps.
+    lockstep->enter(chosen);
+    std::vector<std::thread> threads;
+    for (size_t c = 0; c < chosen.size(); ++c) threads.emplace_back(train_member, static_cast<int>(c));
+    for (std::thread& t : threads) t.join();
+  } else {
+    side_by_side(static_cast<int>(chosen.size()), cpu, train_member);
+  }
   for (int s : status) {
     if (s != 0) return s;
   }
@@ -292,11 +305,23 @@ int run_pack(const TrainOptions& o) {
   // Every member set up (its flags and checkpoint checked, its folder locked)
   // before the member list is written: a pack refused here leaves nothing.
   side_by_side_threads(1, true);  // reads OpenMP's count before any member runs
+  // In lock step (on CUDA by default) the members share one backend; it
+  // outlives them (declared before `runs`).
+  std::unique_ptr<LockstepPack> lockstep;
+  if (o.pack_mode != "threads") {
+    std::ostringstream quiet;  // the first member prints the device
+    std::unique_ptr<Backend> shared = open_backend(options[0].device, quiet);
+    if (o.pack_mode == "lockstep" || shared->name() == "cuda") {
+      lockstep = std::make_unique<LockstepPack>(std::move(shared), static_cast<int>(options.size()), o.cuda_graph);
+    }
+  }
   std::vector<std::unique_ptr<PreparedRun>> runs;
   std::shared_ptr<const TrainData> data;
   for (size_t i = 0; i < options.size(); ++i) {
-    RunStyle style{names[i] + ": ", true, i > 0, side_by_side_threads(static_cast<int>(options.size()), true) == 1};
-    runs.push_back(prepare_run(options[i], style, data));
+    const bool adaptive = !lockstep && side_by_side_threads(static_cast<int>(options.size()), true) == 1;
+    RunStyle style{names[i] + ": ", true, i > 0, adaptive};
+    runs.push_back(prepare_run(options[i], style, data,
+                               lockstep ? lockstep->member_backend(static_cast<int>(i)) : nullptr));
     if (i == 0) data = runs[0]->data();
   }
   if (resuming && !own_folder) {
@@ -308,9 +333,13 @@ int run_pack(const TrainOptions& o) {
   }
   const bool cpu = runs[0]->backend_name() == "cpu";
   std::cout << "pack: " << runs.size() << " models in " << root << ", "
-            << (cpu ? "side by side on " + std::to_string(side_by_side_threads(static_cast<int>(runs.size()), true)) +
+            << (lockstep && lockstep->batched()
+                    ? std::string("in lock step, each call of every model's step run together (batched GEMMs and kernels")
+                          + (o.cuda_graph ? ", the pack's step one CUDA Graph)" : ")")
+                : lockstep ? std::string("in lock step, the models' steps interleaved call by call on one backend")
+                : cpu      ? "side by side on " + std::to_string(side_by_side_threads(static_cast<int>(runs.size()), true)) +
                           " CPU threads (each model's own work on one)"
-                    : std::string("one stream and host thread each")) << ": " << [&] {
+                           : std::string("one stream and host thread each")) << ": " << [&] {
                  std::string list;
                  for (size_t i = 0; i < names.size() && i < 8; ++i) list += (i ? ", " : "") + names[i];
                  if (names.size() > 8) list += ", ... " + names.back();
@@ -325,7 +354,7 @@ int run_pack(const TrainOptions& o) {
   }
   for (int epoch = first; epoch <= last; ++epoch) {
     std::vector<std::string> before = failures;
-    const int status = train_pack_epoch(runs, failures, epoch, cpu);
+    const int status = train_pack_epoch(runs, failures, epoch, cpu, lockstep.get());
     for (size_t i = 0; i < runs.size(); ++i) {
       if (failures[i] != before[i]) report_failure(*runs[i], names[i], failures[i]);
     }

@@ -639,7 +639,8 @@ class TrainingLoop {
 // the loop, the trainer, the backend, then the folder's lock.
 class PreparedRunImpl : public PreparedRun {
  public:
-  PreparedRunImpl(const TrainOptions& o, const RunStyle& style, std::shared_ptr<const TrainData> data)
+  PreparedRunImpl(const TrainOptions& o, const RunStyle& style, std::shared_ptr<const TrainData> data,
+                  std::unique_ptr<Backend> backend)
       : o_(o), style_(style), run_(resolve_run(o_)) {
     // Made here and locked for the run's life (one run per directory), stale
     // temporaries of killed runs cleared; removed again if the run fails
@@ -656,7 +657,12 @@ class PreparedRunImpl : public PreparedRun {
     data_ = data ? data : load_train_data(run_.data, run_.config.arch.input_dim);
     check_train_data(run_, *data_);
     std::ostringstream quiet;
-    backend_ = open_backend(o_.device, style.quiet ? quiet : std::cout);
+    if (backend) {
+      backend_ = std::move(backend);
+      (style.quiet ? quiet : std::cout) << "device: " << backend_->description() << "\n";
+    } else {
+      backend_ = open_backend(o_.device, style.quiet ? quiet : std::cout);
+    }
     backend_->set_adaptive_threads(style.adaptive_threads);
     if (!style.quiet) {
       std::cout << "data: " << run_.data << ": "
@@ -728,8 +734,8 @@ std::shared_ptr<const TrainData> load_train_data(const std::string& dir, int inp
 }
 
 std::unique_ptr<PreparedRun> prepare_run(const TrainOptions& o, const RunStyle& style,
-                                         std::shared_ptr<const TrainData> data) {
-  return std::make_unique<PreparedRunImpl>(o, style, std::move(data));
+                                         std::shared_ptr<const TrainData> data, std::unique_ptr<Backend> backend) {
+  return std::make_unique<PreparedRunImpl>(o, style, std::move(data), std::move(backend));
 }
 
 }  // namespace cuvae

@@ -72,7 +72,7 @@ run_full() {
   step "whole test suite (CUDA tests included)"
   timeout "${TESTS_TIMEOUT:-150}" build-gpu/cuvae_tests --gtest_brief=1 2>&1 | tee "$work/tests.log" | grep -v '^\[       OK \]'
   echo "tests exit: ${PIPESTATUS[0]}"
-  local kernel_tests='*/BackendOps.*/cuda:CudaIwae*:K/CudaIwaeSamples.*:TwoBranchStep.*:StepGraph.*'
+  local kernel_tests='*/BackendOps.*/cuda:CudaIwae*:K/CudaIwaeSamples.*:TwoBranchStep.*:StepGraph.*:Lockstep.OnTheGpu*'
   for tool in memcheck racecheck; do
     step "compute-sanitizer --tool $tool over the kernel tests"
     timeout "${SANITIZE_TIMEOUT:-60}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
@@ -94,6 +94,13 @@ run_full() {
       --two-branch-graph --json "$work/vae_bench-iwae-50-two-branch-graph.json" | tee "$work/vae_bench-iwae-50-two-branch-graph.txt"
   else
     echo "skipped: this build's vae bench has no --objective (issue 13's CLI not merged)"
+  fi
+  step "vae bench --models: packs one after another, side by side and in lock step"
+  if build-gpu/vae bench --help 2>&1 | grep -q -- --models; then
+    timeout "${PACKS_TIMEOUT:-120}" build-gpu/vae bench --device cuda --data data/mnist --batch-sizes 20,200 \
+      --models 1,2,4,8,16 --steps 20 --repeats 3 --json "$work/vae_bench-models.json" | tee "$work/vae_bench-models.txt"
+  else
+    echo "skipped: this build's vae bench has no --models"
   fi
   TORCH_BATCHES="$FULL_BATCHES" TORCH_EPOCHS=3 TORCH_TIMEOUT=45 run_torch
   step "throughput, same GPU, same call (PyTorch: median of epochs 2-3; cuvae: median of its repeats)"

@@ -28,6 +28,22 @@ class StepRecording {
   virtual ~StepRecording() = default;
 };
 
+// A pack's training steps run together (lockstep.h): each member's step is
+// collected between begin_member and end_member (the calls it makes on the
+// backend are recorded, not run), then run() runs the members' calls
+// together: call j of every member as one batched call where they match (the
+// CUDA backend: one cuBLAS batched GEMM, one kernel launch over all members),
+// the whole pack's step as one CUDA Graph when every member is there.
+class StepBatch {
+ public:
+  virtual ~StepBatch() = default;
+  virtual void begin_member(int member) = 0;
+  virtual void end_member() = 0;
+  // Runs the collected steps of `members` (distinct, in increasing order)
+  // and forgets them.
+  virtual void run(const std::vector<int>& members) = 0;
+};
+
 // How many dense-layer calls (dense_forward, dense_backward_input) a backend
 // ran as one fused GEMM, and how many as a GEMM and a separate pass.
 struct DenseFusionCounts {
@@ -253,6 +269,17 @@ class Backend {
   // there the tuner only costs (a pack of 2 at batch 20 ran at half the
   // speed with it). Never changes the numbers.
   virtual void set_adaptive_threads(bool on) { (void)on; }
+
+  // ---- a pack in lock step (lockstep.h)
+  // A batch for `members` models' steps, or null where the backend has no
+  // batched way to run them (the CPU, whose packs run their members side by
+  // side on threads: side_by_side.h). `graph`: the pack's step as one CUDA
+  // Graph. Not inside a step.
+  virtual std::unique_ptr<StepBatch> make_step_batch(int members, bool graph) {
+    (void)members;
+    (void)graph;
+    return nullptr;
+  }
 };
 
 // A typed backend allocation, freed on destruction.

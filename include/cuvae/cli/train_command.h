@@ -40,6 +40,10 @@ struct TrainOptions {
   bool cuda_graph = true;
   bool two_branch_graph = false;  // weight gradients on a second stream (CUDA); the same GEMMs
   std::string resident_data = "auto";  // auto, on, off
+  // A pack's members: auto (lockstep on CUDA, threads on the CPU), threads
+  // (side by side, each its own stream on CUDA) or lockstep (their steps
+  // collected and run together: lockstep.h).
+  std::string pack_mode = "auto";
 
   // Which flags were given explicitly: when resuming, those that must agree
   // with the checkpoint are checked, and --epochs and --max-steps default to

@@ -7,11 +7,11 @@
 #include <memory>
 #include <string>
 
+#include "cuvae/backends/backend.h"
 #include "cuvae/cli/train_command.h"
 
 namespace cuvae {
 
-class Backend;
 struct TrainData;  // the training and test images, loaded once per process
 
 // How a run shows itself. A run alone prints its set-up lines (device, data,
@@ -50,9 +50,11 @@ std::shared_ptr<const TrainData> load_train_data(const std::string& dir, int inp
 // Resolves the run from the flags (and its checkpoint when resuming), locks
 // its folder, opens its backend and builds its trainer and loop. `data`:
 // loaded here when null (then also the "data:" line), else shared (a pack).
-// Throws cuvae::Error on bad input.
+// `backend`: opened here from --device when null, else the run's (a pack's
+// member in lock step, lockstep.h). Throws cuvae::Error on bad input.
 std::unique_ptr<PreparedRun> prepare_run(const TrainOptions& o, const RunStyle& style,
-                                         std::shared_ptr<const TrainData> data);
+                                         std::shared_ptr<const TrainData> data,
+                                         std::unique_ptr<Backend> backend = nullptr);
 
 // The shortest text that reads back as `value` (0.001 and 0.00100000001
 // stay apart, where std::to_string prints both as 0.001000).

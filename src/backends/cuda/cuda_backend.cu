@@ -9,7 +9,12 @@
 // weight-gradient GEMMs, Backend::begin_side_branch) run on a third (side)
 // stream with its own cuBLAS handle, workspace and bias-gradient scratch,
 // forked from and joined into the compute stream with events, so a captured
-// step is a graph of two branches.
+// step is a graph of two branches. A pack's members' steps can run together
+// (make_step_batch, lockstep.h): each member's step is collected (its
+// launches, GEMMs and copies recorded with their arguments) and then call j
+// of every member runs as one launch of the kernel's batched form
+// (kernels/launch.cuh) or one cublasSgemmBatched, the pack's whole step one
+// CUDA Graph.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -18,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cuvae/backends/cuda/collected_step.h"
 #include "cuvae/backends/cuda/cuda_backend.h"
 #include "cuvae/backends/cuda/cuda_check.h"
 #include "cuvae/backends/cuda/cuda_module.h"
@@ -45,6 +51,38 @@ bool cuda_device_present(std::string* why_not) {
 }
 
 namespace {
+
+class CudaBackend;
+
+// The pointer arrays of one batched GEMM of a pack's step, in device memory
+// (cuBLAS reads them there): B's, A's and C's, `count` each. Written before
+// the step's first (eager) run, then the same on every replay.
+struct GemmPointers {
+  std::vector<const void*> host;
+  void** device = nullptr;
+  size_t capacity = 0;
+};
+
+// A pack's steps in lock step on one CUDA backend (Backend::make_step_batch).
+class CudaStepBatch final : public StepBatch {
+ public:
+  CudaStepBatch(CudaBackend& backend, int members, bool graph);
+  ~CudaStepBatch() override;
+  void begin_member(int member) override;
+  void end_member() override;
+  void run(const std::vector<int>& members) override;
+
+  std::vector<CollectedStep> steps;
+  // Per batched GEMM of the step, in order: those of the rounds with every
+  // member (which the pack's graph reads on every replay: never rewritten
+  // while it exists), and those of rounds without some (eager, rewritten as
+  // the members change).
+  std::vector<GemmPointers> gemm_pointers, partial_gemm_pointers;
+
+ private:
+  CudaBackend& backend_;
+  std::unique_ptr<StepGraph> graph_;  // the whole pack's step, when every member runs
+};
 
 class CudaBackend final : public Backend {
  public:
@@ -149,6 +187,7 @@ class CudaBackend final : public Backend {
 
   void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
     not_in_a_step("copy_to_device");
+    not_collecting("copy_to_device");
     join_before_host_wait("copy_to_device");  // the side branch may read dst
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, compute_));
     // A pageable source may be reused by the caller at once: wait.
@@ -156,16 +195,27 @@ class CudaBackend final : public Backend {
   }
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
     not_in_a_step("copy_to_host");
+    not_collecting("copy_to_host");
     join_before_host_wait("copy_to_host");
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, compute_));
     CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
   void copy_on_device(void* dst, const void* src, size_t bytes) override {
+    if (collect_ != nullptr) {
+      CollectedCall c;
+      c.kind = CollectedCall::Kind::kCopy;
+      c.dst = dst;
+      c.src = src;
+      c.bytes = bytes;
+      collect_->push_back(std::move(c));
+      return;
+    }
     if (graph_ != nullptr && !graph_->call("cudaMemcpyAsync", call_key(dst, src, bytes))) return;
     CUVAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
   }
   void synchronize() override {
     not_in_a_step("synchronize");
+    not_collecting("synchronize");
     join_before_host_wait("synchronize");
     CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
@@ -174,6 +224,13 @@ class CudaBackend final : public Backend {
             int lda, const float* b, int ldb, float beta, float* c, int ldc) override {
     // cuBLAS is column-major. A row-major C (m x n) is a column-major C^T
     // (n x m), and C^T = op(B)^T op(A)^T: swap the operands and the sizes.
+    if (collect_ != nullptr) {
+      CollectedCall call;
+      call.kind = CollectedCall::Kind::kGemm;
+      call.gemm = CollectedGemm{transpose_a, transpose_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc};
+      collect_->push_back(std::move(call));
+      return;
+    }
     if (graph_ != nullptr &&
         !graph_->call("cublasSgemm", call_key(transpose_a, transpose_b, m, n, k, alpha, a, lda, b,
                                               ldb, beta, c, ldc, tf32_))) {
@@ -189,7 +246,8 @@ class CudaBackend final : public Backend {
     // cuBLASLt's epilogues have bias and bias + ReLU, no tanh: LtDense::forward
     // refuses a tanh layer (counted unfused), which then runs gemm + our kernel.
     // LtDense runs on the compute stream: on the side branch, the unfused layer.
-    if (gemm_epilogues_ && !on_side() && lt_->forward(x, w, b, rows, in, out, act, y, mask, graph_)) {
+    // A pack's collected step batches plain GEMMs (cuBLASLt takes no pointer arrays).
+    if (gemm_epilogues_ && collect_ == nullptr && !on_side() && lt_->forward(x, w, b, rows, in, out, act, y, mask, graph_)) {
       return;
     }
     Backend::dense_forward(x, w, b, rows, in, out, act, y, mask);
@@ -199,7 +257,7 @@ class CudaBackend final : public Backend {
                             float* x_dbias) override {
     // Only ReLU has a fused input gradient (DRELU_BGRAD, from the forward's
     // bit mask); identity and tanh layers run gemm + our kernel.
-    if (gemm_epilogues_ && !on_side() && x_act == Activation::kRelu &&
+    if (gemm_epilogues_ && collect_ == nullptr && !on_side() && x_act == Activation::kRelu &&
         lt_->backward_input(da, w, rows, in, out, x_mask, dx, x_dbias, graph_)) {
       return;
     }
@@ -216,8 +274,11 @@ class CudaBackend final : public Backend {
   void activation_backward_bias_grad(float* dy, const float* y, float* dbias, int rows, int cols,
                                      Activation act, const float* row_scale) override {
     // Each branch has its own scratch: the two may run at once.
+    // A pack member's collected step has its own slice of it: the members'
+    // kernels run at once.
     Scratch& scratch = on_side() ? side_.bias_scratch : bias_scratch_;
-    const size_t needed = kernels::bias_grad_scratch_floats(rows, cols);
+    const size_t per_member = kernels::bias_grad_scratch_floats(rows, cols);
+    const size_t needed = per_member * static_cast<size_t>(collect_ != nullptr ? collect_members_ : 1);
     if (scratch.floats < needed) {
       // Sized by the eager first run of a step, so never inside a capture.
       not_in_a_step("growing the bias-gradient scratch buffer");
@@ -234,14 +295,16 @@ class CudaBackend final : public Backend {
       scratch.data = static_cast<float*>(allocate(needed * sizeof(float)));
       scratch.floats = needed;
     }
-    if (graph_ != nullptr) scratch.captured = true;
-    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, row_scale, scratch.data,
-                                           target());
+    // A collected step's launches are captured when the pack's step is.
+    if (graph_ != nullptr || collect_ != nullptr) scratch.captured = true;
+    float* slice = scratch.data + (collect_ != nullptr ? per_member * static_cast<size_t>(collect_member_) : 0);
+    kernels::activation_backward_bias_grad(dy, y, dbias, rows, cols, act, row_scale, slice, target());
   }
 
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
                            const RandomKey& key, float* x) override {
     not_in_a_step("upload_and_binarize");
+    not_collecting("upload_and_binarize");
     join_before_host_wait("upload_and_binarize");  // the side branch may read x
     const size_t bytes = static_cast<size_t>(rows) * cols;
     Staging& s = staging_[next_staging_];
@@ -348,6 +411,7 @@ class CudaBackend final : public Backend {
 
   double device_seconds(const std::function<void()>& work) override {
     not_in_a_step("device_seconds");
+    not_collecting("device_seconds");
     CUVAE_CUDA_CHECK(cudaEventRecord(timing_start_, compute_));
     work();
     join_before_host_wait("device_seconds");  // the side branch's work counts too
@@ -427,23 +491,85 @@ class CudaBackend final : public Backend {
 
   // The fork: the side stream starts after everything issued so far on the
   // compute stream. Replaying a graph, the graph has the edges: nothing to issue.
+  // A pack's collected step runs on one stream: no branches there.
   void begin_side_branch() override {
-    if (!two_branch_) return;
+    if (!two_branch_ || collect_ != nullptr) return;
     branches().fork();
     if (replaying()) return;
     CUVAE_CUDA_CHECK(cudaEventRecord(side_.forked, compute_));
     CUVAE_CUDA_CHECK(cudaStreamWaitEvent(side_.stream, side_.forked, 0));
   }
   void end_side_branch() override {
-    if (!two_branch_) return;
+    if (!two_branch_ || collect_ != nullptr) return;
     branches().end_branch();
     if (replaying()) return;
     // The side stream runs in order, so the last end covers every branch before it.
     CUVAE_CUDA_CHECK(cudaEventRecord(side_.done, side_.stream));
   }
   void join_side_branches() override {
-    if (!two_branch_ || !branches().join() || replaying()) return;
+    if (!two_branch_ || collect_ != nullptr || !branches().join() || replaying()) return;
     CUVAE_CUDA_CHECK(cudaStreamWaitEvent(compute_, side_.done, 0));
+  }
+
+  std::unique_ptr<StepBatch> make_step_batch(int members, bool graph) override {
+    not_in_a_step("make_step_batch");
+    if (members < 1 || members > 65535) {
+      throw Error("a pack in lock step has 1 to 65535 members, not " + std::to_string(members));
+    }
+    return std::make_unique<CudaStepBatch>(*this, members, graph);
+  }
+
+  // ---- CudaStepBatch's side
+  // While collecting, every launch, GEMM and device copy is appended to
+  // `step` instead of run; `member` of `members` picks its scratch slice.
+  void begin_collect(CollectedStep* step, int member, int members) {
+    not_in_a_step("collecting a pack member's step");
+    if (collect_ != nullptr) throw Error("collecting two pack members' steps at once (an internal error)");
+    if (on_side()) throw Error("collecting a pack member's step inside a side branch (an internal error)");
+    collect_ = step;
+    collect_member_ = member;
+    collect_members_ = members;
+  }
+  void end_collect() { collect_ = nullptr; }
+  // The collected steps of `members`, call j of each together: one batched
+  // launch or GEMM where the calls match, else each in turn. Inside run_step.
+  void run_collected(CudaStepBatch& batch, const std::vector<int>& members) {
+    std::vector<GemmPointers>& slots =
+        members.size() == batch.steps.size() ? batch.gemm_pointers : batch.partial_gemm_pointers;
+    size_t calls = 0;
+    for (int m : members) calls = std::max(calls, batch.steps.at(static_cast<size_t>(m)).size());
+    std::vector<const CollectedCall*> group;
+    std::vector<const unsigned char*> args;
+    size_t gemms = 0;
+    for (size_t j = 0; j < calls; ++j) {
+      group.clear();
+      bool together = true;
+      for (int m : members) {
+        const CollectedStep& step = batch.steps[static_cast<size_t>(m)];
+        if (j < step.size()) {
+          group.push_back(&step[j]);
+        } else {
+          together = false;  // a member whose step made fewer calls: each in turn
+        }
+      }
+      for (const CollectedCall* c : group) together = together && c->batches_with(*group[0]);
+      if (together && group.size() > 1 && group[0]->kind == CollectedCall::Kind::kKernel) {
+        args.clear();
+        for (const CollectedCall* c : group) args.push_back(c->args.data());
+        const CollectedCall& first = *group[0];
+        first.launch_batched(target(), first.grid, first.block, first.shared_bytes, args.data(),
+                             static_cast<int>(args.size()));
+      } else if (together && group.size() > 1 && group[0]->kind == CollectedCall::Kind::kGemm) {
+        if (slots.size() <= gemms) slots.resize(gemms + 1);
+        batched_gemm(group, slots[gemms++]);
+      } else {
+        for (const CollectedCall* c : group) run_one(*c);
+      }
+    }
+  }
+  void free_gemm_pointers(GemmPointers& p) noexcept {
+    if (p.device != nullptr) CUVAE_CUDA_WARN(cudaFree(p.device));
+    p = GemmPointers{};
   }
 
  private:
@@ -541,7 +667,75 @@ class CudaBackend final : public Backend {
     join_side_branches();
   }
 
-  kernels::LaunchTarget target() const { return {stream(), graph_}; }
+  kernels::LaunchTarget target() const { return {stream(), graph_, collect_}; }
+
+  // Calls that wait for the host, or run at once, cannot be collected.
+  void not_collecting(const char* what) const {
+    if (collect_ != nullptr) {
+      throw Error(std::string(what) + " inside a pack member's collected step (an internal error)");
+    }
+  }
+
+  // One collected call as it is (a member's call that does not batch).
+  void run_one(const CollectedCall& c) {
+    switch (c.kind) {
+      case CollectedCall::Kind::kKernel: {
+        const unsigned char* args = c.args.data();
+        c.launch_batched(target(), c.grid, c.block, c.shared_bytes, &args, 1);
+        return;
+      }
+      case CollectedCall::Kind::kGemm: {
+        const CollectedGemm& g = c.gemm;
+        gemm(g.transpose_a, g.transpose_b, g.m, g.n, g.k, g.alpha, g.a, g.lda, g.b, g.ldb, g.beta, g.c, g.ldc);
+        return;
+      }
+      case CollectedCall::Kind::kCopy:
+        copy_on_device(c.dst, c.src, c.bytes);
+        return;
+    }
+  }
+
+  // The members' GEMM j as one cublasSgemmBatched (column-major, operands
+  // swapped as in gemm()). Its pointer arrays are written before the pack's
+  // first, eager, step; a captured or replayed step finds them unchanged.
+  void batched_gemm(const std::vector<const CollectedCall*>& group, GemmPointers& pointers) {
+    const CollectedGemm& g = group[0]->gemm;
+    const size_t count = group.size();
+    std::vector<const void*> host(3 * count);
+    for (size_t i = 0; i < count; ++i) {
+      host[i] = group[i]->gemm.b;
+      host[count + i] = group[i]->gemm.a;
+      host[2 * count + i] = group[i]->gemm.c;
+    }
+    const std::vector<unsigned char> shape = call_key(g.transpose_a, g.transpose_b, g.m, g.n, g.k, g.alpha,
+                                                      g.lda, g.ldb, g.beta, g.ldc, tf32_);
+    std::vector<unsigned char> key(shape.size() + host.size() * sizeof(void*));
+    std::memcpy(key.data(), shape.data(), shape.size());
+    std::memcpy(key.data() + shape.size(), host.data(), host.size() * sizeof(void*));
+    if (graph_ != nullptr && !graph_->call("cublasSgemmBatched", key)) return;
+    if (pointers.host != host) {
+      if (graph_ != nullptr) {
+        throw Error("a pack's batched GEMM changed its operands inside a recorded step (an internal error; "
+                    "--no-cuda-graph avoids it)");
+      }
+      CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));  // a step before may still read the old arrays
+      if (pointers.capacity < host.size()) {
+        free_gemm_pointers(pointers);
+        pointers.device = static_cast<void**>(allocate(host.size() * sizeof(void*)));
+        pointers.capacity = host.size();
+      }
+      CUVAE_CUDA_CHECK(cudaMemcpy(pointers.device, host.data(), host.size() * sizeof(void*),
+                                  cudaMemcpyHostToDevice));
+      pointers.host = host;
+    }
+    const int batch = static_cast<int>(count);
+    auto* const* devices = pointers.device;
+    CUVAE_CUBLAS_CHECK(cublasSgemmBatched(
+        cublas_, g.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, g.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, g.n, g.m,
+        g.k, &g.alpha, reinterpret_cast<const float* const*>(devices), g.ldb,
+        reinterpret_cast<const float* const*>(devices + count), g.lda, &g.beta,
+        reinterpret_cast<float* const*>(devices + 2 * count), g.ldc, batch));
+  }
   // Calls that wait for the host cannot be part of a CUDA Graph step.
   void not_in_a_step(const char* what) const {
     if (graph_ != nullptr) {
@@ -567,7 +761,40 @@ class CudaBackend final : public Backend {
   std::unique_ptr<LtDense> lt_;  // dense layers with cuBLASLt epilogues
   cudaEvent_t timing_start_ = nullptr, timing_stop_ = nullptr;  // device_seconds
   bool gemm_epilogues_ = false;
+  CollectedStep* collect_ = nullptr;  // the pack member's step being collected, if any
+  int collect_member_ = 0, collect_members_ = 1;
 };
+
+CudaStepBatch::CudaStepBatch(CudaBackend& backend, int members, bool graph)
+    : steps(static_cast<size_t>(members)), backend_(backend) {
+  if (graph) graph_ = std::make_unique<StepGraph>();
+}
+
+CudaStepBatch::~CudaStepBatch() {
+  for (GemmPointers& p : gemm_pointers) backend_.free_gemm_pointers(p);
+  for (GemmPointers& p : partial_gemm_pointers) backend_.free_gemm_pointers(p);
+}
+
+void CudaStepBatch::begin_member(int member) {
+  CollectedStep& step = steps.at(static_cast<size_t>(member));
+  step.clear();
+  backend_.begin_collect(&step, member, static_cast<int>(steps.size()));
+}
+
+void CudaStepBatch::end_member() { backend_.end_collect(); }
+
+void CudaStepBatch::run(const std::vector<int>& members) {
+  // The graph holds every member's calls: a round without some (a member that
+  // stopped or failed mid-epoch) runs eagerly.
+  StepGraph* graph = members.size() == steps.size() ? graph_.get() : nullptr;
+  try {
+    backend_.run_step(graph, [&] { backend_.run_collected(*this, members); });
+  } catch (...) {
+    for (int m : members) steps[static_cast<size_t>(m)].clear();
+    throw;
+  }
+  for (int m : members) steps[static_cast<size_t>(m)].clear();
+}
 
 }  // namespace
 

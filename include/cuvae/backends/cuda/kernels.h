@@ -13,20 +13,25 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "cuvae/backends/backend.h"
 
 namespace cuvae {
 class StepGraph;
+struct CollectedCall;
+using CollectedStep = std::vector<CollectedCall>;
 }
 
 namespace cuvae::kernels {
 
 // Where a launch goes: the stream, and the step graph being captured or
-// replayed, if any.
+// replayed, if any; or, while a pack member's step is collected, that
+// member's list (nothing is launched then).
 struct LaunchTarget {
   cudaStream_t stream = nullptr;
   StepGraph* graph = nullptr;
+  CollectedStep* collect = nullptr;
 };
 
 // kernels/binarize.cu
