@@ -99,8 +99,10 @@ struct Batch {
   A members[N];
 };
 
+// __grid_constant__: the members' arguments stay in the parameter space,
+// read in place, never copied into each thread's local memory.
 template <auto Body, int N, typename... P>
-__global__ void batched_kernel(const Batch<Args<P...>, N> batch) {
+__global__ void batched_kernel(__grid_constant__ const Batch<Args<P...>, N> batch) {
   call_body<Body>(batch.members[blockIdx.z]);
 }
 

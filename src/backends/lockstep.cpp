@@ -18,14 +18,22 @@ class MemberBackend final : public Backend {
   MemberBackend(LockstepPack& pack, int member) : pack_(pack), member_(member) {}
 
   std::string name() const override { return pack_.shared_->name(); }
-  std::string description() const override { return pack_.shared_->description(); }
+  std::string description() const override {
+    std::lock_guard<std::recursive_mutex> lock(pack_.device_);
+    return pack_.shared_->description();
+  }
   bool memory_is_host() const override { return pack_.shared_->memory_is_host(); }
   size_t memory_bytes() const override {
     std::lock_guard<std::recursive_mutex> lock(pack_.device_);
     return pack_.shared_->memory_bytes();
   }
 
-  void* allocate(size_t bytes) override { return now([&](Backend& b) { return b.allocate(bytes); }); }
+  // Also inside a collected step (a model allocates some buffers at their
+  // first use): an allocation runs at once, in no order with the calls.
+  void* allocate(size_t bytes) override {
+    std::lock_guard<std::recursive_mutex> lock(pack_.device_);
+    return pack_.shared_->allocate(bytes);
+  }
   void deallocate(void* pointer) override { now([&](Backend& b) { b.deallocate(pointer); }); }
   void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
     now([&](Backend& b) { b.copy_to_device(dst, host_src, bytes); });
@@ -63,7 +71,11 @@ class MemberBackend final : public Backend {
 
   void upload_and_binarize(const uint8_t* host_pixels, int rows, int cols, uint64_t first_row,
                            const RandomKey& key, float* x) override {
-    // Reads host memory the caller may reuse at once: never collected.
+    // A member whose images did not fit the device streams its batches and
+    // steps without run_step, its calls one at a time: it takes no part in
+    // the rounds (until the next epoch's enter), so the others do not wait
+    // for it. Reads host memory the caller may reuse at once: never collected.
+    pack_.leave(member_);
     now([&](Backend& b) { b.upload_and_binarize(host_pixels, rows, cols, first_row, key, x); });
   }
   void binarize_rows(const uint8_t* images, const uint32_t* order, uint64_t first_position, int rows, int cols,
@@ -170,12 +182,17 @@ class MemberBackend final : public Backend {
     }
     pack_.arrive(member_);
   }
+  // `work` would hold the shared backend while it waits for the others.
   double device_seconds(const std::function<void()>& work) override {
-    return now([&](Backend& b) { return b.device_seconds(work); });
+    (void)work;
+    throw Error("device_seconds is not available to a member of a pack in lock step");
   }
   bool set_tf32(bool on) override { return now([&](Backend& b) { return b.set_tf32(on); }); }
   bool set_gemm_epilogues(bool on) override { return now([&](Backend& b) { return b.set_gemm_epilogues(on); }); }
-  DenseFusionCounts dense_fusion_counts() const override { return pack_.shared_->dense_fusion_counts(); }
+  DenseFusionCounts dense_fusion_counts() const override {
+    std::lock_guard<std::recursive_mutex> lock(pack_.device_);
+    return pack_.shared_->dense_fusion_counts();
+  }
   // A pack's collected step runs on one stream: no side branches.
   void begin_side_branch() override {}
   void end_side_branch() override {}
@@ -186,9 +203,13 @@ class MemberBackend final : public Backend {
   }
 
  private:
-  // A call outside a step: now, on the shared backend, alone.
+  // A call outside a step: now, on the shared backend, alone. Not while an
+  // interleaved step is collected: it would run ahead of the calls collected.
   template <typename F>
   auto now(F&& f) -> decltype(f(std::declval<Backend&>())) {
+    if (collecting_) {
+      throw Error("a call that cannot wait inside a pack member's collected step (an internal error)");
+    }
     std::lock_guard<std::recursive_mutex> lock(pack_.device_);
     return f(*pack_.shared_);
   }
@@ -199,7 +220,8 @@ class MemberBackend final : public Backend {
       pack_.calls_[static_cast<size_t>(member_)].push_back(std::move(call));
       return;
     }
-    now(call);
+    std::lock_guard<std::recursive_mutex> lock(pack_.device_);
+    call(*pack_.shared_);
   }
 
   LockstepPack& pack_;
@@ -261,23 +283,31 @@ void LockstepPack::run_round() {
   std::vector<int> members = std::move(arrived_);
   arrived_.clear();
   std::sort(members.begin(), members.end());
-  try {
-    std::lock_guard<std::recursive_mutex> device(device_);
-    if (batch_) {
+  std::lock_guard<std::recursive_mutex> device(device_);
+  if (batch_) {
+    try {
       batch_->run(members);
-    } else {
-      size_t calls = 0;
-      for (int m : members) calls = std::max(calls, calls_[static_cast<size_t>(m)].size());
-      for (size_t j = 0; j < calls; ++j) {
-        for (int m : members) {
-          const auto& step = calls_[static_cast<size_t>(m)];
-          if (j < step.size()) step[j](*shared_);
+    } catch (...) {
+      // The members' calls ran as one: each member of the round gets the
+      // error (on CUDA one is often sticky for the whole context anyway).
+      for (int m : members) errors_[static_cast<size_t>(m)] = std::current_exception();
+    }
+  } else {
+    // Interleaved: a member whose call throws stops there, alone; the
+    // others' steps go on.
+    size_t calls = 0;
+    for (int m : members) calls = std::max(calls, calls_[static_cast<size_t>(m)].size());
+    for (size_t j = 0; j < calls; ++j) {
+      for (int m : members) {
+        const auto& step = calls_[static_cast<size_t>(m)];
+        if (j >= step.size() || errors_[static_cast<size_t>(m)]) continue;
+        try {
+          step[j](*shared_);
+        } catch (...) {
+          errors_[static_cast<size_t>(m)] = std::current_exception();
         }
       }
     }
-  } catch (...) {
-    // Every member of the round failed its step: each gets the error.
-    for (int m : members) errors_[static_cast<size_t>(m)] = std::current_exception();
   }
   for (int m : members) calls_[static_cast<size_t>(m)].clear();
   ++rounds_;

@@ -42,6 +42,14 @@ class StepBatch {
   // Runs the collected steps of `members` (distinct, in increasing order)
   // and forgets them.
   virtual void run(const std::vector<int>& members) = 0;
+  // Since the batch was made: calls run as one for several members
+  // (batched), and calls run for one member (alone: a member's call that
+  // matched no other's, or a round of one).
+  struct Counts {
+    long batched = 0;
+    long alone = 0;
+  };
+  virtual Counts counts_so_far() const = 0;
 };
 
 // How many dense-layer calls (dense_forward, dense_backward_input) a backend

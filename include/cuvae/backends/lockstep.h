@@ -44,6 +44,8 @@ class LockstepPack {
   // a StepBatch), rather than interleaved.
   bool batched() const { return batch_ != nullptr; }
   Backend& shared() { return *shared_; }
+  // The backend's batched and lone calls so far (zero where it interleaves).
+  StepBatch::Counts batch_counts() const { return batch_ ? batch_->counts_so_far() : StepBatch::Counts{}; }
 
   // Before `members` start training side by side, each on its own thread;
   // each calls leave(i) when it stops training (the end of its epoch, an

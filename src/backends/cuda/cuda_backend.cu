@@ -71,6 +71,7 @@ class CudaStepBatch final : public StepBatch {
   void begin_member(int member) override;
   void end_member() override;
   void run(const std::vector<int>& members) override;
+  Counts counts_so_far() const override { return counts; }
 
   std::vector<CollectedStep> steps;
   // Per batched GEMM of the step, in order: those of the rounds with every
@@ -78,6 +79,7 @@ class CudaStepBatch final : public StepBatch {
   // while it exists), and those of rounds without some (eager, rewritten as
   // the members change).
   std::vector<GemmPointers> gemm_pointers, partial_gemm_pointers;
+  Counts counts;
 
  private:
   CudaBackend& backend_;
@@ -553,6 +555,11 @@ class CudaBackend final : public Backend {
         }
       }
       for (const CollectedCall* c : group) together = together && c->batches_with(*group[0]);
+      if (together && group.size() > 1) {
+        ++batch.counts.batched;
+      } else {
+        batch.counts.alone += static_cast<long>(group.size());
+      }
       if (together && group.size() > 1 && group[0]->kind == CollectedCall::Kind::kKernel) {
         args.clear();
         for (const CollectedCall* c : group) args.push_back(c->args.data());
@@ -724,9 +731,12 @@ class CudaBackend final : public Backend {
         pointers.device = static_cast<void**>(allocate(host.size() * sizeof(void*)));
         pointers.capacity = host.size();
       }
-      CUVAE_CUDA_CHECK(cudaMemcpy(pointers.device, host.data(), host.size() * sizeof(void*),
-                                  cudaMemcpyHostToDevice));
+      // On the compute stream, which is not ordered with the default stream's
+      // copies (a pageable cudaMemcpy may return before its data has landed).
       pointers.host = host;
+      CUVAE_CUDA_CHECK(cudaMemcpyAsync(pointers.device, pointers.host.data(), host.size() * sizeof(void*),
+                                       cudaMemcpyHostToDevice, compute_));
+      CUVAE_CUDA_CHECK(cudaStreamSynchronize(compute_));  // the source is pageable
     }
     const int batch = static_cast<int>(count);
     auto* const* devices = pointers.device;

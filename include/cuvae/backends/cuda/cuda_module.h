@@ -25,7 +25,7 @@ struct CudaModuleApi {
   Backend* (*make_backend)();
 };
 
-constexpr int kCudaModuleApiVersion = 1;
+constexpr int kCudaModuleApiVersion = 2;  // 2: Backend::make_step_batch
 
 // The module's file name, and its one exported symbol.
 constexpr const char* kCudaModuleFile = "libcuvae_cuda.so";
