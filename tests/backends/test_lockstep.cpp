@@ -16,22 +16,12 @@
 #include "cuvae/error.h"
 #include "cuvae/model/philox.h"
 #include "cuvae/model/trainer.h"
+#include "synthetic_images.h"
 
 namespace cuvae {
 namespace {
 
-IdxImages synthetic_images(int count) {
-  IdxImages images;
-  images.count = count;
-  images.rows = 28;
-  images.cols = 28;
-  images.pixels.resize(static_cast<size_t>(count) * 784);
-  for (size_t i = 0; i < images.pixels.size(); ++i) {
-    const float u = random_uniform(RandomKey{7, RandomStream::kInit, 0}, i);
-    images.pixels[i] = static_cast<uint8_t>(((i % 784) / 28 % 5 == 0) ? 255 : u * 80);
-  }
-  return images;
-}
+using testing::synthetic_images;
 
 // Member i: seed 10 + i, lr by member; the IWAE paper's two-layer shape
 // (small), IWAE with K = 3, shuffled. `variant` 1: the seed's one-layer ReLU

@@ -13,23 +13,12 @@
 #include "cuvae/backends/cpu/cpu_backend.h"
 #include "cuvae/io/idx.h"
 #include "cuvae/model/trainer.h"
+#include "synthetic_images.h"
 
 namespace cuvae {
 namespace {
 
-// Random "images": enough structure for training to do something.
-IdxImages synthetic_images(int count) {
-  IdxImages images;
-  images.count = count;
-  images.rows = 28;
-  images.cols = 28;
-  images.pixels.resize(static_cast<size_t>(count) * 784);
-  for (size_t i = 0; i < images.pixels.size(); ++i) {
-    const float u = random_uniform(RandomKey{99, RandomStream::kInit, 0}, i);
-    images.pixels[i] = static_cast<uint8_t>(((i % 784) / 28 % 7 == 0) ? 255 : u * 60);
-  }
-  return images;
-}
+using testing::synthetic_images;
 
 std::vector<float> train_parameters(uint64_t seed, bool shuffle, int steps) {
   std::unique_ptr<Backend> backend = make_cpu_backend();
