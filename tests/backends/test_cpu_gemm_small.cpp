@@ -124,7 +124,11 @@ const AnyCase kAnyCases[] = {
     {false, false, 200, 784, 200}, {false, false, 200, 200, 784}, {true, false, 784, 200, 200},
     {false, true, 200, 784, 200},  {false, true, 20, 784, 200},   {false, true, 200, 50, 200},
     {false, true, 20, 200, 100},   {true, true, 33, 70, 65},      {false, false, 1000, 784, 200},
-    {false, false, 67, 129, 3},    {true, false, 129, 67, 1}};
+    {false, false, 67, 129, 3},    {true, false, 129, 67, 1},
+    // Pieces at their edges: a column piece of one to sixteen columns, one
+    // row, odd strip counts made even (200 x 100: the two-layer model's).
+    {false, false, 200, 100, 200}, {false, false, 17, 17, 5},     {false, false, 1, 1, 1},
+    {true, false, 65, 1, 9},       {false, false, 3, 1000, 2},   {false, true, 130, 33, 7}};
 
 std::vector<float> run_any(const AnyCase& c, const std::vector<float>& a, const std::vector<float>& b, float beta,
                            std::vector<float> out) {

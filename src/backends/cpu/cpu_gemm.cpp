@@ -167,7 +167,7 @@ std::string cpu_gemm_shapes() {
                                          : "OpenBLAS runs every GEMM (CUVAE_CPU_GEMM=openblas)";
   }
   return small_sgemm_library() +
-         " runs every GEMM of the model (all have alpha 1 and beta 0), in 64 x 64 blocks of C fixed by the shape: "
+         " runs every GEMM of the model (all have alpha 1 and beta 0), in blocks of about 64 x 64 of C fixed by the shape: "
          "its JIT follows the CPU's features whatever kernel OpenBLAS has, and the bits do not depend on the "
          "thread count; " + current_blas_kernel().kernel +
          " only for GEMMs that libxsmm declines (alpha not 1 or beta not 0 or 1); "

@@ -19,16 +19,22 @@ namespace {
 // 784 x 200 is 3.1e6); at batch 200 they were level.
 constexpr int64_t kMaxSmallMnk = int64_t{1} << 23;
 
-// C is cut into blocks of kBlockRows rows by kBlockCols columns, a grid that
-// depends on the shape alone, never on the thread count, and k is never
-// split: every element of C is one libxsmm kernel's dot product, whichever
-// thread runs its block, so the bits do not depend on the thread count.
-// (libxsmm's kernels for different widths round differently: cutting C by
-// the thread count would make the bits depend on it.) The blocks are run in
-// strips along C's longer side (a strip of rows when C has at least as many
-// rows as columns, else a strip of columns), and the strips are handed out
-// dynamically: a thread that the kernel deschedules holds back only its own
-// strip, and two threads share no cache line but at a strip's edge.
+// C is cut into blocks of about kBlockRows rows by kBlockCols columns, a
+// grid that depends on the shape alone, never on the thread count, and k is
+// never split: every element of C is one libxsmm kernel's dot product,
+// whichever thread runs its block, so the bits do not depend on the thread
+// count. (libxsmm's kernels for different widths round differently: cutting
+// C by the thread count would make the bits depend on it.) The blocks are
+// run in strips along C's longer side (a strip of rows when C has at least
+// as many rows as columns, else a strip of columns), and the strips are
+// handed out dynamically: a thread that the kernel deschedules holds back
+// only its own strip, and two threads share no cache line but at a strip's
+// edge.
+//
+// Each side is cut into near-equal pieces (columns at multiples of 16, one
+// AVX-512 register of floats), and the strips are an even number: 200 rows
+// are 4 strips of 50, not 64 + 64 + 64 + 8, which two threads split 128 to
+// 72 (the GEMMs of a batch-200 step on 2 threads: docs/performance.md).
 #ifndef CUVAE_GEMM_BLOCK_ROWS
 #define CUVAE_GEMM_BLOCK_ROWS 64
 #endif
@@ -37,6 +43,21 @@ constexpr int64_t kMaxSmallMnk = int64_t{1} << 23;
 #endif
 constexpr int kBlockRows = CUVAE_GEMM_BLOCK_ROWS;
 constexpr int kBlockCols = CUVAE_GEMM_BLOCK_COLS;
+constexpr int kColumnAlign = 16;
+
+// [0, length) in `pieces` near-equal pieces whose starts are multiples of
+// `align`: the start of piece i (i = pieces gives length).
+int piece_start(int length, int pieces, int align, int i) {
+  const int64_t units = (length + align - 1) / align;
+  return static_cast<int>(std::min<int64_t>(length, align * (units * i / pieces)));
+}
+
+// How many pieces of about `block` cut `length` (at least one; at most one
+// per `align`).
+int piece_count(int length, int block, int align) {
+  return std::min((length + block - 1) / block, (length + align - 1) / align);
+}
+
 // Rows of a matrix transposed per task.
 constexpr int kTransposeRows = 32;
 
@@ -92,16 +113,20 @@ void transpose(const float* x, int ldx, int rows, int cols, float* xt, int ldt) 
 // shared by the team (an orphaned worksharing loop; ends with its barrier).
 void blocks(bool transpose_a, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta,
             float* c, int ldc) {
-  const int row_blocks = (m + kBlockRows - 1) / kBlockRows, col_blocks = (n + kBlockCols - 1) / kBlockCols;
   const bool row_strips = m >= n;
-  const int strips = row_strips ? row_blocks : col_blocks, per_strip = row_strips ? col_blocks : row_blocks;
+  int row_pieces = piece_count(m, kBlockRows, 1), col_pieces = piece_count(n, kBlockCols, kColumnAlign);
+  int& strips = row_strips ? row_pieces : col_pieces;
+  const int strip_limit = row_strips ? m : (n + kColumnAlign - 1) / kColumnAlign;
+  if (strips > 1 && strips % 2 == 1 && strips < strip_limit) ++strips;
+  const int per_strip = row_strips ? col_pieces : row_pieces;
 #pragma omp for schedule(dynamic)
   for (int s = 0; s < strips; ++s) {
     for (int t = 0; t < per_strip; ++t) {
       const int rb = row_strips ? s : t, cb = row_strips ? t : s;
-      const int i0 = rb * kBlockRows, j0 = cb * kBlockCols;
-      block(transpose_a, i0, std::min(kBlockRows, m - i0), j0, std::min(kBlockCols, n - j0), k, a, lda, b, ldb,
-            beta, c, ldc);
+      const int i0 = piece_start(m, row_pieces, 1, rb), i1 = piece_start(m, row_pieces, 1, rb + 1);
+      const int j0 = piece_start(n, col_pieces, kColumnAlign, cb);
+      const int j1 = piece_start(n, col_pieces, kColumnAlign, cb + 1);
+      if (i1 > i0 && j1 > j0) block(transpose_a, i0, i1 - i0, j0, j1 - j0, k, a, lda, b, ldb, beta, c, ldc);
     }
   }
 }

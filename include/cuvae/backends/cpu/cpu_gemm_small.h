@@ -4,7 +4,8 @@
 // forward and dW GEMMs 1.3x faster than OpenBLAS SkylakeX
 // (docs/results/2026-12-02-cpu/gemm-kernels-1-thread.md).
 //
-// C is cut into 64 x 64 blocks that depend on the shape alone, handed out
+// C is cut into blocks of about 64 x 64 that depend on the shape alone (near-
+// equal pieces, an even number of strips), handed out
 // dynamically to the OpenMP threads, so the bits do not depend on
 // the thread count (tested), unlike OpenBLAS's on these shapes.
 #pragma once
@@ -21,7 +22,7 @@ namespace cuvae {
 bool small_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
                  int lda, const float* b, int ldb, float beta, float* c, int ldc);
 
-// Any shape, either operand transposed, through libxsmm in blocks of 64 x 64
+// Any shape, either operand transposed, through libxsmm in blocks of about 64 x 64
 // of C fixed by the shape (k never split), handed out dynamically to the
 // OpenMP threads; a transposed B is first written out transposed (libxsmm
 // 1.17 takes no transposed first operand). The bits do not depend on the
