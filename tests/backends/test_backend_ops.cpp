@@ -197,6 +197,39 @@ TEST_P(BackendOps, BiasGradientBeyondOneGridOfRowChunks) {
   }
 }
 
+// The bias (with tanh, the paper's activation) and the noise at 25000 x 784,
+// a decoder's rows at evaluation's K = 5000 (5 images): past one grid of
+// the element-wise kernels, whose grid-stride loops then take a second
+// pass. The bias: one float addition, then tanh (the tolerance of the
+// element-wise ops). The noise: every 97th element and the last 1000 against
+// the stream (the tolerance of FillNormalMatchesTheStreamAtAnyOffset).
+TEST_P(BackendOps, BiasAndNoisePastOneGrid) {
+  CUVAE_BACKEND_OR_SKIP(backend, GetParam());
+  const int rows = 25000, cols = 784;
+  const size_t count = static_cast<size_t>(rows) * cols;
+  std::vector<float> y0(count);
+  for (size_t i = 0; i < count; ++i) y0[i] = static_cast<float>(static_cast<int>(i % 11) - 5) * 0.25f;
+  const std::vector<float> bias = normals(cols, 31);
+  auto y = to_device(*backend, y0);
+  auto b = to_device(*backend, bias);
+  backend->bias_activation_forward(y.get(), b.get(), rows, cols, Activation::kTanh);
+  std::vector<double> expected(count);
+  for (size_t i = 0; i < count; ++i) expected[i] = std::tanh(static_cast<double>(y0[i] + bias[i % cols]));
+  expect_all_close(to_host(*backend, y.get(), count), expected, 1e-5, 1e-7, "bias + tanh, 25000 x 784");
+
+  const RandomKey key{17, RandomStream::kEvalEps, 2};
+  DeviceArray<float> noise(*backend, count);
+  backend->fill_normal(noise.get(), count, 0, key);
+  const std::vector<float> got = to_host(*backend, noise.get(), count);
+  std::vector<float> sampled;
+  std::vector<double> wanted;
+  for (size_t i = 0; i < count; i += i + 1000 < count ? 97 : 1) {
+    sampled.push_back(got[i]);
+    wanted.push_back(random_normal(key, i));
+  }
+  expect_all_close(sampled, wanted, 1e-5, 2e-6, "fill_normal, 25000 x 784");
+}
+
 // Whole dense layers (dense_forward, dense_backward_input), unfused and, on
 // CUDA, with cuBLASLt epilogues. Small integers with half-integer biases make
 // every product, sum, bias and ReLU exact in float and no pre-activation 0

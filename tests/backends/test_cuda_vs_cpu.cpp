@@ -26,7 +26,9 @@
 #include <vector>
 
 #include "backend_fixture.h"
+#include "synthetic_images.h"
 #include "cuvae/backends/cpu/cpu_backend.h"
+#include "cuvae/model/evaluate.h"
 #include "cuvae/model/trainer.h"
 
 namespace cuvae {
@@ -50,12 +52,12 @@ void expect_tensor_close(const std::vector<float>& cuda, const std::vector<float
 
 // The model on the CPU and on `cuda` (as configured by the caller) on the
 // same parameters, inputs and noise: forward values within 1e-4, gradients
-// within 1e-3, one Adam step.
-void expect_forward_gradients_and_adam_step_match(Backend* cuda) {
+// within 1e-3, one Adam step; the seed's model and objective unless told.
+void expect_forward_gradients_and_adam_step_match(Backend* cuda, const Architecture& arch = Architecture{},
+                                                   const ObjectiveConfig& objective = ObjectiveConfig{}) {
   std::unique_ptr<Backend> cpu = make_cpu_backend();
-  const Architecture arch;  // the seed's
-  const int rows = 200;
-  VaeModel a(*cpu, arch, rows), b(*cuda, arch, rows);
+  const int rows = 200, samples = objective.total_samples();
+  VaeModel a(*cpu, arch, rows, samples), b(*cuda, arch, rows, samples);
   a.initialize(3);
   b.initialize(3);
   ASSERT_EQ(a.parameters(), b.parameters()) << "initialization is drawn on the host: same bits";
@@ -63,7 +65,7 @@ void expect_forward_gradients_and_adam_step_match(Backend* cuda) {
   std::vector<uint8_t> pixels(static_cast<size_t>(rows) * arch.input_dim);
   for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 131) % 256);
   DeviceArray<float> xa(*cpu, pixels.size()), xb(*cuda, pixels.size());
-  DeviceArray<float> ea(*cpu, static_cast<size_t>(rows) * arch.latent_dim), eb(*cuda, ea.size());
+  DeviceArray<float> ea(*cpu, static_cast<size_t>(rows) * samples * arch.latent_dim), eb(*cuda, ea.size());
   const RandomKey bin{3, RandomStream::kBinarize, 1}, eps{3, RandomStream::kEps, 1};
   cpu->upload_and_binarize(pixels.data(), rows, arch.input_dim, 0, bin, xa.get());
   cuda->upload_and_binarize(pixels.data(), rows, arch.input_dim, 0, bin, xb.get());
@@ -71,15 +73,17 @@ void expect_forward_gradients_and_adam_step_match(Backend* cuda) {
   cuda->fill_normal(eb.get(), eb.size(), 0, eps);
   ASSERT_EQ(to_host(*cpu, xa.get(), xa.size()), to_host(*cuda, xb.get(), xb.size()));
 
-  a.forward_backward(xa.get(), ea.get(), rows, true);
-  b.forward_backward(xb.get(), eb.get(), rows, true);
+  a.forward_backward(xa.get(), ea.get(), rows, objective, true);
+  b.forward_backward(xb.get(), eb.get(), rows, objective, true);
   auto pair = [&](const float* pa, const float* pb, size_t n, double rel, const std::string& what) {
     expect_tensor_close(to_host(*cuda, pb, n), to_host(*cpu, pa, n), 0, n, rel, what);
   };
+  const size_t sample_rows = static_cast<size_t>(rows) * samples;
   pair(a.z(), b.z(), ea.size(), 1e-4, "z");
-  pair(a.logits(), b.logits(), pixels.size(), 1e-4, "logits");
-  pair(a.row_logprob(), b.row_logprob(), rows, 1e-4, "row log p(x|z)");
+  pair(a.logits(), b.logits(), sample_rows * arch.input_dim, 1e-4, "logits");
+  pair(a.row_logprob(), b.row_logprob(), sample_rows, 1e-4, "row log p(x|z)");
   pair(a.row_kl(), b.row_kl(), rows, 1e-4, "row KL");
+  if (objective.objective != Objective::kElbo) pair(a.row_bound(), b.row_bound(), rows, 1e-4, "row bound");
   const std::vector<float> ga = a.gradients(), gb = b.gradients();
   for (const DenseLayer& layer : a.layout().all_layers()) {
     expect_tensor_close(gb, ga, layer.weight_offset, layer.bias_offset, 1e-3, layer.name + ".weight grad");
@@ -146,36 +150,38 @@ TEST(CudaVsCpu, Tf32ForwardWithinItsLooserTolerance) {
   EXPECT_NE(logits[1], logits[2]) << "--tf32 changed nothing: are the GEMMs really using TF32?";
 }
 
-// 50 steps from the same start on the CPU and on `cuda` (as configured by
-// the caller, with its CUDA Graph): the trajectories stay together.
-void expect_fifty_training_steps_together(Backend* cuda) {
-  std::unique_ptr<Backend> cpu = make_cpu_backend();
-  IdxImages images;
-  images.count = 1000;
-  images.rows = images.cols = 28;
-  images.pixels.resize(static_cast<size_t>(images.count) * 784);
-  for (size_t i = 0; i < images.pixels.size(); ++i) {
-    images.pixels[i] = static_cast<uint8_t>((i % 784) / 28 % 5 == 0 ? 250 : (i * 7919) % 80);
-  }
-  TrainConfig config;
-  config.seed = 4;
-  Trainer ta(*cpu, config, images), tb(*cuda, config, images);
+// Two trainers from the same start, `steps` steps each: the mean bound of the
+// steps within 0.1 nats and |p_b - p_a| / |p_a - p_0| < 2% (the header's
+// reasons).
+void expect_trajectories_together(Trainer& ta, Trainer& tb, int steps, const std::string& what) {
   const std::vector<float> start = ta.model().parameters();
-  for (int s = 0; s < 50; ++s) {
+  ASSERT_EQ(start, tb.model().parameters()) << what << ": initialization is drawn on the host: same bits";
+  for (int s = 0; s < steps; ++s) {
     ta.step();
     tb.step();
   }
   const double elbo_a = ta.take_mean_elbo(), elbo_b = tb.take_mean_elbo();
-  EXPECT_NEAR(elbo_a, elbo_b, 0.1);
+  EXPECT_NEAR(elbo_a, elbo_b, 0.1) << what;
   const std::vector<float> pa = ta.model().parameters(), pb = tb.model().parameters();
   double diff = 0, moved = 0;
   for (size_t i = 0; i < pa.size(); ++i) {
     diff += (static_cast<double>(pa[i]) - pb[i]) * (static_cast<double>(pa[i]) - pb[i]);
     moved += (static_cast<double>(pa[i]) - start[i]) * (static_cast<double>(pa[i]) - start[i]);
   }
-  std::printf("  ELBO cpu %.4f cuda %.4f; |p_cuda - p_cpu| / |p_cpu - p_0| = %.4f\n", elbo_a, elbo_b,
-              std::sqrt(diff / moved));
-  EXPECT_LT(std::sqrt(diff / moved), 0.02);
+  std::printf("  %s: bound cpu %.4f cuda %.4f; |p_cuda - p_cpu| / |p_cpu - p_0| = %.4f\n", what.c_str(), elbo_a,
+              elbo_b, std::sqrt(diff / moved));
+  EXPECT_LT(std::sqrt(diff / moved), 0.02) << what;
+}
+
+// 50 steps from the same start on the CPU and on `cuda` (as configured by
+// the caller, with its CUDA Graph): the trajectories stay together.
+void expect_fifty_training_steps_together(Backend* cuda) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  const IdxImages images = testing::synthetic_images(1000);
+  TrainConfig config;
+  config.seed = 4;
+  Trainer ta(*cpu, config, images), tb(*cuda, config, images);
+  expect_trajectories_together(ta, tb, 50, "the seed's model");
 }
 
 TEST(CudaVsCpu, FiftyTrainingStepsStayTogether) {
@@ -199,15 +205,8 @@ TEST(CudaVsCpu, FiftyTrainingStepsStayTogetherWithGemmEpilogues) {
 TEST(CudaVsCpu, TwoStochasticLayersTrainTogetherForEveryBackwardPath) {
   CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
   std::unique_ptr<Backend> cpu = make_cpu_backend();
-  IdxImages images;
-  images.count = 200;
-  images.rows = images.cols = 28;
-  images.pixels.resize(static_cast<size_t>(images.count) * 784);
-  for (size_t i = 0; i < images.pixels.size(); ++i) {
-    images.pixels[i] = static_cast<uint8_t>((i % 784) / 28 % 4 == 0 ? 240 : (i * 7919) % 90);
-  }
+  const IdxImages images = testing::synthetic_images(200);
   for (const Objective objective : {Objective::kElbo, Objective::kIwae, Objective::kIwaeDreg, Objective::kPiwae}) {
-    SCOPED_TRACE(objective_name(objective));
     TrainConfig config;
     config.seed = 6;
     config.batch_size = 20;
@@ -218,23 +217,7 @@ TEST(CudaVsCpu, TwoStochasticLayersTrainTogetherForEveryBackwardPath) {
     config.objective.samples = 5;
     config.objective.outer_samples = objective == Objective::kPiwae ? 2 : 1;
     Trainer ta(*cpu, config, images), tb(*cuda, config, images);
-    const std::vector<float> start = ta.model().parameters();
-    ASSERT_EQ(start, tb.model().parameters()) << "initialization is drawn on the host: same bits";
-    for (int s = 0; s < 20; ++s) {
-      ta.step();
-      tb.step();
-    }
-    const double elbo_a = ta.take_mean_elbo(), elbo_b = tb.take_mean_elbo();
-    EXPECT_NEAR(elbo_a, elbo_b, 0.1);
-    const std::vector<float> pa = ta.model().parameters(), pb = tb.model().parameters();
-    double diff = 0, moved = 0;
-    for (size_t i = 0; i < pa.size(); ++i) {
-      diff += (static_cast<double>(pa[i]) - pb[i]) * (static_cast<double>(pa[i]) - pb[i]);
-      moved += (static_cast<double>(pa[i]) - start[i]) * (static_cast<double>(pa[i]) - start[i]);
-    }
-    std::printf("  %s: bound cpu %.4f cuda %.4f; |p_cuda - p_cpu| / |p_cpu - p_0| = %.4f\n",
-                objective_name(objective).c_str(), elbo_a, elbo_b, std::sqrt(diff / moved));
-    EXPECT_LT(std::sqrt(diff / moved), 0.02);
+    expect_trajectories_together(ta, tb, 20, "two layers, " + objective_name(objective));
   }
 }
 
@@ -254,6 +237,163 @@ TEST(CudaVsCpu, SameSeedSameBitsOnTheGpu) {
     runs.push_back(t.model().parameters());
   }
   EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)));
+}
+
+
+// The one-layer model on every K-sample objective whose backward differs
+// (the K-sample ELBO, IWAE, DReG), with each hidden activation, with the
+// weight gradients on a second branch or not, and with cuBLASLt's epilogues
+// or not: forward, gradients and one Adam step (the tolerances above), then
+// 50 training steps of batch 20 from the same start, replayed as the CUDA
+// Graph after the first two (the trajectories' tolerances).
+struct ObjectiveCase {
+  Objective objective;
+  Activation activation;
+  bool two_branch;
+  bool epilogues;
+};
+
+std::string case_name(const ::testing::TestParamInfo<ObjectiveCase>& info) {
+  const ObjectiveCase& c = info.param;
+  std::string name = objective_name(c.objective) + "_" + (c.activation == Activation::kTanh ? "tanh" : "relu");
+  if (c.two_branch) name += "_two_branch";
+  if (c.epilogues) name += "_epilogues";
+  for (char& ch : name) ch = ch == '-' ? '_' : ch;
+  return name;
+}
+
+std::vector<ObjectiveCase> all_objective_cases() {
+  std::vector<ObjectiveCase> cases;
+  for (Objective objective : {Objective::kElbo, Objective::kIwae, Objective::kIwaeDreg}) {
+    for (Activation activation : {Activation::kRelu, Activation::kTanh}) {
+      for (bool two_branch : {false, true}) {
+        for (bool epilogues : {false, true}) cases.push_back({objective, activation, two_branch, epilogues});
+      }
+    }
+  }
+  return cases;
+}
+
+class CudaVsCpuObjectives : public ::testing::TestWithParam<ObjectiveCase> {
+ protected:
+  // The CUDA backend as the case says; null (and the test skipped) without a GPU.
+  std::unique_ptr<Backend> configured_cuda() {
+    std::unique_ptr<Backend> cuda = testing::backend_or_skip("cuda");
+    if (!cuda) return nullptr;
+    if (GetParam().two_branch) {
+      EXPECT_TRUE(cuda->set_two_branch(true));
+    }
+    if (GetParam().epilogues) {
+      EXPECT_TRUE(cuda->set_gemm_epilogues(true));
+    }
+    return cuda;
+  }
+  ObjectiveConfig objective() const {
+    ObjectiveConfig o;
+    o.objective = GetParam().objective;
+    o.samples = 5;
+    return o;
+  }
+};
+
+TEST_P(CudaVsCpuObjectives, ForwardGradientsAndOneAdamStep) {
+  std::unique_ptr<Backend> cuda = configured_cuda();
+  if (!cuda) GTEST_SKIP() << "CUDA test skipped: no CUDA device";
+  Architecture arch;
+  arch.activation = GetParam().activation;
+  expect_forward_gradients_and_adam_step_match(cuda.get(), arch, objective());
+}
+
+TEST_P(CudaVsCpuObjectives, FiftyTrainingStepsStayTogether) {
+  std::unique_ptr<Backend> cuda = configured_cuda();
+  if (!cuda) GTEST_SKIP() << "CUDA test skipped: no CUDA device";
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  const IdxImages images = testing::synthetic_images(400);
+  TrainConfig config;
+  config.seed = 12;
+  config.batch_size = 20;
+  config.arch.activation = GetParam().activation;
+  config.objective = objective();
+  Trainer ta(*cpu, config, images), tb(*cuda, config, images);
+  expect_trajectories_together(ta, tb, 50, case_name(::testing::TestParamInfo<ObjectiveCase>(GetParam(), 0)));
+  if (GetParam().epilogues) {
+    // ReLU layers fuse where cuBLASLt has the FP32 algorithm; tanh layers run unfused (counted).
+    const DenseFusionCounts counts = cuda->dense_fusion_counts();
+    EXPECT_GT(counts.fused + counts.unfused, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaVsCpuObjectives, ::testing::ValuesIn(all_objective_cases()), case_name);
+
+// The weight gradients on a second branch of the step's graph change where
+// the GEMMs run, not what they compute: 20 replayed steps of the real model
+// give the bits of one stream (the seed's model and objective, and the IWAE
+// paper's tanh model on IWAE K = 5).
+TEST(CudaVsCpu, TwoBranchStepsGiveTheOneStreamBits) {
+  CUVAE_BACKEND_OR_SKIP(probe, "cuda");
+  const IdxImages images = testing::synthetic_images(400);
+  for (bool paper : {false, true}) {
+    std::unique_ptr<Backend> one_stream = make_backend("cuda"), two_branch = make_backend("cuda");
+    ASSERT_TRUE(two_branch->set_two_branch(true));
+    TrainConfig config;
+    config.seed = 13;
+    if (paper) {
+      config.batch_size = 20;
+      config.arch.activation = Activation::kTanh;
+      config.init = InitScheme::kGlorot;
+      config.objective.objective = Objective::kIwae;
+      config.objective.samples = 5;
+    }
+    Trainer ta(*one_stream, config, images), tb(*two_branch, config, images);
+    for (int s = 0; s < 20; ++s) {
+      ta.step();
+      tb.step();
+    }
+    const std::vector<float> pa = ta.model().parameters(), pb = tb.model().parameters();
+    EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float)))
+        << (paper ? "tanh, iwae K = 5" : "the seed's model");
+  }
+}
+
+// evaluate() on CUDA against the CPU: the IWAE paper's protocol (K = 5000)
+// on 20 images, with the bounds L_1 and L_50, of a model trained 30 steps
+// (so that q(z|x) is not the prior). Both draw the same samples; each log w
+// differs by the rounding of its sums (~1e-4 nats for 784 pixels), so the
+// estimates are compared within 0.01 nats; the active units (variances
+// against a 0.01 threshold) within one unit.
+TEST(CudaVsCpu, EvaluateAtFiveThousandSamples) {
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  const IdxImages images = testing::synthetic_images(200);
+  TrainConfig config;
+  config.seed = 14;
+  config.batch_size = 20;
+  Trainer trainer(*cpu, config, images);
+  for (int s = 0; s < 30; ++s) trainer.step();
+  const std::vector<float> params = trainer.model().parameters();
+  EvalRequest request;
+  request.limit = 20;
+  request.k = 5000;
+  request.seed = 3;
+  request.bounds = {1, 50};
+  std::vector<EvalResult> results;
+  for (Backend* backend : {cpu.get(), cuda.get()}) {
+    VaeModel model(*backend, config.arch, eval_images_per_chunk(request.k), request.k);
+    model.set_parameters(params);
+    results.push_back(evaluate(model, images, request));
+  }
+  const EvalResult &a = results[0], &b = results[1];
+  std::printf("  NLL cpu %.5f cuda %.5f; ELBO cpu %.5f cuda %.5f\n", a.nll, b.nll, a.elbo, b.elbo);
+  EXPECT_EQ(a.images, 20);
+  EXPECT_EQ(b.images, 20);
+  EXPECT_NEAR(a.nll, b.nll, 0.01);
+  EXPECT_NEAR(a.elbo, b.elbo, 0.01);
+  ASSERT_EQ(a.bounds.size(), b.bounds.size());
+  for (size_t i = 0; i < a.bounds.size(); ++i) {
+    EXPECT_EQ(a.bounds[i].first, b.bounds[i].first);
+    EXPECT_NEAR(a.bounds[i].second, b.bounds[i].second, 0.01) << "L_" << a.bounds[i].first;
+  }
+  EXPECT_NEAR(a.active_units, b.active_units, 1);
 }
 
 }  // namespace

@@ -276,5 +276,61 @@ TEST(TwoBranchStep, AStepEndingInsideItsSideBranchIsAnError) {
   cuda->synchronize();  // back on the main branch
 }
 
+
+// Inputs written inside the step, by kernels on the main branch, before the
+// side branch forks: the side's GEMM must wait for them. Between runs the
+// inputs are overwritten outside the step with other values, which a side
+// GEMM that did not wait would read. 4096 x 1024 inputs, so that the fills
+// still run when an unordered GEMM would start.
+struct FilledBackward {
+  static constexpr int kRows = 4096, kIn = 1024, kOut = 256;
+  Backend& backend;
+  DeviceArray<float> x, w, da, dw, dx;
+  explicit FilledBackward(Backend& be)
+      : backend(be), x(be, size_t{kRows} * kIn), w(be, size_t{kIn} * kOut), da(be, size_t{kRows} * kOut),
+        dw(be, size_t{kIn} * kOut), dx(be, size_t{kRows} * kIn) {
+    std::vector<float> v(w.size());
+    for (size_t i = 0; i < v.size(); ++i) v[i] = random_normal(RandomKey{5, RandomStream::kInit, 0}, i);
+    backend.copy_to_device(w.get(), v.data(), v.size() * sizeof(float));
+  }
+  void spoil_inputs(float value) {
+    for (DeviceArray<float>* a : {&x, &da}) {
+      const std::vector<float> v(a->size(), value);
+      backend.copy_to_device(a->get(), v.data(), v.size() * sizeof(float));
+    }
+    backend.synchronize();
+  }
+  void step(bool dw_on_side) {
+    backend.fill_normal(x.get(), x.size(), 0, RandomKey{21, RandomStream::kEps, 1});
+    backend.fill_normal(da.get(), da.size(), 0, RandomKey{22, RandomStream::kEps, 1});
+    if (dw_on_side) backend.begin_side_branch();
+    backend.gemm(true, false, kIn, kOut, kRows, 1.0f, x.get(), kIn, da.get(), kOut, 0.0f, dw.get(), kOut);
+    if (dw_on_side) backend.end_side_branch();
+    backend.gemm(false, true, kRows, kIn, kOut, 1.0f, da.get(), kOut, w.get(), kOut, 0.0f, dx.get(), kIn);
+    backend.join_side_branches();
+  }
+  std::vector<float> results() {
+    std::vector<float> all = to_host(backend, dw.get(), dw.size());
+    const std::vector<float> v = to_host(backend, dx.get(), dx.size());
+    all.insert(all.end(), v.begin(), v.end());
+    return all;
+  }
+};
+
+TEST(TwoBranchStep, InputsMadeInsideTheStepAreWaitedFor) {
+  CUVAE_BACKEND_OR_SKIP(two, "cuda");
+  std::unique_ptr<Backend> one = make_backend("cuda");
+  ASSERT_TRUE(two->set_two_branch(true));
+  FilledBackward a(*one), b(*two);
+  std::unique_ptr<StepRecording> ra = one->make_step_recording(), rb = two->make_step_recording();
+  for (int run = 0; run < 5; ++run) {  // eager, captured, replayed x 3
+    a.spoil_inputs(static_cast<float>(run + 1));
+    b.spoil_inputs(static_cast<float>(-run - 1));
+    one->run_step(ra.get(), [&] { a.step(false); });
+    two->run_step(rb.get(), [&] { b.step(true); });
+    EXPECT_EQ(b.results(), a.results()) << "run " << run;
+  }
+}
+
 }  // namespace
 }  // namespace cuvae
