@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <sstream>
 #include <utility>
 
@@ -396,6 +398,24 @@ void Mlp::backward(const float* params, float* grads, const float* input, float*
 // ---------------------------------------------------------------------------
 // VaeModel
 
+namespace {
+
+// The decoder's rows, max_rows * max_samples, as the int that the layers
+// and the backends' calls take; refused beyond it (no machine's memory
+// holds such a model, and the trainers' memory check refuses it first, but
+// a product that wrapped would size every buffer wrong).
+int decoder_rows(int max_rows, int max_samples) {
+  const int64_t rows = int64_t{max_rows} * max_samples;
+  if (rows > std::numeric_limits<int>::max()) {
+    throw Error("a batch of " + std::to_string(max_rows) + " images with " + std::to_string(max_samples) +
+                " samples each is " + std::to_string(rows) + " decoder rows, more than " +
+                std::to_string(std::numeric_limits<int>::max()));
+  }
+  return static_cast<int>(rows);
+}
+
+}  // namespace
+
 VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows, int max_samples)
     : backend_(backend),
       arch_(arch),
@@ -407,7 +427,7 @@ VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows, int
       adam_m_(backend, layout_.size()),
       adam_v_(backend, layout_.size()),
       encoder_(backend, layout_.encoder(), max_rows),
-      decoder_(backend, layout_.decoder(), max_rows * max_samples),
+      decoder_(backend, layout_.decoder(), decoder_rows(max_rows, max_samples)),
       z_(backend, static_cast<size_t>(max_rows) * max_samples * arch.latent_dim),
       dlogits_(backend, static_cast<size_t>(max_rows) * max_samples * arch.input_dim),
       dz_(backend, static_cast<size_t>(max_rows) * max_samples * arch.latent_dim),
@@ -425,7 +445,7 @@ VaeModel::VaeModel(Backend& backend, const Architecture& arch, int max_rows, int
   backend_.copy_to_device(grads_.get(), zeros.data(), zeros.size() * sizeof(float));
   backend_.copy_to_device(adam_m_.get(), zeros.data(), zeros.size() * sizeof(float));
   backend_.copy_to_device(adam_v_.get(), zeros.data(), zeros.size() * sizeof(float));
-  const int sample_rows = max_rows * max_samples;
+  const int sample_rows = decoder_rows(max_rows, max_samples);
   for (int l = 1; l < arch_.stochastic_layers(); ++l) {
     upper_.push_back(std::make_unique<UpperLayer>(backend_, layout_, l, arch_.latent_dim_of(l),
                                                   arch_.latent_dim_of(l - 1), sample_rows));

@@ -12,16 +12,33 @@
 #include <vector>
 
 #include "cuvae/backends/cpu/cpu_backend.h"
+#include "cuvae/error.h"
 #include "cuvae/io/checkpoint.h"
 #include "cuvae/io/model_file.h"
 #include "cuvae/model/evaluate.h"
 #include "cuvae/model/schedule.h"
+#include "cuvae/model/vae_model.h"
 #include "vae_process.h"
 
 namespace cuvae {
 namespace {
 
 using namespace cuvae::testing;
+
+// A batch times its samples beyond an int is refused, not wrapped (a
+// wrapped product would size every buffer wrong), before any large buffer
+// is made (2 images of 2^30 samples).
+TEST(VaeModelLimits, DecoderRowsBeyondAnIntAreRefused) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  const Architecture arch;
+  try {
+    VaeModel model(*cpu, arch, 2, 1 << 30);
+    FAIL() << "a model of 2^31 decoder rows was made";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("2147483648 decoder rows, more than 2147483647"), std::string::npos)
+        << e.what();
+  }
+}
 
 TEST(Schedule, IwaeStagesAreThreeToTheIEpochsAtTenToTheMinusISevenths) {
   int epoch = 0;
