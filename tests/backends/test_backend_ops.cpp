@@ -197,12 +197,14 @@ TEST_P(BackendOps, BiasGradientBeyondOneGridOfRowChunks) {
   }
 }
 
-// The bias (with tanh, the paper's activation) and the noise at 25000 x 784,
-// a decoder's rows at evaluation's K = 5000 (5 images): past one grid of
-// the element-wise kernels, whose grid-stride loops then take a second
-// pass. The bias: one float addition, then tanh (the tolerance of the
-// element-wise ops). The noise: every 97th element and the last 1000 against
-// the stream (the tolerance of FillNormalMatchesTheStreamAtAnyOffset).
+// The bias (with tanh, the paper's activation) and the noise past one grid
+// of the CUDA kernels (65535 blocks of 256 threads), where their grid-stride
+// loops take a second pass: the bias at 25000 x 784 (a decoder's rows at
+// evaluation's K = 5000, 5 images), the noise at 90000 x 784 (a thread
+// draws 4 normals, so one grid covers 67M). The bias: one float addition,
+// then tanh (the tolerance of the element-wise ops). The noise: every 97th
+// element and the last 1000 against the stream (the tolerance of
+// FillNormalMatchesTheStreamAtAnyOffset).
 TEST_P(BackendOps, BiasAndNoisePastOneGrid) {
   CUVAE_BACKEND_OR_SKIP(backend, GetParam());
   const int rows = 25000, cols = 784;
@@ -218,16 +220,17 @@ TEST_P(BackendOps, BiasAndNoisePastOneGrid) {
   expect_all_close(to_host(*backend, y.get(), count), expected, 1e-5, 1e-7, "bias + tanh, 25000 x 784");
 
   const RandomKey key{17, RandomStream::kEvalEps, 2};
-  DeviceArray<float> noise(*backend, count);
-  backend->fill_normal(noise.get(), count, 0, key);
-  const std::vector<float> got = to_host(*backend, noise.get(), count);
+  const size_t normals_count = size_t{90000} * cols;
+  DeviceArray<float> noise(*backend, normals_count);
+  backend->fill_normal(noise.get(), normals_count, 0, key);
+  const std::vector<float> got = to_host(*backend, noise.get(), normals_count);
   std::vector<float> sampled;
   std::vector<double> wanted;
-  for (size_t i = 0; i < count; i += i + 1000 < count ? 97 : 1) {
+  for (size_t i = 0; i < normals_count; i += i + 1000 < normals_count ? 97 : 1) {
     sampled.push_back(got[i]);
     wanted.push_back(random_normal(key, i));
   }
-  expect_all_close(sampled, wanted, 1e-5, 2e-6, "fill_normal, 25000 x 784");
+  expect_all_close(sampled, wanted, 1e-5, 2e-6, "fill_normal, 90000 x 784");
 }
 
 // Whole dense layers (dense_forward, dense_backward_input), unfused and, on
