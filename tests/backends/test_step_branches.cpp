@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -144,6 +145,16 @@ TEST(TwoBranchStep, TheCpuRunsEverythingInOrder) {
   cpu->join_side_branches();
 }
 
+// The arrays' values one after another, on the host.
+std::vector<float> on_host(Backend& backend, std::initializer_list<DeviceArray<float>*> arrays) {
+  std::vector<float> all;
+  for (DeviceArray<float>* a : arrays) {
+    const std::vector<float> v = to_host(backend, a->get(), a->size());
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  return all;
+}
+
 // A layer's backward in miniature: dW = X^T dA on the side branch, dX = dA W^T
 // on the main one, then the main branch overwrites nothing the side reads.
 struct MiniBackward {
@@ -168,14 +179,7 @@ struct MiniBackward {
     backend.activation_backward_bias_grad(dx.get(), x.get(), dbias.get(), kRows, kIn, Activation::kTanh, nullptr);
     backend.join_side_branches();
   }
-  std::vector<float> results() {
-    std::vector<float> all = to_host(backend, dw.get(), dw.size());
-    for (DeviceArray<float>* a : {&dx, &dbias}) {
-      const std::vector<float> v = to_host(backend, a->get(), a->size());
-      all.insert(all.end(), v.begin(), v.end());
-    }
-    return all;
-  }
+  std::vector<float> results() { return on_host(backend, {&dw, &dx, &dbias}); }
 };
 
 TEST(TwoBranchStep, SideBranchGivesOneStreamsBitsEagerCapturedAndReplayed) {
@@ -309,12 +313,7 @@ struct FilledBackward {
     backend.gemm(false, true, kRows, kIn, kOut, 1.0f, da.get(), kOut, w.get(), kOut, 0.0f, dx.get(), kIn);
     backend.join_side_branches();
   }
-  std::vector<float> results() {
-    std::vector<float> all = to_host(backend, dw.get(), dw.size());
-    const std::vector<float> v = to_host(backend, dx.get(), dx.size());
-    all.insert(all.end(), v.begin(), v.end());
-    return all;
-  }
+  std::vector<float> results() { return on_host(backend, {&dw, &dx}); }
 };
 
 TEST(TwoBranchStep, InputsMadeInsideTheStepAreWaitedFor) {
