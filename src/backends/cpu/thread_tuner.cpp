@@ -37,8 +37,12 @@ void ThreadTuner::record(double seconds) {
       settled_median_ = reference_median_ = median;
       probe_interval_ = 1;
     } else {
-      // Lost: by far (a third or more) makes the next probe twice as rare.
-      if (median > 1.33 * settled_median_) probe_interval_ = std::min(kMaxProbeInterval, probe_interval_ * 2);
+      // Lost: the next probe twice as rare, four times when by far (a third
+      // or more). A narrow loser probed at the same pace would keep every
+      // other window on the slower count (the Zen 4 of 2026-12-06, one
+      // competing process: 1 thread 5.5 ms, 2 threads 6.4 ms a step).
+      const int factor = median > 1.33 * settled_median_ ? 4 : 2;
+      probe_interval_ = std::min(kMaxProbeInterval, probe_interval_ * factor);
     }
     windows_to_probe_ = probe_interval_;
     start_window(settled_);
