@@ -239,7 +239,6 @@ TEST(CudaVsCpu, SameSeedSameBitsOnTheGpu) {
   EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)));
 }
 
-
 // The one-layer model on every K-sample objective whose backward differs
 // (the K-sample ELBO, IWAE, DReG), with each hidden activation, with the
 // weight gradients on a second branch or not, and with cuBLASLt's epilogues
@@ -253,14 +252,16 @@ struct ObjectiveCase {
   bool epilogues;
 };
 
-std::string case_name(const ::testing::TestParamInfo<ObjectiveCase>& info) {
-  const ObjectiveCase& c = info.param;
+// "iwae_dreg_tanh_two_branch_epilogues": the test's name and its messages' label.
+std::string case_label(const ObjectiveCase& c) {
   std::string name = objective_name(c.objective) + "_" + (c.activation == Activation::kTanh ? "tanh" : "relu");
   if (c.two_branch) name += "_two_branch";
   if (c.epilogues) name += "_epilogues";
   for (char& ch : name) ch = ch == '-' ? '_' : ch;
   return name;
 }
+
+std::string case_name(const ::testing::TestParamInfo<ObjectiveCase>& info) { return case_label(info.param); }
 
 std::vector<ObjectiveCase> all_objective_cases() {
   std::vector<ObjectiveCase> cases;
@@ -276,17 +277,14 @@ std::vector<ObjectiveCase> all_objective_cases() {
 
 class CudaVsCpuObjectives : public ::testing::TestWithParam<ObjectiveCase> {
  protected:
-  // The CUDA backend as the case says; null (and the test skipped) without a GPU.
-  std::unique_ptr<Backend> configured_cuda() {
-    std::unique_ptr<Backend> cuda = testing::backend_or_skip("cuda");
-    if (!cuda) return nullptr;
+  // The CUDA backend as the case says.
+  void configure(Backend& cuda) const {
     if (GetParam().two_branch) {
-      EXPECT_TRUE(cuda->set_two_branch(true));
+      EXPECT_TRUE(cuda.set_two_branch(true));
     }
     if (GetParam().epilogues) {
-      EXPECT_TRUE(cuda->set_gemm_epilogues(true));
+      EXPECT_TRUE(cuda.set_gemm_epilogues(true));
     }
-    return cuda;
   }
   ObjectiveConfig objective() const {
     ObjectiveConfig o;
@@ -297,16 +295,16 @@ class CudaVsCpuObjectives : public ::testing::TestWithParam<ObjectiveCase> {
 };
 
 TEST_P(CudaVsCpuObjectives, ForwardGradientsAndOneAdamStep) {
-  std::unique_ptr<Backend> cuda = configured_cuda();
-  if (!cuda) GTEST_SKIP() << "CUDA test skipped: no CUDA device";
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  configure(*cuda);
   Architecture arch;
   arch.activation = GetParam().activation;
   expect_forward_gradients_and_adam_step_match(cuda.get(), arch, objective());
 }
 
 TEST_P(CudaVsCpuObjectives, FiftyTrainingStepsStayTogether) {
-  std::unique_ptr<Backend> cuda = configured_cuda();
-  if (!cuda) GTEST_SKIP() << "CUDA test skipped: no CUDA device";
+  CUVAE_BACKEND_OR_SKIP(cuda, "cuda");
+  configure(*cuda);
   std::unique_ptr<Backend> cpu = make_cpu_backend();
   const IdxImages images = testing::synthetic_images(400);
   TrainConfig config;
@@ -315,7 +313,7 @@ TEST_P(CudaVsCpuObjectives, FiftyTrainingStepsStayTogether) {
   config.arch.activation = GetParam().activation;
   config.objective = objective();
   Trainer ta(*cpu, config, images), tb(*cuda, config, images);
-  expect_trajectories_together(ta, tb, 50, case_name(::testing::TestParamInfo<ObjectiveCase>(GetParam(), 0)));
+  expect_trajectories_together(ta, tb, 50, case_label(GetParam()));
   if (GetParam().epilogues) {
     // ReLU layers fuse where cuBLASLt has the FP32 algorithm; tanh layers run unfused (counted).
     const DenseFusionCounts counts = cuda->dense_fusion_counts();

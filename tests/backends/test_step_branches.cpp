@@ -280,7 +280,6 @@ TEST(TwoBranchStep, AStepEndingInsideItsSideBranchIsAnError) {
   cuda->synchronize();  // back on the main branch
 }
 
-
 // Inputs written inside the step, by kernels on the main branch, before the
 // side branch forks: the side's GEMM must wait for them. Between runs the
 // inputs are overwritten outside the step with other values, which a side
