@@ -324,7 +324,10 @@ TEST_F(Resume, ASecondRunIntoARunningRunsDirectoryIsRefused) {
   const std::string out = dir_ / "shared";
   VaeProcess a(tiny_run(data_, out, {{"--epochs", "2000"}, {"--seed", "1"}, {"--checkpoint-every", "1"}}),
                dir_.path(), "a");
+  // The model file is written at an epoch's end, the checkpoint every step:
+  // wait for both, so that A's model is there for B to overwrite.
   ASSERT_TRUE(wait_for_file(out + "/checkpoint.safetensors"));
+  ASSERT_TRUE(wait_for_file(out + "/model.safetensors"));
   const TrainState before = load_checkpoint(out + "/checkpoint.safetensors");
   VaeProcess b(tiny_run(data_, out, {{"--seed", "2"}, {"--latent-dim", "2"}}), dir_.path(), "b");
   const RunResult refused = b.wait();
