@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -182,19 +183,30 @@ struct MiniBackward {
   std::vector<float> results() { return on_host(backend, {&dw, &dx, &dbias}); }
 };
 
+// Five runs of a miniature step (eager, captured, replayed x 3), on one
+// stream in `one` and with its weight gradient on the side branch in `two`:
+// the same bits every run. prepare(run) sets both steps' inputs for a run.
+template <class MiniStep>
+void expect_side_branch_gives_one_streams_bits(Backend& one, Backend& two, MiniStep& a, MiniStep& b,
+                                               const std::function<void(int run)>& prepare) {
+  std::unique_ptr<StepRecording> ra = one.make_step_recording(), rb = two.make_step_recording();
+  for (int run = 0; run < 5; ++run) {
+    prepare(run);
+    one.run_step(ra.get(), [&] { a.step(false); });
+    two.run_step(rb.get(), [&] { b.step(true); });
+    EXPECT_EQ(b.results(), a.results()) << "run " << run;
+  }
+}
+
 TEST(TwoBranchStep, SideBranchGivesOneStreamsBitsEagerCapturedAndReplayed) {
   CUVAE_BACKEND_OR_SKIP(two, "cuda");
   std::unique_ptr<Backend> one = make_backend("cuda");
   ASSERT_TRUE(two->set_two_branch(true));
   MiniBackward a(*one), b(*two);
-  std::unique_ptr<StepRecording> ra = one->make_step_recording(), rb = two->make_step_recording();
-  for (int run = 0; run < 5; ++run) {  // eager, captured, replayed x 3; new inputs each time
+  expect_side_branch_gives_one_streams_bits(*one, *two, a, b, [&](int run) {  // new inputs each time
     a.set_inputs(100 + static_cast<uint64_t>(run));
     b.set_inputs(100 + static_cast<uint64_t>(run));
-    one->run_step(ra.get(), [&] { a.step(false); });
-    two->run_step(rb.get(), [&] { b.step(true); });
-    EXPECT_EQ(b.results(), a.results()) << "run " << run;
-  }
+  });
   // Without a recording too (eager, joined at the end of run_step at the latest).
   two->run_step(nullptr, [&] { b.step(true); });
   EXPECT_EQ(b.results(), a.results());
@@ -320,14 +332,10 @@ TEST(TwoBranchStep, InputsMadeInsideTheStepAreWaitedFor) {
   std::unique_ptr<Backend> one = make_backend("cuda");
   ASSERT_TRUE(two->set_two_branch(true));
   FilledBackward a(*one), b(*two);
-  std::unique_ptr<StepRecording> ra = one->make_step_recording(), rb = two->make_step_recording();
-  for (int run = 0; run < 5; ++run) {  // eager, captured, replayed x 3
+  expect_side_branch_gives_one_streams_bits(*one, *two, a, b, [&](int run) {
     a.spoil_inputs(static_cast<float>(run + 1));
     b.spoil_inputs(static_cast<float>(-run - 1));
-    one->run_step(ra.get(), [&] { a.step(false); });
-    two->run_step(rb.get(), [&] { b.step(true); });
-    EXPECT_EQ(b.results(), a.results()) << "run " << run;
-  }
+  });
 }
 
 }  // namespace
