@@ -25,6 +25,12 @@ namespace cuvae {
 void cpu_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a,
                int lda, const float* b, int ldb, float beta, float* c, int ldc);
 
+// OpenBLAS's own cblas_sgemm on the pool's threads, whatever cpu_sgemm
+// would choose: `vae bench` times the machine's large-SGEMM rate with it
+// (libxsmm's blocks, made for the model's shapes, lose there on some CPUs).
+void blas_sgemm(bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float* a, int lda,
+                const float* b, int ldb, float beta, float* c, int ldc);
+
 // Which library runs cpu_sgemm, its kernel, and how they were chosen; the
 // banner's and `vae info`'s GEMM line.
 BlasKernelReport cpu_gemm_kernel();
