@@ -165,26 +165,34 @@ void binarize_batch(const uint8_t* images, const uint32_t* order, uint64_t first
   }
 }
 
+// log p(x|z) of a row: a sum of 784 terms of about -0.3 nats each, summed
+// in double. In float its rounding depended on how the compiler vectorized
+// the loop: unvectorized (the sanitizer build) it was ~3e-4 nats on a -200
+// nat row, which the IWAE objectives' weights softmax(log w) carry into
+// every gradient (2x the 2e-4 tolerance of check_gradients_torch.py on the
+// Zen 3 of 2026-12-06, where float32 PyTorch stays at 0.06x). In double it
+// is the final rounding alone, however the loop is vectorized.
 CUVAE_VECTORIZED_ROW float bernoulli_row(const float* __restrict x, const float* __restrict logits, int cols,
                     float grad_scale, float* __restrict dlogits) {
-  float sum = 0.0f;
+  double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
   for (int c = 0; c < cols; ++c) {
     float dlogp;
     sum += bernoulli_logprob_and_grad(x[c], logits[c], &dlogp);
     dlogits[c] = -grad_scale * dlogp;
   }
-  return sum;
+  return static_cast<float>(sum);
 }
 
+// As bernoulli_row, without the gradient.
 CUVAE_VECTORIZED_ROW float bernoulli_row_logprob(const float* __restrict x, const float* __restrict logits, int cols) {
-  float sum = 0.0f;
+  double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
   for (int c = 0; c < cols; ++c) {
     float dlogp;
     sum += bernoulli_logprob_and_grad(x[c], logits[c], &dlogp);
   }
-  return sum;
+  return static_cast<float>(sum);
 }
 
 // One row of reparameterization + KL: z, and the row's KL and
