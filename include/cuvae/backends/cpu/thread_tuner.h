@@ -14,7 +14,7 @@ namespace cuvae {
 // backend reports each training step's time (from one Adam update to the
 // next), and the tuner runs a window of steps on the settled count, now and
 // then a window on a neighbouring count (half or twice), and settles on the
-// faster by the windows' median step. A probe that loses makes the next one
+// faster by the windows' mean step (throughput; see record()). A probe that loses makes the next one
 // twice as rare, four times when it loses by a third or more (at most every
 // kMaxProbeInterval windows: ~1% of the steps spent probing on an idle
 // machine); one that wins, or a settled count whose steps slow by a third,
@@ -45,8 +45,8 @@ class ThreadTuner {
   bool probe_down_ = true;  // alternates between half and twice the settled count
   int probe_interval_ = 1;  // windows between probes
   int windows_to_probe_ = 1;
-  double settled_median_ = 0;   // the last window's median on the settled count
-  double reference_median_ = 0; // the settled count's median when it was chosen
+  double settled_mean_ = 0;      // the last window's mean step on the settled count
+  double reference_median_ = 0;  // the settled count's lowest median step since it was chosen
   int samples_ = 0;
   double window_[kWindow] = {};
 };
