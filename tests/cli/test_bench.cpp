@@ -1,8 +1,9 @@
 // vae bench's FLOP floor: the step's GEMM FLOPs at the machine's large-SGEMM
 // rate. On the CPU that is the faster of the backend's own GEMM (libxsmm's
 // shape-fixed blocks) and OpenBLAS's own kernel called directly: on the Zen 3
-// of 2026-12-06 the blocks ran 2048^3 at 60 GFLOP/s and OpenBLAS at 185, and
-// a floor at the blocks' rate had put the batch-200 step below its floor.
+// of 2026-12-06 the blocks ran 2048^3 at 42-61 GFLOP/s and OpenBLAS at
+// 135-178 (docs/results/2026-12-06-zen3/), and a floor at the blocks' rate
+// had put the batch-200 step below its floor.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -70,11 +70,11 @@ by that much relative; the IWAE gradients are w~-weighted sums of per-sample ter
 it (the ELBO's do not). The CPU backend sums it in double (summed in float it had ~3e-4 nats of
 rounding where the loop was not vectorized, 2x TOL in the sanitizer build on a Zen 3). Measured on
 this check: ELBO ~1e-7..1e-6 of each tensor's largest entry, IWAE/DReG with K > 1 ~1e-6..2e-5.
-TOL = 2e-4 is 10x the worst measured, to leave room for other BLAS kernels' summation orders. A wrong term is off by far more:
-the 'would it notice' section computes wrong variants (IWAE's encoder gradient instead of DReG's,
-w~ instead of w~^2, no direct d/dlog_std term, sampled instead of analytic KL) in float64 and
-reports their distance from the reference in the same units. Bounds: |bound - ref| <= 1e-5 |ref|
-per image (measured ~1e-7)."""
+TOL = 2e-4 is 10x the worst measured, to leave room for other BLAS kernels' summation orders.
+A wrong term is off by far more: the 'would it notice' section computes wrong variants (IWAE's
+encoder gradient instead of DReG's, w~ instead of w~^2, no direct d/dlog_std term, sampled instead
+of analytic KL) in float64 and reports their distance from the reference in the same units.
+Bounds: |bound - ref| <= 1e-5 |ref| per image (measured ~1e-7)."""
 
 
 # ----------------------------------------------------------------------------- safetensors

@@ -171,26 +171,17 @@ void binarize_batch(const uint8_t* images, const uint32_t* order, uint64_t first
 // nat row, which the IWAE objectives' weights softmax(log w) carry into
 // every gradient (2x the 2e-4 tolerance of check_gradients_torch.py on the
 // Zen 3 of 2026-12-06, where float32 PyTorch stays at 0.06x). In double it
-// is the final rounding alone, however the loop is vectorized.
+// is the final rounding alone, however the loop is vectorized. With
+// kWithGradient, dlogits too (one instance each, so each loop is branch-free).
+template <bool kWithGradient>
 CUVAE_VECTORIZED_ROW float bernoulli_row(const float* __restrict x, const float* __restrict logits, int cols,
-                    float grad_scale, float* __restrict dlogits) {
+                                         float grad_scale, float* __restrict dlogits) {
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
   for (int c = 0; c < cols; ++c) {
     float dlogp;
     sum += bernoulli_logprob_and_grad(x[c], logits[c], &dlogp);
-    dlogits[c] = -grad_scale * dlogp;
-  }
-  return static_cast<float>(sum);
-}
-
-// As bernoulli_row, without the gradient.
-CUVAE_VECTORIZED_ROW float bernoulli_row_logprob(const float* __restrict x, const float* __restrict logits, int cols) {
-  double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-  for (int c = 0; c < cols; ++c) {
-    float dlogp;
-    sum += bernoulli_logprob_and_grad(x[c], logits[c], &dlogp);
+    if constexpr (kWithGradient) dlogits[c] = -grad_scale * dlogp;
   }
   return static_cast<float>(sum);
 }
@@ -531,8 +522,8 @@ class CpuBackend final : public Backend {
       const size_t offset = static_cast<size_t>(r) * cols;
       const float* x_row = x + static_cast<size_t>(r / samples) * cols;  // the sample's image
       const float sum = dlogits != nullptr
-                            ? bernoulli_row(x_row, logits + offset, cols, grad_scale, dlogits + offset)
-                            : bernoulli_row_logprob(x_row, logits + offset, cols);
+                            ? bernoulli_row<true>(x_row, logits + offset, cols, grad_scale, dlogits + offset)
+                            : bernoulli_row<false>(x_row, logits + offset, cols, grad_scale, nullptr);
       row_logprob[r] = sum;
     }
   }

@@ -14,11 +14,11 @@ namespace cuvae {
 // backend reports each training step's time (from one Adam update to the
 // next), and the tuner runs a window of steps on the settled count, now and
 // then a window on a neighbouring count (half or twice), and settles on the
-// faster by the windows' mean step (throughput; see record()). A probe that loses makes the next one
-// twice as rare, four times when it loses by a third or more (at most every
-// kMaxProbeInterval windows: ~1% of the steps spent probing on an idle
-// machine); one that wins, or a settled count whose steps slow by a third,
-// makes probing frequent again.
+// faster by the windows' mean step (throughput; see record()). A probe that
+// loses makes the next one twice as rare, four times when it loses by a third
+// or more (at most every kMaxProbeInterval windows: ~1% of the steps spent
+// probing on an idle machine); one that wins, or a settled count whose steps
+// slow by a third, makes probing frequent again.
 //
 // Only used where the results do not depend on the thread count (every
 // GEMM in shape-fixed blocks, cpu_gemm.h; every other loop element-wise or in
